@@ -1,0 +1,24 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="benchmarks need a CUDA GPU")
+        for item in items:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def record_environment(benchmark):
+    import triton
+
+    benchmark.extra_info.update(
+        gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+        cuda=torch.version.cuda,
+    )

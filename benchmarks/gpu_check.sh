@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: install the carried wheels, run the GPU tests, run the benchmarks,
+# print the table. Usage (device tool, carry .whl): bash benchmarks/gpu_check.sh [pytest -k filter]
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -m stdit_engine info
+status=0
+python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25 || status=1
+python3 -m pytest -q benchmarks/ -p no:cacheprovider ${1:+-k "$1"} --benchmark-json="$OUT/bench.json" \
+  --benchmark-columns=median,rounds 2>&1 | tee "$OUT/bench.log" | tail -n 15 || status=1
+[ -f "$OUT/bench.json" ] && python3 benchmarks/report.py "$OUT/bench.json" | tee "$OUT/table.md"
+exit $status

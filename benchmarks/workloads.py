@@ -1,0 +1,72 @@
+"""What the benchmark suites run, and the arithmetic to judge them by (SPEC section 6)."""
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from stdit_engine.configs import get_preset
+from stdit_engine.models.stdit import STDiT
+
+# SPEC section 6: the reference on one H100 80GB, PyTorch 2.11, fp16, SDPA attention.
+REFERENCE_FORWARD_MS = {("16x256x256", 4): 103.0, ("64x512x512", 2): 765.0}
+REFERENCE_COMPILED_MS = {("16x256x256", 4): 61.7, ("64x512x512", 2): 460.0}
+REFERENCE_E2E = {  # preset: (prompts, sampling seconds, peak allocated GiB, peak reserved GiB)
+    "16x256x256": (2, 13.4, 23.8, 28.2),
+    "16x512x512": (2, 41.2, 35.9, 52.2),
+    "64x512x512": (1, 77.1, 49.9, 67.2),
+}
+# Dense fp16/bf16 tensor-core peak of the card's datasheet, for model FLOP utilisation.
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_TFLOPS.items() if k in device_name), None)
+
+
+def stdit_forward_flops(preset_name: str, batch: int) -> float:
+    """FLOPs of one STDiT forward (multiply-add = 2): the linears and the three attentions."""
+    cfg = get_preset(preset_name).stdit
+    frames, rows, cols = (s // p for s, p in zip(cfg.input_size, cfg.patch_size))
+    positions, c, caption = rows * cols, cfg.hidden_size, cfg.model_max_length
+    mlp = int(c * cfg.mlp_ratio)
+    # qkv+proj twice (spatial, temporal), cross q+proj, fc1+fc2: multiply-adds per token.
+    linear_macs = 2 * (3 * c * c + c * c) + 2 * c * c + 2 * c * mlp
+    attention_macs = 2 * c * (positions + frames + caption)  # QK^T and PV over each sequence
+    return 2.0 * batch * frames * positions * cfg.depth * (linear_macs + attention_macs)
+
+
+def build_stdit(preset_name: str, dtype: torch.dtype, backend: str, device: str = "cuda") -> STDiT:
+    with torch.device(device):
+        model = STDiT(**get_preset(preset_name).stdit.to_kwargs(), backend=backend).to(dtype).eval()
+    return model
+
+
+def stdit_inputs(model: STDiT, batch: int, generator_seed: int = 0):
+    device, dtype = model.pos_embed.device, model.dtype
+    g = torch.Generator(device).manual_seed(generator_seed)
+    x = torch.randn(batch, model.in_channels, *model.input_size, device=device, dtype=dtype, generator=g)
+    t = torch.full((batch,), 500.0, device=device)
+    y = torch.randn(batch, 1, model.model_max_length, model.caption_channels, device=device, dtype=dtype, generator=g)
+    mask = torch.zeros(batch // 2, model.model_max_length, dtype=torch.long, device=device)
+    mask[:, :20] = 1  # a typical prompt's length in T5 tokens
+    return x, t, y, mask
+
+
+def cuda_time_ms(fn, warmup: int = 3, reps: int = 10) -> list[float]:
+    """Per-call times from CUDA events, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)

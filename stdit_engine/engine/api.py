@@ -1,0 +1,175 @@
+"""The public entry point: `Engine` loads the three models of a preset and generates videos."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Literal, Sequence
+
+import torch
+
+from ..configs import Preset, get_preset
+from ..errors import ConfigError, DeviceError
+from ..kernels.registry import resolve_backend
+from ..models.caption import clean_prompt
+from ..models.checkpoint import load_stdit_checkpoint
+from ..models.hub import resolve_model_file
+from ..models.stdit import STDiT
+from ..models.text_encoder import TextEncoder
+from ..models.vae import VideoVAE
+from ..schedulers.iddpm import IDDPM
+from .memory import StageStats, measure_stage
+from .video import Video
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("device 'cuda' was asked for but no CUDA GPU is visible; pass device='cpu' or check the driver")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"{device} does not exist: {torch.cuda.device_count()} GPU(s) are visible")
+    return device
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on GPUs, as the reference script; fp32 on the CPU, where half precision is slow."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Random initialisation from `seed` without disturbing the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+class Engine:
+    """Open-Sora v1.0 text-to-video: T5 text encoder -> STDiT denoiser (IDDPM) -> VAE decoder."""
+
+    def __init__(self, preset: Preset, stdit: STDiT, text_encoder: TextEncoder, vae: VideoVAE,
+                 device: torch.device, random_weights: bool = False):
+        self.preset = preset
+        self.stdit = stdit.eval()
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.device = device
+        self.random_weights = random_weights
+        self.last_stats: list[StageStats] = []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.stdit.dtype
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(cls, preset: str | Preset, *, stdit: str | None = None, t5: str | None = None,
+                        vae: str | None = None, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
+                        backend: str = "auto") -> "Engine":
+        """Loads each part from a local path or a hub id; defaults are the released weights of SPEC section 1.
+
+        `stdit` is a .pth/.safetensors file or a hub repo id (the preset's file is taken from it).
+        """
+        preset = get_preset(preset)
+        device = resolve_device(device)
+        dtype = dtype or default_dtype(device)
+        ops = resolve_backend(backend, device)  # fail on a bad backend before loading anything
+        stdit_source = stdit or preset.stdit_hub_id
+        t5_source = t5 or preset.text.hub_id
+        vae_source = vae or preset.vae.hub_id
+        if not (stdit_source and t5_source and vae_source):
+            raise ConfigError(
+                f"preset {preset.name!r} has no released weights: use Engine.from_random_weights, or pass stdit=, t5= and vae="
+            )
+        stdit_file = resolve_model_file(stdit_source, preset.stdit_filename, what="STDiT checkpoint")
+        with torch.device("meta"):  # no random init of 724 M parameters that are overwritten next
+            model = STDiT(**preset.stdit.to_kwargs(), backend=ops.name)
+        model = load_stdit_checkpoint(model, stdit_file).to(device=device, dtype=dtype)
+        text_encoder = TextEncoder.from_pretrained(t5_source, device=device, dtype=t5_dtype)
+        video_vae = VideoVAE.from_pretrained(vae_source, device=device, dtype=dtype)
+        return cls(preset, model, text_encoder, video_vae, device)
+
+    @classmethod
+    def from_random_weights(cls, preset: str | Preset, *, device: str | torch.device | None = None,
+                            dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
+                            backend: str = "auto", seed: int = 0) -> "Engine":
+        """The exact architectures of `preset` with random weights: for tests, demos and benchmarks.
+
+        Its videos are noise-like; it exists to measure speed and memory and to exercise the code.
+        """
+        preset = get_preset(preset)
+        device = resolve_device(device)
+        dtype = dtype or default_dtype(device)
+        ops = resolve_backend(backend, device)
+        with _seeded(seed, device), torch.device(device):
+            model = STDiT(**preset.stdit.to_kwargs(), backend=ops.name).to(dtype)
+        text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
+        video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
+        return cls(preset, model, text_encoder, video_vae, device, random_weights=True)
+
+    # ------------------------------------------------------------------ stages
+
+    def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y [n,1,L,C_text], mask [n,L]) of the cleaned prompts, on the engine's device."""
+        prompts = _check_prompts(prompts)
+        return self.text_encoder.encode([clean_prompt(p) for p in prompts])
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str] | str, *, seed: int | None = None, num_steps: int = 100,
+                 cfg_scale: float = 7.0, guidance_channels: int = 3,
+                 output: Literal["video", "latent"] = "video", progress: bool = True,
+                 batch_size: int | None = None, vae_chunk_frames: int | None = None) -> list[Video] | torch.Tensor:
+        """Videos (or final latents [n,C,T,H,W]) for `prompts`, sampled as the reference script does.
+
+        Prompts are processed `batch_size` at a time (default: the preset's, as the reference), one
+        generator for the whole call: with a seed, the same prompts give the reference's videos.
+        Stage times and peak memory are kept in `self.last_stats` (and printed when `progress`).
+        """
+        prompts = _check_prompts([prompts] if isinstance(prompts, str) else prompts)
+        if output not in ("video", "latent"):
+            raise ConfigError(f"output must be 'video' or 'latent', got {output!r}")
+        batch_size = batch_size or self.preset.prompts_per_batch
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        sampler = IDDPM(num_steps=num_steps, cfg_scale=cfg_scale, guidance_channels=guidance_channels)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        y_null = self.stdit.y_embedder.y_embedding[None, None]
+
+        self.last_stats = []
+        latents, videos = [], []
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start:start + batch_size]
+            with measure_stage("encode", self.device, self.last_stats):
+                y, mask = self.encode_prompts(batch)
+            with measure_stage("denoise", self.device, self.last_stats):
+                # The reference draws the initial latent in the model's dtype on the sampling device.
+                z = torch.randn((len(batch), *self.preset.latent_shape), generator=generator,
+                                device=self.device, dtype=self.dtype)
+                latent = sampler.sample(self.stdit, z, y, mask, y_null, generator=generator, progress=progress)
+            if output == "latent":
+                latents.append(latent)
+                continue
+            with measure_stage("decode", self.device, self.last_stats):
+                decoded = self.vae.decode(latent.to(self.dtype), chunk_frames=vae_chunk_frames)
+                videos.extend(Video.from_decoded(sample, self.preset.fps) for sample in decoded)
+        if progress:
+            self._print_stats()
+        return torch.cat(latents) if output == "latent" else videos
+
+    def _print_stats(self) -> None:
+        note = " (random weights)" if self.random_weights else ""
+        print(f"stdit-engine {self.preset.name}{note} on {self.device}, {str(self.dtype).removeprefix('torch.')}:")
+        for stats in self.last_stats:
+            print("  " + stats.describe(self.device))
+
+
+def _check_prompts(prompts: Sequence[str]) -> list[str]:
+    prompts = list(prompts)
+    if not prompts:
+        raise ConfigError("no prompts given: pass at least one prompt (a list of strings)")
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise ConfigError(f"prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
+    return prompts

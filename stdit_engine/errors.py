@@ -1,0 +1,21 @@
+"""Typed errors. Each message says what went wrong and what to do about it."""
+
+
+class EngineError(Exception):
+    """Base class of every error raised on purpose by stdit-engine."""
+
+
+class ConfigError(EngineError, ValueError):
+    """A bad preset, argument or option value."""
+
+
+class CheckpointError(EngineError):
+    """A weights file or model folder that cannot be used as asked."""
+
+
+class DeviceError(EngineError, RuntimeError):
+    """A device that is asked for but not available."""
+
+
+class SamplingError(EngineError, RuntimeError):
+    """The sampler produced something unusable (e.g. NaN in the latent)."""

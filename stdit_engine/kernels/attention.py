@@ -1,0 +1,38 @@
+"""Attention in the layouts STDiT uses.
+
+self-attention: q, k, v [B, H, L, D] -> [B, H, L, D] (spatial: B = samples*frames, L = S;
+temporal: B = samples*positions, L = T).
+cross-attention: q [B, H, N, D] over k, v [B, H, Lc, D] where sample b sees only its first
+kv_lengths[b] caption tokens (T5 masks are prefixes).
+The `_ref` functions spell out the maths (the meaning of each op); the `_sdpa` ones hand it to
+PyTorch's fused scaled_dot_product_attention.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def self_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.softmax(dim=-1) @ v
+
+
+def caption_mask(kv_lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Boolean [B, 1, 1, Lc] mask: True where caption token j < kv_lengths[b]."""
+    positions = torch.arange(num_tokens, device=kv_lengths.device)
+    return (positions[None, :] < kv_lengths[:, None])[:, None, None, :]
+
+
+def cross_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor) -> torch.Tensor:
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    scores = scores.masked_fill(~caption_mask(kv_lengths, k.shape[-2]), float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+def self_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def cross_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=caption_mask(kv_lengths, k.shape[-2]))

@@ -1,0 +1,277 @@
+"""STDiT-XL/2 of Open-Sora v1.0 (SPEC section 2): the one model definition.
+
+Parameter names match the released checkpoints. Every hot op goes through the `Ops` of a kernel
+backend resolved once in the constructor, so the same module runs the eager reference or the fast
+kernels.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..kernels.registry import Ops, resolve_backend
+
+LN_EPS = 1e-6
+TIMESTEP_FREQ_DIM = 256
+
+
+# ---------------------------------------------------------------- fixed embeddings (not learned)
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """[len(positions), dim]: sin in the first half, cos in the second, frequencies in float64."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    angles = np.outer(positions.astype(np.float64), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def spatial_pos_embed(dim: int, grid_h: int, grid_w: int, space_scale: float) -> torch.Tensor:
+    """[1, grid_h*grid_w, dim]: first half of the channels encodes the column, second the row."""
+    rows, cols = np.meshgrid(np.arange(grid_h) / space_scale, np.arange(grid_w) / space_scale, indexing="ij")
+    emb = np.concatenate([sincos_1d(dim // 2, cols.reshape(-1)), sincos_1d(dim // 2, rows.reshape(-1))], axis=1)
+    return torch.from_numpy(emb).float()[None]
+
+
+def temporal_pos_embed(dim: int, num_frames: int, time_scale: float) -> torch.Tensor:
+    """[1, num_frames, dim]."""
+    return torch.from_numpy(sincos_1d(dim, np.arange(num_frames) / time_scale)).float()[None]
+
+
+def timestep_features(t: torch.Tensor, dim: int = TIMESTEP_FREQ_DIM) -> torch.Tensor:
+    """[B, dim] = [cos(t*w_k), sin(t*w_k)], w_k = exp(-ln(10000) k / (dim/2)), in float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+# ---------------------------------------------------------------- sub-modules (names = checkpoint keys)
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, ops: Ops) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = ops.self_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_linear = nn.Linear(dim, dim)
+        self.kv_linear = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def caption_kv(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V [B, H, L, D] of the projected caption y [B, L, C]; constant over sampling steps."""
+        b, n, c = y.shape
+        k, v = self.kv_linear(y).view(b, n, 2, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], kv_lengths: torch.Tensor, ops: Ops) -> torch.Tensor:
+        b, n, c = x.shape
+        q = self.q_linear(x).view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+        out = ops.cross_attention(q, kv[0], kv[1], kv_lengths)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, out: int | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, out or dim)
+
+    def forward(self, x: torch.Tensor, ops: Ops) -> torch.Tensor:
+        return self.fc2(ops.gelu_tanh(self.fc1(x)))
+
+
+class TimestepEmbedder(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(TIMESTEP_FREQ_DIM, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(timestep_features(t).to(self.mlp[0].weight.dtype))
+
+
+class CaptionEmbedder(nn.Module):
+    def __init__(self, caption_channels: int, dim: int, num_tokens: int):
+        super().__init__()
+        self.y_proj = GeluMLP(caption_channels, dim, dim)
+        # The learned "null" caption of classifier-free guidance; a buffer in the checkpoints.
+        self.register_buffer("y_embedding", torch.randn(num_tokens, caption_channels) / caption_channels**0.5)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: tuple[int, int, int], in_channels: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+
+class STDiTBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        self.attn = SelfAttention(dim, num_heads)
+        self.attn_temp = SelfAttention(dim, num_heads)
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.mlp = GeluMLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x, t0, caption_kv, kv_lengths, grid: tuple[int, int], ops: Ops, temporal_pos=None):
+        """x [B, T*S, C] (token = t*S + s), t0 [B, 6C]."""
+        b, n, c = x.shape
+        frames, positions = grid
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.scale_shift_table[None] + t0.view(b, 6, c)
+        ).unbind(1)
+
+        # Spatial attention within each frame, on the modulated norm of x.
+        h = ops.ln_modulate(x, shift_msa, scale_msa, LN_EPS)
+        h = self.attn(h.reshape(b * frames, positions, c), ops).reshape(b, n, c)
+        x = ops.gated_residual(x, gate_msa, h)
+
+        # Temporal attention within each spatial position, on x itself (no norm), same gate.
+        h = x.view(b, frames, positions, c).transpose(1, 2).reshape(b * positions, frames, c)
+        if temporal_pos is not None:
+            h = h + temporal_pos
+        h = self.attn_temp(h, ops).view(b, positions, frames, c).transpose(1, 2).reshape(b, n, c)
+        x = ops.gated_residual(x, gate_msa, h)
+
+        x = x + self.cross_attn(x, caption_kv, kv_lengths, ops)
+
+        h = ops.ln_modulate(x, shift_mlp, scale_mlp, LN_EPS)
+        return ops.gated_residual(x, gate_mlp, self.mlp(h, ops))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_features: int):
+        super().__init__()
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.linear = nn.Linear(dim, out_features)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, ops: Ops) -> torch.Tensor:
+        shift, scale = (self.scale_shift_table[None] + temb[:, None]).unbind(1)
+        return self.linear(ops.ln_modulate(x, shift, scale, LN_EPS))
+
+
+# ---------------------------------------------------------------- the model
+
+class STDiT(nn.Module):
+    def __init__(
+        self,
+        input_size: tuple[int, int, int],
+        in_channels: int = 4,
+        patch_size: tuple[int, int, int] = (1, 2, 2),
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        caption_channels: int = 4096,
+        model_max_length: int = 120,
+        space_scale: float = 1.0,
+        time_scale: float = 1.0,
+        pred_sigma: bool = True,
+        backend: str = "eager",
+    ):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ConfigError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        if any(s % p for s, p in zip(input_size, patch_size)):
+            raise ConfigError(f"latent size {tuple(input_size)} is not divisible by the patch size {tuple(patch_size)}")
+        self.input_size = tuple(input_size)
+        self.patch_size = tuple(patch_size)
+        self.in_channels = in_channels
+        self.out_channels = in_channels * 2 if pred_sigma else in_channels
+        self.hidden_size = hidden_size
+        self.caption_channels = caption_channels
+        self.model_max_length = model_max_length
+        self.grid = tuple(s // p for s, p in zip(input_size, patch_size))  # (T', H', W') in tokens
+        self.ops = resolve_backend(backend)
+
+        self.x_embedder = PatchEmbed(self.patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, model_max_length)
+        self.blocks = nn.ModuleList(STDiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
+        self.final_layer = FinalLayer(hidden_size, math.prod(self.patch_size) * self.out_channels)
+
+        frames, rows, cols = self.grid
+        # Recomputed, never loaded: released files may carry stale copies, which are ignored.
+        self.register_buffer("pos_embed", spatial_pos_embed(hidden_size, rows, cols, space_scale), persistent=False)
+        self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, frames, time_scale), persistent=False)
+
+    def set_backend(self, backend: str) -> "STDiT":
+        self.ops = resolve_backend(backend, self.pos_embed.device)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.proj.weight.dtype
+
+    # -- the pieces of a forward, exposed so a sampler can compute the step-invariant ones once
+
+    def embed_caption(self, y: torch.Tensor, mask: torch.Tensor | None) -> tuple[list, torch.Tensor]:
+        """Caption K/V of every block and the caption length of every row, for y [B,1,L,Cc]."""
+        b = y.shape[0]
+        if mask is None:
+            lengths = torch.full((b,), y.shape[2], dtype=torch.long, device=y.device)
+        else:
+            if b % mask.shape[0]:
+                raise ConfigError(f"mask has {mask.shape[0]} rows, which does not divide the batch of {b}")
+            # Guidance batches pass the mask of the conditional half only: rows repeat it.
+            lengths = mask.to(y.device).long().sum(dim=1).repeat(b // mask.shape[0])
+        tokens = self.y_embedder.y_proj(y.squeeze(1).to(self.dtype), self.ops)
+        return [blk.cross_attn.caption_kv(tokens) for blk in self.blocks], lengths
+
+    def embed_timestep(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(temb [B,C], t0 [B,6C]) for timestep [B]."""
+        temb = self.t_embedder(timestep)
+        return temb, self.t_block(temb)
+
+    def forward_embedded(self, x, temb, t0, caption_kv, kv_lengths) -> torch.Tensor:
+        b = x.shape[0]
+        frames, rows, cols = self.grid
+        positions = rows * cols
+        h = self.x_embedder.proj(x.to(self.dtype))  # [B, C, T', H', W']
+        h = h.flatten(2).transpose(1, 2).view(b, frames, positions, self.hidden_size)
+        h = (h + self.pos_embed.to(h.dtype)).view(b, frames * positions, self.hidden_size)
+        temporal_pos = self.pos_embed_temporal.to(h.dtype)
+        for i, block in enumerate(self.blocks):
+            h = block(h, t0, caption_kv[i], kv_lengths, (frames, positions), self.ops,
+                      temporal_pos if i == 0 else None)
+        return self.unpatchify(self.final_layer(h, temb, self.ops))
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C_in, T, H, W], timestep [B], y [B, 1, L, Cc], mask [n, L] with n | B -> [B, C_out, T, H, W]."""
+        self._check_input(x, y)
+        caption_kv, kv_lengths = self.embed_caption(y, mask)
+        temb, t0 = self.embed_timestep(timestep)
+        return self.forward_embedded(x, temb, t0, caption_kv, kv_lengths)
+
+    def unpatchify(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, T'*H'*W', pt*ph*pw*C_out] (C_out fastest) -> [B, C_out, T, H, W]."""
+        b = h.shape[0]
+        (ft, fh, fw), (pt, ph, pw) = self.grid, self.patch_size
+        h = h.view(b, ft, fh, fw, pt, ph, pw, self.out_channels)
+        return h.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.out_channels, ft * pt, fh * ph, fw * pw)
+
+    def _check_input(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if tuple(x.shape[1:]) != (self.in_channels, *self.input_size):
+            raise ConfigError(
+                f"latent of shape {tuple(x.shape)} does not fit this model, which expects "
+                f"[B, {self.in_channels}, {', '.join(map(str, self.input_size))}]"
+            )
+        if y.dim() != 4 or y.shape[0] != x.shape[0] or y.shape[-1] != self.caption_channels:
+            raise ConfigError(
+                f"caption of shape {tuple(y.shape)} does not fit: expected [{x.shape[0]}, 1, L, {self.caption_channels}]"
+            )

@@ -1,0 +1,96 @@
+"""The image VAE (SPEC section 5): a diffusers `AutoencoderKL` decoding video latents frame by frame.
+
+There is no temporal compression: each latent frame is decoded as an image, `chunk_frames` images at
+a time, which bounds the memory peak of the decode (the reference decodes up to 128 frames at once).
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.utils import is_accelerate_available
+
+from ..configs import VAE_SCALE_FACTOR, VAEConfig
+from ..errors import CheckpointError, ConfigError
+from .hub import resolve_model_dir
+from .text_encoder import random_init
+
+
+class VideoVAE:
+    def __init__(self, model: AutoencoderKL):
+        self.model = model.eval()
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, *, device, dtype: torch.dtype = torch.float32) -> VideoVAE:
+        """Load a diffusers-format folder (config.json + diffusion_pytorch_model.safetensors or .bin)
+        or a hub repo id such as stabilityai/sd-vae-ft-ema."""
+        folder = resolve_model_dir(path_or_id, what="VAE", files=["config.json"])
+        try:
+            # diffusers' low-memory load needs accelerate, optional here; asking without it logs a warning.
+            model = AutoencoderKL.from_pretrained(
+                folder, torch_dtype=dtype, low_cpu_mem_usage=is_accelerate_available()
+            )
+        except (OSError, ValueError) as err:  # missing / unreadable files, a folder of another model
+            raise CheckpointError(
+                f"cannot load the VAE from {folder}: {err}. Expected a diffusers AutoencoderKL folder "
+                "(config.json, diffusion_pytorch_model.safetensors or .bin), such as a download of "
+                "stabilityai/sd-vae-ft-ema"
+            ) from err
+        return cls(model.to(device))
+
+    @classmethod
+    def from_random_weights(
+        cls, cfg: VAEConfig, *, device, dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> VideoVAE:
+        """The AutoencoderKL of `cfg` (8x downsampling with 4 blocks) with random weights, built on
+        `device` in `dtype`."""
+        blocks = len(cfg.block_out_channels)
+        # Built in `dtype` rather than cast: diffusers' `to(dtype)` logs a warning on every call.
+        with random_init(device, dtype, seed):
+            model = AutoencoderKL(
+                down_block_types=("DownEncoderBlock2D",) * blocks,
+                up_block_types=("UpDecoderBlock2D",) * blocks,
+                block_out_channels=tuple(cfg.block_out_channels),
+                layers_per_block=cfg.layers_per_block,
+                norm_num_groups=cfg.norm_num_groups,
+                latent_channels=cfg.latent_channels,
+            )
+        return cls(model)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def to(self, device) -> VideoVAE:
+        self.model.to(device)
+        return self
+
+    def decode(self, z: torch.Tensor, *, chunk_frames: int | None = None) -> torch.Tensor:
+        """Latent `[n, C, T, h, w]` -> video `[n, 3, T, 8h, 8w]` in about [-1, 1], in the VAE's dtype.
+
+        The n*T frames are decoded `chunk_frames` at a time (None: all at once) into one preallocated
+        output, so the peak is the output plus one chunk's activations.
+        """
+        channels = self.model.config.latent_channels
+        if z.ndim != 5 or z.shape[1] != channels or z.numel() == 0:
+            raise ConfigError(
+                f"VAE latent must have shape [n, {channels}, T, h, w], none of them 0; got {list(z.shape)}"
+            )
+        if chunk_frames is not None and chunk_frames < 1:
+            raise ConfigError(f"chunk_frames must be a positive number of frames or None; got {chunk_frames}")
+        n, _, frames = z.shape[:3]
+        with torch.inference_mode():
+            images = z.to(self.device, self.dtype).transpose(1, 2).flatten(0, 1) / VAE_SCALE_FACTOR
+            step = chunk_frames or len(images)
+            video = None
+            for start in range(0, len(images), step):
+                decoded = self.model.decode(images[start:start + step]).sample
+                if video is None:
+                    video = decoded.new_empty(n, decoded.shape[1], frames, *decoded.shape[2:])
+                for index, image in enumerate(decoded, start):  # image `index` is frame t of sample b
+                    b, t = divmod(index, frames)
+                    video[b, :, t] = image
+        return video

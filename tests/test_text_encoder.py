@@ -1,0 +1,169 @@
+"""TextEncoder (T5 + tokenizer) and the hub resolution in stdit_engine.models.hub, on the tiny preset."""
+import pytest
+import torch
+from helpers_hf import make_hub_cache_repo, make_tiny_t5_dir
+
+from stdit_engine.configs import PRESETS
+from stdit_engine.errors import CheckpointError, ConfigError
+from stdit_engine.models.hub import resolve_model_dir, resolve_model_file
+from stdit_engine.models.text_encoder import TextEncoder
+
+CFG = PRESETS["tiny"].text
+PROMPTS = ["a sea turtle swimming over a coral reef", "a cat", "a quokka juggling xylophones, 4k!"]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TextEncoder.from_random_weights(CFG, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def t5_dir(encoder, tmp_path_factory):
+    return make_tiny_t5_dir(tmp_path_factory.mktemp("t5"), CFG, model=encoder)
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def assert_t5_mask(encoder, prompts, mask):
+    """1s as a prefix that ends at the end token (id 1), <pad> (id 0) after it."""
+    ids = encoder.tokenizer(prompts, max_length=120, padding="max_length", truncation=True)["input_ids"]
+    for row_ids, row_mask in zip(ids, mask.tolist()):
+        length = sum(row_mask)
+        assert row_mask == [1] * length + [0] * (120 - length)
+        assert row_ids[length - 1] == 1 and 1 not in row_ids[: length - 1]
+        assert row_ids[length:] == [0] * (120 - length)
+
+
+def test_encode_shapes_and_mask(encoder):
+    y, mask = encoder.encode(PROMPTS)
+    assert y.shape == (3, 1, 120, CFG.d_model) and y.dtype == torch.float32
+    assert mask.shape == (3, 120) and mask.dtype == torch.int64
+    assert torch.isfinite(y).all()
+    assert_t5_mask(encoder, PROMPTS, mask)
+    assert mask[1].sum() == 3  # "▁a", "▁cat", "</s>": known words are single tokens
+
+
+def test_long_prompt_is_truncated_to_max_length_with_end_token(encoder):
+    y, mask = encoder.encode(["a turtle swimming " * 200, "a cat"])
+    assert y.shape == (2, 1, 120, CFG.d_model)
+    assert mask[0].sum() == 120
+    assert_t5_mask(encoder, ["a turtle swimming " * 200], mask[:1])
+
+
+def test_encode_rejects_a_bare_string_or_nothing(encoder):
+    for bad in ("a cat", []):
+        with pytest.raises(ConfigError, match="list of prompts"):
+            encoder.encode(bad)
+
+
+def test_random_weights_are_seeded_and_leave_the_global_rng_alone(encoder):
+    state = torch.get_rng_state()
+    again = TextEncoder.from_random_weights(CFG, device="cpu", seed=0)
+    other = TextEncoder.from_random_weights(CFG, device="cpu", seed=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(again.encode(PROMPTS)[0], encoder.encode(PROMPTS)[0])
+    assert not torch.equal(other.encode(PROMPTS)[0], encoder.encode(PROMPTS)[0])
+
+
+def test_from_pretrained_local_folder_gives_identical_outputs(encoder, t5_dir):
+    assert (t5_dir / "model.safetensors.index.json").is_file()  # sharded, like the released T5-XXL
+    loaded = TextEncoder.from_pretrained(str(t5_dir), device="cpu")
+    y, mask = loaded.encode(PROMPTS)
+    y_ref, mask_ref = encoder.encode(PROMPTS)
+    assert torch.equal(mask, mask_ref) and torch.equal(y, y_ref)
+
+
+def test_from_pretrained_hub_id_offline_gives_identical_outputs(encoder, t5_dir, offline_cache):
+    make_hub_cache_repo(offline_cache, "DeepFloyd/t5-tiny", t5_dir)
+    loaded = TextEncoder.from_pretrained("DeepFloyd/t5-tiny", device="cpu")
+    assert torch.equal(loaded.encode(PROMPTS)[0], encoder.encode(PROMPTS)[0])
+
+
+def test_sentencepiece_folder_like_deepfloyd(encoder, tmp_path):
+    """spiece.model + a T5Tokenizer config at the root, as in DeepFloyd/t5-v1_1-xxl."""
+    folder = make_tiny_t5_dir(tmp_path / "t5", CFG, model=encoder, spiece=True)
+    assert not (folder / "tokenizer.json").exists()
+    loaded = TextEncoder.from_pretrained(str(folder), device="cpu")
+    tokenizer = loaded.tokenizer
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    y, mask = loaded.encode(PROMPTS)
+    assert_t5_mask(loaded, PROMPTS, mask)
+    y_ref, _ = TextEncoder(encoder.model, tokenizer).encode(PROMPTS)
+    assert torch.equal(y, y_ref)
+
+
+def test_bf16_encode_is_close_to_fp32(encoder, t5_dir):
+    loaded = TextEncoder.from_pretrained(str(t5_dir), device="cpu", dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16
+    y, _ = loaded.encode(PROMPTS)
+    y_ref, _ = encoder.encode(PROMPTS)
+    assert y.dtype == torch.bfloat16
+    rel = ((y.double() - y_ref.double()).norm() / y_ref.double().norm()).item()
+    assert rel < 5e-2
+    random_bf16 = TextEncoder.from_random_weights(CFG, device="cpu", dtype=torch.bfloat16)
+    assert {p.dtype for p in random_bf16.model.parameters()} == {torch.bfloat16}
+    assert torch.get_default_dtype() == torch.float32
+
+
+def test_fp16_keeps_the_ffn_output_in_fp32_like_from_pretrained(t5_dir):
+    random_fp16 = TextEncoder.from_random_weights(CFG, device="cpu", dtype=torch.float16)
+    loaded_fp16 = TextEncoder.from_pretrained(str(t5_dir), device="cpu", dtype=torch.float16)
+    dtypes = {name: p.dtype for name, p in random_fp16.model.named_parameters()}
+    assert dtypes == {name: p.dtype for name, p in loaded_fp16.model.named_parameters()}
+    assert dtypes["encoder.block.0.layer.1.DenseReluDense.wo.weight"] == torch.float32
+    assert dtypes["shared.weight"] == random_fp16.dtype == torch.float16
+
+
+def test_folder_of_another_model_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="DeepFloyd/t5-v1_1-xxl"):
+        TextEncoder.from_pretrained(str(tmp_path), device="cpu")
+
+
+# --- hub resolution (stdit_engine.models.hub) ---------------------------------------------------
+
+def test_missing_local_folder_is_reported_without_the_hub(tmp_path):
+    for missing in (str(tmp_path / "t5"), "./weights/t5", "a/b/c"):
+        with pytest.raises(CheckpointError, match="no local folder"):
+            TextEncoder.from_pretrained(missing, device="cpu")
+    with pytest.raises(CheckpointError, match="no T5 text encoder was given"):
+        TextEncoder.from_pretrained("", device="cpu")
+
+
+def test_unknown_repo_offline_says_how_to_fix(offline_cache):
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE set \\(now on\\)") as info:
+        resolve_model_dir("DeepFloyd/not-in-cache", what="T5 text encoder")
+    assert "hf download DeepFloyd/not-in-cache" in str(info.value)
+    assert str(offline_cache) in str(info.value)
+
+
+def test_a_file_given_as_model_folder(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is a file"):
+        resolve_model_dir(str(tmp_path / "model.safetensors"), what="VAE")
+
+
+def test_resolve_model_file(tmp_path, offline_cache):
+    (tmp_path / "repo").mkdir()
+    weights = tmp_path / "repo" / "stdit.pth"
+    weights.write_bytes(b"weights")
+    assert resolve_model_file(str(weights), None, what="STDiT") == weights
+    assert resolve_model_file(str(tmp_path / "repo"), "stdit.pth", what="STDiT") == weights
+    make_hub_cache_repo(offline_cache, "hpcai-tech/Open-Sora", tmp_path / "repo")
+    cached = resolve_model_file("hpcai-tech/Open-Sora", "stdit.pth", what="STDiT")
+    assert cached.read_bytes() == b"weights" and offline_cache in cached.parents
+    with pytest.raises(CheckpointError, match="other.pth"):
+        resolve_model_file("hpcai-tech/Open-Sora", "other.pth", what="STDiT")
+    with pytest.raises(CheckpointError, match="name of the file"):
+        resolve_model_file("hpcai-tech/Open-Sora", None, what="STDiT")
+    with pytest.raises(CheckpointError, match="has no file 'x.pth'"):
+        resolve_model_file(str(tmp_path / "repo"), "x.pth", what="STDiT")
+    with pytest.raises(CheckpointError, match="no local file"):
+        resolve_model_file(str(tmp_path / "missing.pth"), None, what="STDiT")
