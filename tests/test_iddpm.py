@@ -8,7 +8,7 @@ from golden import load_golden, rel_error
 
 from stdit_engine.errors import ConfigError, SamplingError
 from stdit_engine.models.stdit import STDiT
-from stdit_engine.schedulers.iddpm import IDDPM, SpacedSchedule, guide, p_sample_step
+from stdit_engine.schedulers.iddpm import IDDPM, SpacedSchedule, coefficient_table, guide, p_sample_step
 
 
 @pytest.mark.parametrize("steps", [100, 25, 10])
@@ -21,9 +21,9 @@ def test_timestep_map_and_betas(steps):
 
 def test_single_steps():
     golden = load_golden("iddpm.pt")
-    schedule = SpacedSchedule.build(100)
+    coefs = coefficient_table(SpacedSchedule.build(100))
     for case in golden["p_sample_steps"]:
-        sample, pred_x0 = p_sample_step(schedule, case["index"], case["x"], case["model_output"], case["noise"])
+        sample, pred_x0 = p_sample_step(coefs[case["index"]], case["x"], case["model_output"], case["noise"])
         assert rel_error(sample, case["sample"]) < 1e-10, case["index"]
         assert rel_error(pred_x0, case["pred_xstart"]) < 1e-10, case["index"]
 
@@ -79,11 +79,12 @@ def test_rng_protocol_matches_reference_script():
 
     torch.manual_seed(7)
     x = torch.randn(n, *shape)
+    coefs = coefficient_table(sampler.schedule)
     for index in reversed(range(steps)):
         t = torch.full((2 * n,), float(sampler.schedule.timestep_map[index]))
         out = RecordingModel()(torch.cat([x, x]), t, torch.cat([y, y_null.expand_as(y)]), None)
         noise = torch.randn(2 * n, *shape)
-        x, _ = p_sample_step(sampler.schedule, index, x, guide(out, 7.0, 3), noise[:n])
+        x, _ = p_sample_step(coefs[index], x, guide(out, 7.0, 3), noise[:n])
     assert torch.equal(ours, x)
 
     # The model saw the guidance batch [x; x], captions [y; y_null] and the ORIGINAL timesteps.
@@ -130,3 +131,15 @@ def test_nan_latent_stops_and_names_the_step():
     with pytest.raises(SamplingError, match="step 3 of 20"):
         IDDPM(num_steps=20).sample(model, z, torch.zeros(1, 1, 2, 4), None, torch.zeros(1, 1, 2, 4))
     assert len(calls) <= 10  # it stopped at the first periodic check, not after all 20 steps
+
+
+def test_half_precision_latent_is_updated_in_float32():
+    # The reference multiplies by full float32 coefficient tensors, which promotes an fp16 latent.
+    coefs = coefficient_table(SpacedSchedule.build(10))
+    x = torch.randn(1, 4, 1, 2, 2).half()
+    out = torch.randn(1, 8, 1, 2, 2).half()
+    noise = torch.randn(1, 4, 1, 2, 2).half()
+    sample, _ = p_sample_step(coefs[5], x, out, noise)
+    expected, _ = p_sample_step(coefs[5].double(), x.double(), out.double(), noise.double())
+    assert sample.dtype == torch.float32
+    assert rel_error(sample, expected) < 1e-6

@@ -16,6 +16,7 @@ from ..models.stdit import STDiT
 from ..models.text_encoder import TextEncoder
 from ..models.vae import VideoVAE
 from ..schedulers.iddpm import IDDPM
+from .denoise import GuidedDenoiser
 from .memory import StageStats, measure_stage
 from .video import Video
 
@@ -48,13 +49,14 @@ class Engine:
     """Open-Sora v1.0 text-to-video: T5 text encoder -> STDiT denoiser (IDDPM) -> VAE decoder."""
 
     def __init__(self, preset: Preset, stdit: STDiT, text_encoder: TextEncoder, vae: VideoVAE,
-                 device: torch.device, random_weights: bool = False):
+                 device: torch.device, random_weights: bool = False, cuda_graphs: bool = True):
         self.preset = preset
         self.stdit = stdit.eval()
         self.text_encoder = text_encoder
         self.vae = vae
         self.device = device
         self.random_weights = random_weights
+        self.denoiser = GuidedDenoiser(self.stdit, use_cuda_graphs=cuda_graphs)
         self.last_stats: list[StageStats] = []
 
     @property
@@ -67,10 +69,11 @@ class Engine:
     def from_pretrained(cls, preset: str | Preset, *, stdit: str | None = None, t5: str | None = None,
                         vae: str | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
-                        backend: str = "auto") -> "Engine":
+                        backend: str = "auto", cuda_graphs: bool = True) -> "Engine":
         """Loads each part from a local path or a hub id; defaults are the released weights of SPEC section 1.
 
         `stdit` is a .pth/.safetensors file or a hub repo id (the preset's file is taken from it).
+        `cuda_graphs`: replay each denoising step from a CUDA graph (on CUDA devices).
         """
         preset = get_preset(preset)
         device = resolve_device(device)
@@ -89,12 +92,12 @@ class Engine:
         model = load_stdit_checkpoint(model, stdit_file).to(device=device, dtype=dtype)
         text_encoder = TextEncoder.from_pretrained(t5_source, device=device, dtype=t5_dtype)
         video_vae = VideoVAE.from_pretrained(vae_source, device=device, dtype=dtype)
-        return cls(preset, model, text_encoder, video_vae, device)
+        return cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs)
 
     @classmethod
     def from_random_weights(cls, preset: str | Preset, *, device: str | torch.device | None = None,
                             dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
-                            backend: str = "auto", seed: int = 0) -> "Engine":
+                            backend: str = "auto", seed: int = 0, cuda_graphs: bool = True) -> "Engine":
         """The exact architectures of `preset` with random weights: for tests, demos and benchmarks.
 
         Its videos are noise-like; it exists to measure speed and memory and to exercise the code.
@@ -107,7 +110,7 @@ class Engine:
             model = STDiT(**preset.stdit.to_kwargs(), backend=ops.name).to(dtype)
         text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
         video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
-        return cls(preset, model, text_encoder, video_vae, device, random_weights=True)
+        return cls(preset, model, text_encoder, video_vae, device, random_weights=True, cuda_graphs=cuda_graphs)
 
     # ------------------------------------------------------------------ stages
 
@@ -147,7 +150,7 @@ class Engine:
                 # The reference draws the initial latent in the model's dtype on the sampling device.
                 z = torch.randn((len(batch), *self.preset.latent_shape), generator=generator,
                                 device=self.device, dtype=self.dtype)
-                latent = sampler.sample(self.stdit, z, y, mask, y_null, generator=generator, progress=progress)
+                latent = self.denoiser.sample(sampler, z, y, mask, y_null, generator=generator, progress=progress)
             if output == "latent":
                 latents.append(latent)
                 continue

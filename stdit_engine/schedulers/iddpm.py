@@ -17,7 +17,7 @@ import torch
 from ..errors import ConfigError, SamplingError
 
 NUM_TRAIN_STEPS = 1000
-NAN_CHECK_EVERY = 10  # steps between host checks for a non-finite latent (each check syncs)
+NAN_CHECK_EVERY = 10  # steps between (asynchronous) looks at whether the latent went non-finite
 
 
 def linear_betas(num_train_steps: int = NUM_TRAIN_STEPS) -> np.ndarray:
@@ -80,26 +80,37 @@ class SpacedSchedule:
         return len(self.timestep_map)
 
 
-def _coef(arr: np.ndarray, index: int, x: torch.Tensor) -> torch.Tensor:
-    """One coefficient as a float32 scalar tensor on x's device, as the reference applies them."""
-    return torch.tensor(arr[index], dtype=torch.float32, device=x.device)
+# Columns of the per-index coefficient table (float32, as the reference applies its float64
+# quantities). NONZERO is 0 at index 0, where no noise is added.
+LOG_BETA, POST_LOG_VAR, SQRT_RECIP, SQRT_RECIPM1, MEAN_COEF1, MEAN_COEF2, NONZERO = range(7)
 
 
-def p_sample_step(schedule: SpacedSchedule, index: int, x: torch.Tensor, model_output: torch.Tensor,
+def coefficient_table(schedule: SpacedSchedule, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[num_steps, 7] float32 on `device`, columns as named above: one row per spaced index."""
+    columns = [schedule.log_betas, schedule.posterior_log_variance_clipped, schedule.sqrt_recip_alphas_cumprod,
+               schedule.sqrt_recipm1_alphas_cumprod, schedule.posterior_mean_coef1, schedule.posterior_mean_coef2,
+               (np.arange(len(schedule)) != 0).astype(np.float64)]
+    return torch.from_numpy(np.stack(columns, axis=1)).to(device=device, dtype=torch.float32)
+
+
+def p_sample_step(coefs: torch.Tensor, x: torch.Tensor, model_output: torch.Tensor,
                   noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One reverse step from spaced index `index`: returns (x_{t-1}, predicted x0).
+    """One reverse step with the coefficient row `coefs` [7]: returns (x_{t-1}, predicted x0).
 
-    model_output has 2C channels: eps, then the variance interpolation value v in [-1, 1].
+    model_output has 2C channels: eps, then the variance interpolation value v in [-1, 1]. Pure
+    tensor arithmetic (no host branch), so it can be captured in a CUDA graph.
     """
+    # The reference's coefficients are full float32 tensors, so a half-precision x or model output
+    # is promoted: the update runs in float32 (float64 stays float64). frac is formed before that.
+    work = torch.promote_types(x.dtype, torch.float32)
     channels = x.shape[1]
-    eps, v = model_output[:, :channels], model_output[:, channels:]
-    frac = (v + 1) / 2
-    log_variance = frac * _coef(schedule.log_betas, index, x) + (1 - frac) * _coef(schedule.posterior_log_variance_clipped, index, x)
-    pred_x0 = _coef(schedule.sqrt_recip_alphas_cumprod, index, x) * x - _coef(schedule.sqrt_recipm1_alphas_cumprod, index, x) * eps
-    mean = _coef(schedule.posterior_mean_coef1, index, x) * pred_x0 + _coef(schedule.posterior_mean_coef2, index, x) * x
-    if index == 0:  # the last step adds no noise
-        return mean, pred_x0
-    return mean + torch.exp(0.5 * log_variance) * noise, pred_x0
+    eps, v = model_output[:, :channels].to(work), model_output[:, channels:]
+    frac = ((v + 1) / 2).to(work)
+    coefs, x = coefs.to(work), x.to(work)
+    log_variance = frac * coefs[LOG_BETA] + (1 - frac) * coefs[POST_LOG_VAR]
+    pred_x0 = coefs[SQRT_RECIP] * x - coefs[SQRT_RECIPM1] * eps
+    mean = coefs[MEAN_COEF1] * pred_x0 + coefs[MEAN_COEF2] * x
+    return mean + coefs[NONZERO] * torch.exp(0.5 * log_variance) * noise.to(work), pred_x0
 
 
 def guide(model_output: torch.Tensor, cfg_scale: float, channels: int) -> torch.Tensor:
@@ -144,43 +155,95 @@ class IDDPM:
         """Denoise z [n, C, T, H, W] under caption y [n, 1, L, Cc]; returns the final latent [n, ...].
 
         `model(x, timestep, y, mask)` is the STDiT forward; it is called on the guidance batch
-        [x; x] with captions [y; y_null] and the mask of the n conditional rows.
-        `progress`: True for a tqdm bar, or a callable wrapping the step iterable.
-        `noise_fn(shape, dtype, device)` replaces the per-step draw from `generator` (for replaying
-        recorded noise); it must return the full 2n-row noise.
+        [x; x] with captions [y; y_null] and the mask of the n conditional rows. This is the plain
+        loop of the reference; engine/denoise.py runs the same steps with the step-invariant work
+        hoisted out and the step in a CUDA graph.
         """
         n = z.shape[0]
         if y.shape[0] != n:
             raise ConfigError(f"{y.shape[0]} captions for {n} latents")
         captions = torch.cat([y, y_null.expand_as(y).to(y.dtype)])
         timesteps = self.model_timesteps(z.device)
-        noise_shape = (2 * n, *z.shape[1:])
-        nonfinite_at = torch.full((), -1, dtype=torch.long, device=z.device)  # first bad step, on device
+        coefs = coefficient_table(self.schedule, z.device)
 
-        steps = list(enumerate(range(self.num_steps - 1, -1, -1)))
-        x = z
-        for step, index in _wrap_progress(steps, progress):
+        def step(x: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:
             model_output = model(torch.cat([x, x]), timesteps[index].expand(2 * n), captions, mask)
             guided = guide(model_output, self.cfg_scale, self.guidance_channels)
+            return p_sample_step(coefs[index], x, guided, noise)[0]
+
+        return self.run(step, z, generator=generator, progress=progress, noise_fn=noise_fn)
+
+    def run(self, step: StepFn, z: torch.Tensor, generator: torch.Generator | None = None,
+            progress: Callable | bool = False, noise_fn: NoiseFn | None = None) -> torch.Tensor:
+        """The step loop around `step(x, index, noise) -> x_{t-1}`, spaced indices from last to 0.
+
+        Noise follows the reference script's RNG protocol: one draw per step (the last one too) of
+        the full 2n-row guidance shape in the current latent's dtype, rows 0..n-1 used.
+        `noise_fn(shape, dtype, device)` replaces the draw from `generator` (to replay recorded noise).
+        `progress`: True for a tqdm bar, or a callable wrapping the step iterable.
+        No host synchronisation happens inside the loop (see NonFiniteWatch).
+        """
+        n = z.shape[0]
+        noise_shape = (2 * n, *z.shape[1:])
+        watch = NonFiniteWatch(z.device, self.num_steps)
+        x = z
+        steps = list(enumerate(range(self.num_steps - 1, -1, -1)))
+        for step_number, index in _wrap_progress(steps, progress):
             if noise_fn is None:
                 noise = torch.randn(noise_shape, dtype=x.dtype, device=x.device, generator=generator)
             else:
                 noise = noise_fn(noise_shape, x.dtype, x.device)
-            x, _ = p_sample_step(self.schedule, index, x, guided, noise[:n])
-            # Record the first non-finite step without a host sync; look at it only now and then.
-            bad_now = (nonfinite_at < 0) & ~torch.isfinite(x).all()
-            nonfinite_at = torch.where(bad_now, torch.tensor(step, device=x.device), nonfinite_at)
-            if (step + 1) % NAN_CHECK_EVERY == 0 or step == len(steps) - 1:
-                _raise_if_nonfinite(int(nonfinite_at), self.num_steps)
+            x = step(x, index, noise[:n])
+            watch.record(x, step_number)
+        watch.finish()
         return x
 
 
-def _raise_if_nonfinite(step: int, num_steps: int) -> None:
-    if step >= 0:
-        raise SamplingError(
-            f"the latent became NaN/inf at sampling step {step + 1} of {num_steps}; this usually means "
-            "fp16 overflow (try dtype=torch.bfloat16 or float32) or a corrupt checkpoint"
-        )
+StepFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteWatch:
+    """Notices a NaN/inf latent and stops sampling, naming the first bad step, without syncing.
+
+    The first bad step is kept on the device; every few steps it is copied to pinned host memory
+    asynchronously and read once the copy's event has completed, so a bad run stops a few steps
+    late instead of stalling every step. `finish()` waits for the last copy.
+    """
+
+    def __init__(self, device: torch.device, num_steps: int):
+        self.num_steps = num_steps
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.cuda = device.type == "cuda"
+        self.host = torch.full((), -1, dtype=torch.long, pin_memory=self.cuda)
+        self.copied = torch.cuda.Event() if self.cuda else None
+
+    def record(self, x: torch.Tensor, step_number: int) -> None:
+        bad_now = (self.first_bad < 0) & ~torch.isfinite(x).all()
+        self.first_bad = torch.where(bad_now, step_number, self.first_bad)
+        if step_number % NAN_CHECK_EVERY != NAN_CHECK_EVERY - 1:
+            return
+        if not self.cuda:  # reading a CPU tensor costs nothing
+            self._raise_if_bad(int(self.first_bad))
+            return
+        if self.copied.query():  # the copy issued at the previous check has landed
+            self._raise_if_bad(int(self.host))
+        self.host.copy_(self.first_bad, non_blocking=True)
+        self.copied.record()
+
+    def finish(self) -> None:
+        """Waits for the loop's work (an event wait, after the loop) and raises if it went bad."""
+        self.host.copy_(self.first_bad, non_blocking=self.cuda)
+        if self.cuda:
+            self.copied.record()
+            self.copied.synchronize()
+        self._raise_if_bad(int(self.host))
+
+    def _raise_if_bad(self, step_number: int) -> None:
+        if step_number >= 0:
+            raise SamplingError(
+                f"the latent became NaN/inf at sampling step {step_number + 1} of {self.num_steps}; this "
+                "usually means fp16 overflow (try dtype=torch.bfloat16 or float32) or a corrupt checkpoint"
+            )
 
 
 def _wrap_progress(steps: list, progress: Callable | bool):
