@@ -14,7 +14,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -m stdit_engine info
 status=0
-python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25 || status=1
+python3 -m pytest -q -m gpu tests/test_gpu_*.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25 || status=1
 python3 -m pytest -q benchmarks/ -p no:cacheprovider ${1:+-k "$1"} --benchmark-json="$OUT/bench.json" \
   --benchmark-columns=median,rounds 2>&1 | tee "$OUT/bench.log" | tail -n 15 || status=1
 [ -f "$OUT/bench.json" ] && python3 benchmarks/report.py "$OUT/bench.json" | tee "$OUT/table.md"

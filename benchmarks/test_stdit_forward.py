@@ -14,6 +14,7 @@ def test_stdit_forward(benchmark, preset, batch, backend):
     dtype = torch.float16
     model = build_stdit(preset, dtype, backend)
     inputs = stdit_inputs(model, batch)
+    torch.cuda.empty_cache()  # reserved memory of earlier workloads must not count here
     torch.cuda.reset_peak_memory_stats()
     with torch.inference_mode():
         times = cuda_time_ms(lambda: model(*inputs), warmup=3, reps=10 if preset == "64x512x512" else 20)

@@ -206,9 +206,15 @@ class STDiT(nn.Module):
         self.final_layer = FinalLayer(hidden_size, math.prod(self.patch_size) * self.out_channels)
 
         frames, rows, cols = self.grid
-        # Recomputed, never loaded: released files may carry stale copies, which are ignored.
-        self.register_buffer("pos_embed", spatial_pos_embed(hidden_size, rows, cols, space_scale), persistent=False)
-        self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, frames, time_scale), persistent=False)
+        # Recomputed, never loaded: released files may carry stale copies, which are ignored. They go
+        # to the device the model is built on (a torch.device context), except meta, where the
+        # parameters wait for a checkpoint but these would never be filled: they stay on the CPU.
+        device = torch.empty(0).device
+        device = torch.device("cpu") if device.type == "meta" else device
+        self.register_buffer("pos_embed", spatial_pos_embed(hidden_size, rows, cols, space_scale).to(device),
+                             persistent=False)
+        self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, frames, time_scale).to(device),
+                             persistent=False)
 
     def set_backend(self, backend: str) -> "STDiT":
         self.ops = resolve_backend(backend, self.pos_embed.device)
