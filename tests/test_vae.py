@@ -5,6 +5,7 @@ from helpers_hf import make_hub_cache_repo, make_tiny_vae_dir
 
 from stdit_engine.configs import PRESETS, VAE_SCALE_FACTOR
 from stdit_engine.errors import CheckpointError, ConfigError
+from stdit_engine.engine.video import quantize_frames
 from stdit_engine.models.vae import VideoVAE
 
 CFG = PRESETS["tiny"].vae
@@ -96,3 +97,29 @@ def test_low_precision_decode_is_close(vae_dir, z, video):
     random_fp16 = VideoVAE.from_random_weights(CFG, device="cpu", dtype=torch.float16)
     assert {p.dtype for p in random_fp16.model.parameters()} == {torch.float16}
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_uint8_decode_equals_quantised_float_decode(vae, z):
+    frames = vae.decode(z, chunk_frames=3, to_uint8=True)
+    assert frames.dtype == torch.uint8 and frames.device.type == "cpu"
+    expected = torch.stack([quantize_frames(sample) for sample in vae.decode(z, chunk_frames=3)])
+    assert torch.equal(frames, expected)
+
+
+def test_out_of_memory_chunk_is_retried_in_halves(vae, z, video, monkeypatch, caplog):
+    """A forced tiny memory budget: any decode of more than 2 frames runs out of memory."""
+    decode = vae.model.decode
+    sizes = []
+
+    def budgeted_decode(images):
+        sizes.append(len(images))
+        if len(images) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated budget)")
+        return decode(images)
+
+    monkeypatch.setattr(vae.model, "decode", budgeted_decode)
+    out = vae.decode(z)  # asks for all frames at once
+    assert torch.allclose(out, video, atol=1e-5)
+    assert sizes[:3] == [z.shape[0] * z.shape[2], z.shape[0] * z.shape[2] // 2, z.shape[0] * z.shape[2] // 4]
+    assert max(sizes[3:]) <= 2
+    assert "retrying with" in caplog.text

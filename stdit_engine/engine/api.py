@@ -17,8 +17,14 @@ from ..models.text_encoder import TextEncoder
 from ..models.vae import VideoVAE
 from ..schedulers.iddpm import IDDPM
 from .denoise import GuidedDenoiser
-from .memory import StageStats, measure_stage
+from .memory import GIB, StageStats, choose_vae_chunk, estimate_memory, measure_stage
+from .placement import MODES as PLACEMENT_MODES
+from .placement import Placement
 from .video import Video
+
+
+# Reserved memory runs above the allocated peak (allocator rounding, fragmentation).
+RESERVE_FACTOR = 1.25
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -49,13 +55,19 @@ class Engine:
     """Open-Sora v1.0 text-to-video: T5 text encoder -> STDiT denoiser (IDDPM) -> VAE decoder."""
 
     def __init__(self, preset: Preset, stdit: STDiT, text_encoder: TextEncoder, vae: VideoVAE,
-                 device: torch.device, random_weights: bool = False, cuda_graphs: bool = True):
+                 device: torch.device, random_weights: bool = False, cuda_graphs: bool = True,
+                 placement: str = "resident"):
         self.preset = preset
         self.stdit = stdit.eval()
         self.text_encoder = text_encoder
         self.vae = vae
         self.device = device
         self.random_weights = random_weights
+        self.placement = Placement(
+            placement, device,
+            models={"encode": text_encoder.model, "denoise": self.stdit, "decode": vae.model},
+            streamed={"encode": text_encoder.model.encoder.block},
+        )
         self.denoiser = GuidedDenoiser(self.stdit, use_cuda_graphs=cuda_graphs)
         self.last_stats: list[StageStats] = []
 
@@ -69,16 +81,18 @@ class Engine:
     def from_pretrained(cls, preset: str | Preset, *, stdit: str | None = None, t5: str | None = None,
                         vae: str | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
-                        backend: str = "auto", cuda_graphs: bool = True) -> "Engine":
+                        backend: str = "auto", cuda_graphs: bool = True, placement: str = "auto") -> "Engine":
         """Loads each part from a local path or a hub id; defaults are the released weights of SPEC section 1.
 
         `stdit` is a .pth/.safetensors file or a hub repo id (the preset's file is taken from it).
         `cuda_graphs`: replay each denoising step from a CUDA graph (on CUDA devices).
+        `placement`: "resident", "offload", "sequential" or "auto" (engine/placement.py).
         """
         preset = get_preset(preset)
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)  # fail on a bad backend before loading anything
+        placement = choose_placement(placement, preset, device, dtype, t5_dtype)
         stdit_source = stdit or preset.stdit_hub_id
         t5_source = t5 or preset.text.hub_id
         vae_source = vae or preset.vae.hub_id
@@ -86,38 +100,48 @@ class Engine:
             raise ConfigError(
                 f"preset {preset.name!r} has no released weights: use Engine.from_random_weights, or pass stdit=, t5= and vae="
             )
+        # Off the GPU unless resident: Placement brings each part in for its stage.
+        load_device = device if placement == "resident" else torch.device("cpu")
         stdit_file = resolve_model_file(stdit_source, preset.stdit_filename, what="STDiT checkpoint")
         with torch.device("meta"):  # no random init of 724 M parameters that are overwritten next
             model = STDiT(**preset.stdit.to_kwargs(), backend=ops.name)
-        model = load_stdit_checkpoint(model, stdit_file).to(device=device, dtype=dtype)
-        text_encoder = TextEncoder.from_pretrained(t5_source, device=device, dtype=t5_dtype)
-        video_vae = VideoVAE.from_pretrained(vae_source, device=device, dtype=dtype)
-        return cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs)
+        model = load_stdit_checkpoint(model, stdit_file).to(device=load_device, dtype=dtype)
+        text_encoder = TextEncoder.from_pretrained(t5_source, device=load_device, dtype=t5_dtype)
+        video_vae = VideoVAE.from_pretrained(vae_source, device=load_device, dtype=dtype)
+        return cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs, placement=placement)
 
     @classmethod
     def from_random_weights(cls, preset: str | Preset, *, device: str | torch.device | None = None,
                             dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
-                            backend: str = "auto", seed: int = 0, cuda_graphs: bool = True) -> "Engine":
+                            backend: str = "auto", seed: int = 0, cuda_graphs: bool = True,
+                            placement: str = "auto") -> "Engine":
         """The exact architectures of `preset` with random weights: for tests, demos and benchmarks.
 
         Its videos are noise-like; it exists to measure speed and memory and to exercise the code.
+        Weights are drawn on `device` (fast) and then placed as `placement` says, so the load itself
+        briefly holds each whole model on the device.
         """
         preset = get_preset(preset)
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)
+        placement = choose_placement(placement, preset, device, dtype, t5_dtype)
         with _seeded(seed, device), torch.device(device):
             model = STDiT(**preset.stdit.to_kwargs(), backend=ops.name).to(dtype)
-        text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
         video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
-        return cls(preset, model, text_encoder, video_vae, device, random_weights=True, cuda_graphs=cuda_graphs)
+        text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
+        if placement != "resident":  # the 9-18 GiB T5 leaves the GPU before the next part is built
+            text_encoder.to("cpu")
+        return cls(preset, model, text_encoder, video_vae, device, random_weights=True,
+                   cuda_graphs=cuda_graphs, placement=placement)
 
     # ------------------------------------------------------------------ stages
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(y [n,1,L,C_text], mask [n,L]) of the cleaned prompts, on the engine's device."""
         prompts = _check_prompts(prompts)
-        return self.text_encoder.encode([clean_prompt(p) for p in prompts])
+        with self.placement.stage("encode"):
+            return self.text_encoder.encode([clean_prompt(p) for p in prompts])
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str] | str, *, seed: int | None = None, num_steps: int = 100,
@@ -128,6 +152,7 @@ class Engine:
 
         Prompts are processed `batch_size` at a time (default: the preset's, as the reference), one
         generator for the whole call: with a seed, the same prompts give the reference's videos.
+        `vae_chunk_frames`: frames decoded at once (default: as many as fit in free memory).
         Stage times and peak memory are kept in `self.last_stats` (and printed when `progress`).
         """
         prompts = _check_prompts([prompts] if isinstance(prompts, str) else prompts)
@@ -138,7 +163,6 @@ class Engine:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         sampler = IDDPM(num_steps=num_steps, cfg_scale=cfg_scale, guidance_channels=guidance_channels)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-        y_null = self.stdit.y_embedder.y_embedding[None, None]
 
         self.last_stats = []
         latents, videos = [], []
@@ -147,25 +171,71 @@ class Engine:
             with measure_stage("encode", self.device, self.last_stats):
                 y, mask = self.encode_prompts(batch)
             with measure_stage("denoise", self.device, self.last_stats):
-                # The reference draws the initial latent in the model's dtype on the sampling device.
-                z = torch.randn((len(batch), *self.preset.latent_shape), generator=generator,
-                                device=self.device, dtype=self.dtype)
-                latent = self.denoiser.sample(sampler, z, y, mask, y_null, generator=generator, progress=progress)
+                latent = self._denoise(sampler, y, mask, generator, progress)
             if output == "latent":
                 latents.append(latent)
                 continue
-            with measure_stage("decode", self.device, self.last_stats):
-                decoded = self.vae.decode(latent.to(self.dtype), chunk_frames=vae_chunk_frames)
-                videos.extend(Video.from_decoded(sample, self.preset.fps) for sample in decoded)
+            with measure_stage("decode", self.device, self.last_stats), self.placement.stage("decode"):
+                frames = self.vae.decode(latent.to(self.dtype), to_uint8=True,
+                                         chunk_frames=vae_chunk_frames or self._vae_chunk(latent))
+                videos.extend(Video(sample_frames, self.preset.fps) for sample_frames in frames)
         if progress:
             self._print_stats()
         return torch.cat(latents) if output == "latent" else videos
 
+    def _denoise(self, sampler: IDDPM, y, mask, generator, progress) -> torch.Tensor:
+        moves = self.placement.mode != "resident"
+        with self.placement.stage("denoise"):
+            if moves:  # the weights have new addresses: graphs captured on the old ones are stale
+                self.denoiser.clear()
+            # The reference draws the initial latent in the model's dtype on the sampling device.
+            z = torch.randn((y.shape[0], *self.preset.latent_shape), generator=generator,
+                            device=self.device, dtype=self.dtype)
+            y_null = self.stdit.y_embedder.y_embedding[None, None]
+            latent = self.denoiser.sample(sampler, z, y, mask, y_null, generator=generator, progress=progress)
+            if moves:  # free the graph's memory pool for the next stage
+                self.denoiser.clear()
+        return latent
+
+    def _vae_chunk(self, latent: torch.Tensor) -> int | None:
+        """Frames to decode at once: all of them on the CPU, what fits in free memory on a GPU."""
+        if self.device.type != "cuda":
+            return None
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return choose_vae_chunk(self.preset, self.dtype, free, latent.shape[0] * latent.shape[2])
+
     def _print_stats(self) -> None:
         note = " (random weights)" if self.random_weights else ""
-        print(f"stdit-engine {self.preset.name}{note} on {self.device}, {str(self.dtype).removeprefix('torch.')}:")
+        print(f"stdit-engine {self.preset.name}{note} on {self.device}, {str(self.dtype).removeprefix('torch.')}, "
+              f"placement {self.placement.mode}:")
         for stats in self.last_stats:
             print("  " + stats.describe(self.device))
+
+
+def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: torch.dtype,
+                     t5_dtype: torch.dtype) -> str:
+    """The placement to use; "auto" is the fastest whose estimated peak fits in free GPU memory.
+
+    Raises before anything is loaded when even the leanest mode cannot fit.
+    """
+    if mode not in ("auto", *PLACEMENT_MODES):
+        raise ConfigError(f"unknown placement {mode!r}; choose one of: auto, {', '.join(PLACEMENT_MODES)}")
+    if device.type != "cuda":
+        if mode not in ("auto", "resident"):
+            raise ConfigError(f"placement {mode!r} moves weights between host and GPU; on {device} use 'resident'")
+        return "resident"
+    free, _ = torch.cuda.mem_get_info(device)
+    candidates = PLACEMENT_MODES if mode == "auto" else (mode,)
+    for candidate in candidates:
+        estimate = estimate_memory(preset, preset.prompts_per_batch, candidate, dtype, t5_dtype,
+                                   vae_chunk_frames=None if candidate == "resident" else 1)
+        if estimate.peak * RESERVE_FACTOR <= free:
+            return candidate
+    raise ConfigError(
+        f"{preset.name} needs about {estimate.peak * RESERVE_FACTOR / GIB:.1f} GiB of GPU memory in placement "
+        f"{candidates[-1]!r} ({estimate.describe()}), but {device} has {free / GIB:.1f} GiB free; "
+        "free GPU memory, pass dtype=torch.float16/bfloat16 and t5_dtype=torch.bfloat16, or use another GPU"
+    )
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:

@@ -80,6 +80,10 @@ class GuidedDenoiser:
         self.use_cuda_graphs = use_cuda_graphs
         self._graphs: dict[tuple, GraphedStep] = {}
 
+    def clear(self) -> None:
+        """Drops the captured graphs (and their memory), e.g. after the model's weights moved."""
+        self._graphs.clear()
+
     @torch.inference_mode()
     def sample(self, sampler: IDDPM, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
                y_null: torch.Tensor, generator: torch.Generator | None = None, progress=False) -> torch.Tensor:

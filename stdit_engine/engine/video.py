@@ -51,11 +51,7 @@ class Video:
                               f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
         if x.ndim != 4 or x.shape[0] != 3:
             raise ConfigError(f"from_decoded expects shape [3, T, H, W], got {list(x.shape)}")
-        x = (x.clamp(-1, 1) + 1) / 2
-        x = (x * 255 + 0.5).clamp(0, 255)
-        # uint8 conversion truncates toward zero, so +0.5 makes it round to nearest.
-        frames = x.permute(1, 2, 3, 0).to("cpu", torch.uint8).contiguous()
-        return cls(frames, fps)
+        return cls(quantize_frames(x).cpu(), fps)
 
     def __len__(self) -> int:
         return self.frames.shape[0]
@@ -130,3 +126,12 @@ class Video:
         for frame in frames:
             container.mux(stream.encode(frame))
         container.mux(stream.encode())  # flush the encoder's delayed packets
+
+
+def quantize_frames(x: torch.Tensor) -> torch.Tensor:
+    """VAE output [3, T, H, W] in [-1, 1] -> uint8 frames [T, H, W, 3] on x's device, as the
+    reference's save_sample computes them, in x's own dtype."""
+    x = (x.clamp(-1, 1) + 1) / 2
+    x = (x * 255 + 0.5).clamp(0, 255)
+    # uint8 conversion truncates toward zero, so +0.5 makes it round to nearest.
+    return x.permute(1, 2, 3, 0).to(torch.uint8).contiguous()

@@ -85,19 +85,24 @@ class TextEncoder:
         Parameters are created directly on `device` in `dtype`: T5-XXL is 18 GiB in fp32, too much to
         initialise on the host and then move.
         """
-        config = transformers.T5Config(
-            vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
-            num_layers=cfg.num_layers, num_heads=cfg.num_heads, feed_forward_proj="gated-gelu",
-            tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        )
         with random_init(device, dtype, seed):
-            model = T5EncoderModel(config)
+            model = cls.build_model(cfg)
         if dtype == torch.float16:
             # As from_pretrained does in fp16: T5 v1.1 overflows unless its FFN output layers stay fp32.
             for name, module in model.named_modules():
                 if name.rpartition(".")[2] in model._keep_in_fp32_modules:
                     module.float()
         return cls(model, _offline_tokenizer(cfg), max_length=cfg.max_length)
+
+    @staticmethod
+    def build_model(cfg: T5Config) -> T5EncoderModel:
+        """The T5 v1.1 encoder architecture of `cfg`, on the current default device and dtype."""
+        config = transformers.T5Config(
+            vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_kv=cfg.d_kv, d_ff=cfg.d_ff,
+            num_layers=cfg.num_layers, num_heads=cfg.num_heads, feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        )
+        return T5EncoderModel(config)
 
     @property
     def device(self) -> torch.device:
