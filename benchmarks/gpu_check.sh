@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: install the carried wheels, run the GPU tests, run the benchmarks,
-# print the table. Usage (device tool, carry .whl): bash benchmarks/gpu_check.sh [pytest -k filter]
+# print the table. Usage (device tool, carry .whl): [SKIP_GPU_TESTS=1] bash benchmarks/gpu_check.sh [pytest -k filter]
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -14,8 +14,10 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -m stdit_engine info
 status=0
-python3 -m pytest -q -m gpu tests/test_gpu_*.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25 || status=1
+if [ -z "${SKIP_GPU_TESTS:-}" ]; then
+  python3 -m pytest -q -m gpu tests/test_gpu_*.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25 || status=1
+fi
 python3 -m pytest -q benchmarks/ -p no:cacheprovider ${1:+-k "$1"} --benchmark-json="$OUT/bench.json" \
   --benchmark-columns=median,rounds 2>&1 | tee "$OUT/bench.log" | tail -n 15 || status=1
-[ -f "$OUT/bench.json" ] && python3 benchmarks/report.py "$OUT/bench.json" | tee "$OUT/table.md"
+[ -f "$OUT/bench.json" ] && python3 benchmarks/report.py "$OUT/bench.json" --png "$OUT/chart.png" | tee "$OUT/table.md"
 exit $status

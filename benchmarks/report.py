@@ -1,5 +1,7 @@
 """Prints one table from a pytest-benchmark JSON: latency, peak VRAM, FLOP utilisation, and the
-ratio to the reference figures of SPEC section 6.  Usage: python benchmarks/report.py bench.json"""
+ratio to the reference figures of SPEC section 6; with --png, also a chart of the end-to-end runs
+(sampling time and peak reserved VRAM, ours vs the reference).
+Usage: python benchmarks/report.py bench.json [--png chart.png]"""
 from __future__ import annotations
 
 import json
@@ -10,12 +12,18 @@ def rows(records: list[dict]) -> list[list[str]]:
     table = []
     for record in records:
         info = record["extra_info"]
+        if "t5_embedding_rel_error" in info:
+            table.append([info["workload"], info["backend"], "bf16",
+                          f"embedding rel. error {info['t5_embedding_rel_error']:.2e}",
+                          f"STDiT output moves {info['stdit_output_rel_error']:.2e}", "-", "-"])
+            continue
         if "median_ms" in info:  # a forward
             latency, ref = info["median_ms"], info.get("reference_ms")
             cells = [f"{latency:.1f} ms", f"{info['tflops']:.0f} TF/s" + (f" ({info['mfu']:.0%})" if info.get("mfu") else "")]
         else:  # end to end
             latency, ref = info["sampling_s"], info.get("reference_sampling_s")
-            cells = [f"{latency:.2f} s sampling, {info['total_s']:.2f} s total", "-"]
+            cells = [f"{latency:.2f} s sampling, {info['total_s']:.2f} s total ({info['placement']})",
+                     f"estimate {info['estimated_peak_gib']:.2f} GiB ({info['estimate_error']:+.0%})"]
         speedup = f"{ref / latency:.2f}x" if ref else "-"
         table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."), *cells,
                       f"{info['peak_allocated_gib']:.2f} / {info['peak_reserved_gib']:.2f} GiB", speedup])
@@ -27,7 +35,7 @@ def main(path: str) -> None:
     env = data["benchmarks"][0]["extra_info"] if data["benchmarks"] else {}
     print(f"GPU {env.get('gpu')}, torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
           f"{data.get('datetime', '')[:10]}")
-    header = ["workload", "backend", "dtype", "latency", "throughput (MFU)", "peak alloc / reserved", "vs reference"]
+    header = ["workload", "backend", "dtype", "latency", "throughput (MFU) / memory estimate", "peak alloc / reserved", "vs reference"]
     table = [header, *rows(data["benchmarks"])]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for i, row in enumerate(table):
@@ -36,5 +44,33 @@ def main(path: str) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
+def chart(records: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r["extra_info"] for r in records if "sampling_s" in r["extra_info"]]
+    labels = [f"{r['workload'].split(',')[0].removeprefix('end to end ')}\n{r['placement'].split(',')[0]}"
+              f"{'' if 'graph' in r['backend'] else ', no graph'}" for r in runs]
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(13, 4.5))
+    x = range(len(runs))
+    for ax, ours, ref, title in (
+        (ax_time, [r["sampling_s"] for r in runs], [r["reference_sampling_s"] for r in runs], "sampling time, 100 steps (s)"),
+        (ax_mem, [r["peak_reserved_gib"] for r in runs], [r["reference_peak_reserved_gib"] for r in runs], "peak reserved VRAM (GiB)"),
+    ):
+        ax.bar([i - 0.2 for i in x], ref, width=0.4, label="reference (SPEC 6, H100)", color="#bbbbbb")
+        ax.bar([i + 0.2 for i in x], ours, width=0.4, label="stdit-engine", color="#2a7ab9")
+        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle(runs[0]["gpu"] if runs else "")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 if __name__ == "__main__":
     main(sys.argv[1])
+    if "--png" in sys.argv:
+        data = json.load(open(sys.argv[1]))
+        chart(data["benchmarks"], sys.argv[sys.argv.index("--png") + 1])

@@ -46,3 +46,14 @@ def test_step_loop_has_no_host_sync(engine):
         engine.denoiser.sample(IDDPM(30), z, y, mask, y_null, progress=True)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("placement", ["offload", "sequential"])
+def test_placement_modes_give_the_resident_latent(engine, placement):
+    kwargs = dict(seed=4, num_steps=5, output="latent", progress=False)
+    resident = engine.generate(PROMPTS, **kwargs)
+    moved = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, placement=placement)
+    assert moved.placement.mode == placement
+    assert all(p.device.type == "cpu" for p in moved.stdit.parameters())  # off the GPU between calls
+    assert torch.equal(moved.generate(PROMPTS, **kwargs), resident)
+    assert all(p.device.type == "cpu" for p in moved.text_encoder.model.parameters())

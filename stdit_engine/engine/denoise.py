@@ -50,9 +50,12 @@ class GraphedStep:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph: lazy init, autotuning, workspaces
-            for _ in range(2):
+            for _ in range(2):  # twice: cuBLAS and SDPA pick and cache their kernels on first use
                 guided_step(model, guidance, self.x, self.noise, self.inputs)
         torch.cuda.current_stream().wait_stream(side)
+        # Hand the warm-up's cached blocks back, so they and the graph's pool don't add up.
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.out = guided_step(model, guidance, self.x, self.noise, self.inputs)
