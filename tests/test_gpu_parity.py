@@ -29,6 +29,11 @@ def test_half_precision_backend_matches_fp32_eager(reference_model, backend, dty
     mask[0, :7], mask[1, :60] = 1, 1
     with torch.inference_mode():
         expected = reference_model(x, t, y, mask)
-        fast = copy.deepcopy(reference_model).to(dtype).set_backend(backend)(x, t, y, mask)
+        half_model = copy.deepcopy(reference_model).to(dtype)
+        eager_half = half_model(x, t, y, mask)
+        fast = half_model.set_backend(backend)(x, t, y, mask)
     assert torch.isfinite(fast).all()
-    assert rel_error(fast.float(), expected) < 1e-2
+    # Judged as the kernels are (DESIGN principle 2): against the fp32 reference, within twice the
+    # error of the eager reference run in the same precision; and close to that eager run itself.
+    assert rel_error(fast.float(), expected) <= 2 * rel_error(eager_half.float(), expected) + 1e-3
+    assert rel_error(fast.float(), eager_half.float()) < 1e-2

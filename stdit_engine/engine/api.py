@@ -177,7 +177,7 @@ class Engine:
                 continue
             with measure_stage("decode", self.device, self.last_stats), self.placement.stage("decode"):
                 frames = self.vae.decode(latent.to(self.dtype), to_uint8=True,
-                                         chunk_frames=vae_chunk_frames or self._vae_chunk(latent))
+                                         chunk_frames=vae_chunk_frames or self.decode_chunk_frames(latent.shape[0]))
                 videos.extend(Video(sample_frames, self.preset.fps) for sample_frames in frames)
         if progress:
             self._print_stats()
@@ -197,12 +197,18 @@ class Engine:
                 self.denoiser.clear()
         return latent
 
-    def _vae_chunk(self, latent: torch.Tensor) -> int | None:
-        """Frames to decode at once: all of them on the CPU, what fits in free memory on a GPU."""
+    def decode_chunk_frames(self, samples: int) -> int | None:
+        """Frames to decode at once: all of them on the CPU; on a GPU, what fits in free memory when
+        resident, and otherwise what fits in the denoise stage's estimated peak, so that the decode
+        never raises the peak of a memory-saving placement."""
         if self.device.type != "cuda":
             return None
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return choose_vae_chunk(self.preset, self.dtype, free, latent.shape[0] * latent.shape[2])
+        if self.placement.mode == "resident":
+            budget, _ = torch.cuda.mem_get_info(self.device)
+        else:
+            budget = estimate_memory(self.preset, samples, self.placement.mode, self.dtype,
+                                     self.text_encoder.dtype).denoise
+        return choose_vae_chunk(self.preset, self.dtype, budget, samples * self.preset.num_frames)
 
     def _print_stats(self) -> None:
         note = " (random weights)" if self.random_weights else ""

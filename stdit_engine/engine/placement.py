@@ -110,3 +110,6 @@ class Placement:
         finally:
             if copy is not None:
                 copy.to_host()
+                # Return the stage's cached blocks, so the next stage's peak is its own alone.
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()

@@ -90,7 +90,15 @@ def coefficient_table(schedule: SpacedSchedule, device: torch.device | str = "cp
     columns = [schedule.log_betas, schedule.posterior_log_variance_clipped, schedule.sqrt_recip_alphas_cumprod,
                schedule.sqrt_recipm1_alphas_cumprod, schedule.posterior_mean_coef1, schedule.posterior_mean_coef2,
                (np.arange(len(schedule)) != 0).astype(np.float64)]
-    return torch.from_numpy(np.stack(columns, axis=1)).to(device=device, dtype=torch.float32)
+    return upload(np.stack(columns, axis=1).astype(np.float32), device)
+
+
+def upload(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """A host array on `device`; to a GPU through pinned memory, so the copy does not block the host."""
+    tensor = torch.from_numpy(array)
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def p_sample_step(coefs: torch.Tensor, x: torch.Tensor, model_output: torch.Tensor,
@@ -147,7 +155,7 @@ class IDDPM:
 
     def model_timesteps(self, device: torch.device) -> torch.Tensor:
         """The original training timestep of each spaced index, as float, indexed by spaced index."""
-        return torch.from_numpy(self.schedule.timestep_map).to(device=device, dtype=torch.float32)
+        return upload(self.schedule.timestep_map.astype(np.float32), device)
 
     def sample(self, model: Model, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
                y_null: torch.Tensor, generator: torch.Generator | None = None,
