@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=list(DTYPES), help="STDiT and VAE precision (default: fp16 on GPU, fp32 on CPU)")
     gen.add_argument("--t5-dtype", choices=list(DTYPES), default="fp32")
     gen.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="STDiT kernel backend")
+    gen.add_argument("--placement", default="auto", choices=["auto", "resident", "offload", "sequential"],
+                     help="where the models live per stage (default: the fastest that fits in GPU memory)")
+    gen.add_argument("--no-cuda-graphs", action="store_true", help="run the denoising steps without CUDA graphs")
     gen.add_argument("--batch-size", type=int, help="prompts per batch (default: the preset's)")
     gen.add_argument("--vae-chunk-frames", type=int, help="frames decoded at once (default: all)")
 
@@ -76,7 +79,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompts = read_prompts(args)
     paths = output_paths(args.out, len(prompts))  # fail on a bad path before minutes of work
     dtype = DTYPES[args.dtype] if args.dtype else None
-    common = dict(device=args.device, dtype=dtype, t5_dtype=DTYPES[args.t5_dtype], backend=args.backend)
+    common = dict(device=args.device, dtype=dtype, t5_dtype=DTYPES[args.t5_dtype], backend=args.backend,
+                  placement=args.placement, cuda_graphs=not args.no_cuda_graphs)
     if args.random_weights:
         print("note: random weights; the video shows the pipeline working, not a picture of the prompt")
         engine = Engine.from_random_weights(args.preset, **common)

@@ -52,3 +52,10 @@ def test_info(capsys):
     assert main(["info"]) == 0
     printed = capsys.readouterr().out
     assert "torch" in printed and "kernel backends: auto, eager, sdpa" in printed and "onnxruntime" in printed
+
+
+def test_offload_placement_without_gpu_is_refused(tmp_path, capsys):
+    code = main(["generate", "--preset", "tiny", "--random-weights", "--device", "cpu", "--placement", "offload",
+                 "--prompt", "x", "--out", str(tmp_path / "x.mp4")])
+    assert code == 2
+    assert "use 'resident'" in capsys.readouterr().err
