@@ -199,15 +199,17 @@ class Engine:
 
     def decode_chunk_frames(self, samples: int) -> int | None:
         """Frames to decode at once: all of them on the CPU; on a GPU, what fits in free memory when
-        resident, and otherwise what fits in the denoise stage's estimated peak, so that the decode
-        never raises the peak of a memory-saving placement."""
+        resident, and otherwise half the denoise stage's estimated peak, so that the decode does not
+        raise the peak of a memory-saving placement: the VAE's many activation sizes fragment the
+        allocator's cache to about twice the allocated peak (measured on H100, 64x512x512: 3.96 GiB
+        allocated, 8.17 GiB reserved)."""
         if self.device.type != "cuda":
             return None
         if self.placement.mode == "resident":
             budget, _ = torch.cuda.mem_get_info(self.device)
         else:
             budget = estimate_memory(self.preset, samples, self.placement.mode, self.dtype,
-                                     self.text_encoder.dtype).denoise
+                                     self.text_encoder.dtype).denoise // 2
         return choose_vae_chunk(self.preset, self.dtype, budget, samples * self.preset.num_frames)
 
     def _print_stats(self) -> None:
