@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5EncoderModel
 from ..configs import T5Config
 from ..errors import CheckpointError, ConfigError
 from .hub import resolve_model_dir
+from .wrapped import WrappedModel
 
 # transformers 4.56 renamed from_pretrained's `torch_dtype` to `dtype`; 5.x warns on the old name.
 _DTYPE_KWARG = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
@@ -47,11 +48,11 @@ flowing crashing rolling blowing waving smiling talking holding riding jumping
 """.split()
 
 
-class TextEncoder:
+class TextEncoder(WrappedModel):
     """A transformers `T5EncoderModel` and its tokenizer, padding every prompt to `max_length` tokens."""
 
     def __init__(self, model: T5EncoderModel, tokenizer, *, max_length: int = 120):
-        self.model = model.eval()
+        super().__init__(model)
         self.tokenizer = tokenizer
         self.max_length = max_length
 
@@ -103,18 +104,6 @@ class TextEncoder:
             tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
         )
         return T5EncoderModel(config)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def to(self, device) -> TextEncoder:
-        self.model.to(device)
-        return self
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Caption embeddings `[n, 1, max_length, d_model]` (in the encoder's dtype, inference tensors)

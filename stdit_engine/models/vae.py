@@ -15,15 +15,13 @@ from ..configs import VAE_SCALE_FACTOR, VAEConfig
 from ..engine.video import quantize_frames
 from ..errors import CheckpointError, ConfigError
 from .hub import resolve_model_dir
+from .wrapped import WrappedModel
 from .text_encoder import random_init
 
 logger = logging.getLogger(__name__)
 
 
-class VideoVAE:
-    def __init__(self, model: AutoencoderKL):
-        self.model = model.eval()
-
+class VideoVAE(WrappedModel):
     @classmethod
     def from_pretrained(cls, path_or_id: str, *, device, dtype: torch.dtype = torch.float32) -> VideoVAE:
         """Load a diffusers-format folder (config.json + diffusion_pytorch_model.safetensors or .bin)
@@ -65,18 +63,6 @@ class VideoVAE:
             norm_num_groups=cfg.norm_num_groups,
             latent_channels=cfg.latent_channels,
         )
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def to(self, device) -> VideoVAE:
-        self.model.to(device)
-        return self
 
     def decode(self, z: torch.Tensor, *, chunk_frames: int | None = None, to_uint8: bool = False) -> torch.Tensor:
         """Latent `[n, C, T, h, w]` -> video `[n, 3, T, 8h, 8w]` in about [-1, 1], in the VAE's dtype;
