@@ -110,3 +110,17 @@ def test_vae_chunk_fits_the_budget():
     assert choose_vae_chunk(preset, torch.float16, 4 * GIB, 64) == 6
     assert choose_vae_chunk(preset, torch.float16, 100 * GIB, 64) == 64
     assert choose_vae_chunk(preset, torch.float16, 1, 64) == 1
+
+
+@pytest.mark.parametrize("free_gib, expected", [(40, "resident"), (25, "offload"), (8, "sequential")])
+def test_auto_placement_picks_the_fastest_that_fits(monkeypatch, free_gib, expected):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * GIB), int(80 * GIB)))
+    preset = PRESETS["16x256x256"]
+    # Estimates x 1.25 for reserved memory: resident 28.9 GiB, offload 22.2 GiB, sequential 2.5 GiB.
+    assert choose_placement("auto", preset, torch.device("cuda"), torch.float16, torch.float32) == expected
+
+
+def test_a_preset_that_cannot_fit_is_refused_before_loading(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * GIB, 80 * GIB))
+    with pytest.raises(ConfigError, match=r"64x512x512 needs about .* GiB .* 'sequential' .* has 1.0 GiB free"):
+        choose_placement("auto", PRESETS["64x512x512"], torch.device("cuda"), torch.float16, torch.float32)
