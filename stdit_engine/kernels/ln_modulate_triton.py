@@ -1,0 +1,80 @@
+"""Modulated LayerNorm in Triton: LN(x) * (1 + scale) + shift (meaning: `ln_modulate_ref`).
+
+x is [B, N, C] with any strides; shift and scale are [B, C] (any strides, e.g. the rows that
+`unbind` takes out of [B, 6, C]) and are read by sample index row // N inside the kernel, never
+expanded per token. Math in fp32; output contiguous, in x's dtype. `ln_modulate_triton` is the
+torch.library custom op `stdit_engine::ln_modulate`.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_ROWS = 4  # tokens per program: a [4, next_pow2(C)] tile (4 x 2048 at C = 1152)
+
+
+@triton.jit
+def _row_tile(n_rows, N, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's rows of a [B*N, C] problem: (row, sample b, token n, column, in-bounds mask).
+
+    Rows are int64, so every offset built from them is too (B*N*C passes 2^31 at 64x512x512).
+    """
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_C)
+    mask = (rows < n_rows)[:, None] & (cols < C)[None, :]
+    return rows[:, None], (rows // N)[:, None], (rows % N)[:, None], cols[None, :], mask
+
+
+@triton.jit
+def _modulated_ln(x, shift, scale, mask, C, eps):
+    """LN over the last axis of an fp32 [BLOCK_M, BLOCK_C] tile whose masked-off entries are 0."""
+    mean = tl.sum(x, axis=1) / C
+    xc = tl.where(mask, x - mean[:, None], 0.0)
+    var = tl.sum(xc * xc, axis=1) / C  # biased, as F.layer_norm
+    rstd = 1.0 / tl.sqrt(var + eps)
+    return xc * rstd[:, None] * (1.0 + scale) + shift
+
+
+@triton.jit
+def _ln_modulate_kernel(
+    x_ptr, shift_ptr, scale_ptr, out_ptr, n_rows, N, C, eps,
+    sx_b, sx_n, sx_c, ssh_b, ssh_c, ssc_b, ssc_c,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    row, b, n, col, mask = _row_tile(n_rows, N, C, BLOCK_M, BLOCK_C)
+    x = tl.load(x_ptr + b * sx_b + n * sx_n + col * sx_c, mask=mask, other=0.0).to(tl.float32)
+    shift = tl.load(shift_ptr + b * ssh_b + col * ssh_c, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + b * ssc_b + col * ssc_c, mask=mask, other=0.0).to(tl.float32)
+    out = _modulated_ln(x, shift, scale, mask, C, eps)
+    tl.store(out_ptr + row * C + col, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def row_launch_config(x: torch.Tensor, *modulations: torch.Tensor) -> dict:
+    """Grid and block sizes for a row kernel over x [B, N, C]; checks each modulation is [B, C]."""
+    b, n, c = x.shape
+    for m in modulations:
+        if m.shape != (b, c):
+            raise ValueError(f"modulation of shape {tuple(m.shape)} does not match x {tuple(x.shape)}: expected ({b}, {c})")
+    block_c = triton.next_power_of_2(c)
+    return dict(
+        grid=(triton.cdiv(b * n, BLOCK_ROWS),),
+        BLOCK_M=BLOCK_ROWS, BLOCK_C=block_c, num_warps=4 if block_c <= 1024 else 8,
+    )
+
+
+@torch.library.custom_op("stdit_engine::ln_modulate", mutates_args=())
+def ln_modulate_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    cfg = row_launch_config(x, shift, scale)
+    b, n, c = x.shape
+    out = torch.empty((b, n, c), dtype=x.dtype, device=x.device)
+    if out.numel():
+        _ln_modulate_kernel[cfg.pop("grid")](
+            x, shift, scale, out, b * n, n, c, eps, *x.stride(), *shift.stride(), *scale.stride(), **cfg
+        )
+    return out
+
+
+@ln_modulate_triton.register_fake
+def _(x, shift, scale, eps=1e-6):
+    return x.new_empty(x.shape)

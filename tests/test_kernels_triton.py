@@ -1,0 +1,157 @@
+"""Triton kernels against their references (DESIGN principle 2).
+
+Without a GPU the kernels run under Triton's interpreter on CPU tensors (conftest.py turns it on),
+on small shapes only; with one they run on CUDA, and `pytest -m gpu` adds STDiT's full-size shapes.
+"""
+import pytest
+import torch
+
+from stdit_engine.kernels.attention import self_attention_ref
+from stdit_engine.kernels.gated_residual import gated_residual_ref
+from stdit_engine.kernels.gated_residual_triton import (
+    gated_residual_ln_modulate_ref,
+    gated_residual_ln_modulate_triton,
+    gated_residual_triton,
+)
+from stdit_engine.kernels.ln_modulate import ln_modulate_ref
+from stdit_engine.kernels.ln_modulate_triton import ln_modulate_triton
+from stdit_engine.kernels.temporal_attention_triton import MAX_LEN, temporal_attention_blhd, temporal_attention_triton
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.float32, torch.bfloat16, torch.float16)]
+EPS = 1e-6
+gpu = pytest.mark.gpu
+
+# [B, N, C] of the row ops: batch 2n, odd token counts, hidden 144 (the tiny model) and 1152.
+ROW_SHAPES = [
+    (2, 15, 144),
+    (1, 7, 1152),
+    pytest.param((4, 16 * 256, 1152), marks=gpu),  # 16x256x256, 2 prompts x guidance
+    pytest.param((2, 64 * 1024, 1152), marks=gpu),  # 64x512x512, 1 prompt x guidance
+    pytest.param((3, 1 * 1024, 1152), marks=gpu),  # one frame
+    pytest.param((2, 999, 1000), marks=gpu),
+]
+# (batch rows = samples x positions, frames, hidden, heads): head_dim 72 throughout.
+ATTENTION_SHAPES = [
+    (4, 1, 144, 2),
+    (4, 3, 144, 2),
+    (2, 16, 144, 2),
+    (2, 64, 144, 2),
+    pytest.param((4 * 256, 16, 1152, 16), marks=gpu),
+    pytest.param((2 * 1024, 64, 1152, 16), marks=gpu),
+    pytest.param((2 * 1024, 1, 1152, 16), marks=gpu),
+    pytest.param((3 * 37, 13, 1152, 16), marks=gpu),
+]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def assert_close_to_reference(kernel_out, ref_fn, inputs, atol=1e-5):
+    """The kernel's error against ref_fn run in fp32 must stay within twice the error of ref_fn run
+    in the inputs' own precision, plus atol (max abs errors; tuple outputs judged item by item)."""
+    exact = ref_fn(*[t.float() if torch.is_tensor(t) else t for t in inputs])
+    same_precision = ref_fn(*inputs)
+    if torch.is_tensor(exact):
+        kernel_out, exact, same_precision = (kernel_out,), (exact,), (same_precision,)
+    for out, ref, low in zip(kernel_out, exact, same_precision, strict=True):
+        assert out.shape == ref.shape and out.dtype == low.dtype
+        kernel_err = (out.float() - ref).abs().max().item()
+        ref_err = (low.float() - ref).abs().max().item()
+        assert kernel_err <= 2 * ref_err + atol, f"kernel error {kernel_err:.3g}, reference's {ref_err:.3g}"
+
+
+def shape_id(shape):
+    return "x".join(map(str, shape))
+
+
+def rows(b, n, c, dtype):
+    return torch.randn(b, n, c, device=DEVICE).to(dtype)
+
+
+def modulation(b, c, dtype):
+    """The six [B, C] rows as STDiT makes them: strided views unbound from one [B, 6, C] tensor."""
+    return torch.randn(b, 6, c, device=DEVICE).to(dtype).unbind(1)
+
+
+def qkv_views(b, seq, c, heads, dtype):
+    """q, k, v [B, H, L, D] as SelfAttention.forward makes them: permuted views of one projection."""
+    qkv = torch.randn(b, seq, 3 * c, device=DEVICE).to(dtype)
+    return qkv.view(b, seq, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ln_modulate(shape, dtype):
+    shift, scale = modulation(shape[0], shape[2], dtype)[:2]
+    inputs = (rows(*shape, dtype), shift, scale, EPS)
+    assert_close_to_reference(ln_modulate_triton(*inputs), ln_modulate_ref, inputs)
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gated_residual(shape, dtype):
+    inputs = (rows(*shape, dtype), modulation(shape[0], shape[2], dtype)[2], rows(*shape, dtype))
+    assert_close_to_reference(gated_residual_triton(*inputs), gated_residual_ref, inputs)
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gated_residual_ln_modulate(shape, dtype):
+    shift, scale, gate = modulation(shape[0], shape[2], dtype)[3:]
+    inputs = (rows(*shape, dtype), gate, rows(*shape, dtype), shift, scale, EPS)
+    new_x, ln = gated_residual_ln_modulate_triton(*inputs)
+    assert_close_to_reference((new_x, ln), gated_residual_ln_modulate_ref, inputs)
+    # The fused LayerNorm reads new_x as stored: the same as the two ops one after the other.
+    assert torch.equal(new_x, gated_residual_triton(*inputs[:3]))
+    torch.testing.assert_close(ln, ln_modulate_triton(new_x, shift, scale, EPS), rtol=0, atol=0)
+
+
+def test_row_ops_take_strided_tokens():
+    x = torch.randn(2, 144, 15, device=DEVICE).transpose(1, 2)  # [B, N, C], channels not contiguous
+    y = torch.randn(2, 144, 15, device=DEVICE).transpose(1, 2)
+    shift, scale, gate = modulation(2, 144, torch.float32)[:3]
+    assert_close_to_reference(ln_modulate_triton(x, shift, scale, EPS), ln_modulate_ref, (x, shift, scale, EPS))
+    assert_close_to_reference(gated_residual_triton(x, gate, y), gated_residual_ref, (x, gate, y))
+
+
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_temporal_attention(shape, dtype):
+    q, k, v = qkv_views(*shape, dtype)
+    assert not q.is_contiguous()
+    out = temporal_attention_triton(q, k, v)
+    assert_close_to_reference(out, self_attention_ref, (q, k, v))
+    # Stored as [B, L, H, D]: the caller's transpose back to tokens x channels copies nothing.
+    assert out.transpose(1, 2).is_contiguous()
+
+
+def test_temporal_attention_rejects_long_sequences():
+    with pytest.raises(ValueError, match="sdpa"):
+        temporal_attention_triton(*qkv_views(1, MAX_LEN + 1, 144, 2, torch.float32))
+
+
+def test_row_ops_reject_mismatched_modulation():
+    x = rows(2, 5, 144, torch.float32)
+    with pytest.raises(ValueError, match=r"expected \(2, 144\)"):
+        ln_modulate_triton(x, x[:, 0], x[:, 0, :100], EPS)
+
+
+@pytest.mark.parametrize(
+    "op, make_args",
+    [
+        (ln_modulate_triton, lambda: (rows(2, 5, 144, torch.float32), *modulation(2, 144, torch.float32)[:2], EPS)),
+        (gated_residual_triton, lambda: (rows(2, 5, 144, torch.float32), modulation(2, 144, torch.float32)[2],
+                                         rows(2, 5, 144, torch.float32))),
+        (gated_residual_ln_modulate_triton, lambda: (rows(2, 5, 144, torch.float32), *modulation(2, 144, torch.float32)[:1],
+                                                     rows(2, 5, 144, torch.float32), *modulation(2, 144, torch.float32)[1:3], EPS)),
+        (temporal_attention_blhd, lambda: tuple(qkv_views(2, 3, 144, 2, torch.float32))),
+    ],
+    ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "temporal_attention"],
+)
+def test_custom_op_registration(op, make_args):
+    """Schema, fake (meta) implementation and tracing agree with the kernel: what torch.compile,
+    CUDA graphs and export rely on."""
+    torch.library.opcheck(op, make_args())
