@@ -5,7 +5,7 @@ from workloads import (REFERENCE_COMPILED_MS, REFERENCE_FORWARD_MS, build_stdit,
                        peak_tflops, stdit_forward_flops, stdit_inputs)
 
 WORKLOADS = [("16x256x256", 4), ("16x512x512", 4), ("64x512x512", 2)]
-BACKENDS = ["eager", "sdpa"]
+BACKENDS = ["eager", "sdpa", "triton"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -51,7 +51,7 @@ def test_no_prompt(tmp_path, capsys):
 def test_info(capsys):
     assert main(["info"]) == 0
     printed = capsys.readouterr().out
-    assert "torch" in printed and "kernel backends: auto, eager, sdpa" in printed and "onnxruntime" in printed
+    assert "torch" in printed and "kernel backends: auto, eager, sdpa, triton" in printed and "onnxruntime" in printed
 
 
 def test_offload_placement_without_gpu_is_refused(tmp_path, capsys):

@@ -19,7 +19,7 @@ def reference_model():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "triton"])
 def test_half_precision_backend_matches_fp32_eager(reference_model, backend, dtype):
     g = torch.Generator("cuda").manual_seed(1)
     x = torch.randn(4, 4, 16, 32, 32, device="cuda", generator=g)

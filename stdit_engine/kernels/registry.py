@@ -1,12 +1,17 @@
 """Resolves a kernel backend once, when a model is built; call sites only ever see an `Ops`.
 
 Backends:
-  eager  the plain-PyTorch reference of every op (parity tests and exports use it)
-  sdpa   eager, with attention through torch's fused scaled_dot_product_attention
-  auto   sdpa on CUDA, eager elsewhere
+  eager   the plain-PyTorch reference of every op (parity tests and exports use it)
+  sdpa    eager, with attention through torch's fused scaled_dot_product_attention
+  triton  our Triton kernels for the modulated LayerNorm, the gated residual and the temporal
+          attention, sdpa for the rest; on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
+  auto    sdpa on CUDA, eager elsewhere (triton becomes the CUDA default once it is measured
+          faster end to end)
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -25,7 +30,8 @@ class Ops:
     ln_modulate: Callable[..., torch.Tensor]
     gated_residual: Callable[..., torch.Tensor]
     gelu_tanh: Callable[..., torch.Tensor]
-    self_attention: Callable[..., torch.Tensor]
+    self_attention: Callable[..., torch.Tensor]  # spatial: within each frame
+    temporal_attention: Callable[..., torch.Tensor]  # within each spatial position, over frames
     cross_attention: Callable[..., torch.Tensor]
 
 
@@ -35,22 +41,37 @@ EAGER = Ops(
     gated_residual=gated_residual_ref,
     gelu_tanh=gelu_tanh_ref,
     self_attention=self_attention_ref,
+    temporal_attention=self_attention_ref,
     cross_attention=cross_attention_ref,
 )
+SDPA = replace(EAGER, name="sdpa", self_attention=self_attention_sdpa, temporal_attention=self_attention_sdpa,
+               cross_attention=cross_attention_sdpa)
 
-BACKENDS: dict[str, Ops] = {
-    "eager": EAGER,
-    "sdpa": replace(EAGER, name="sdpa", self_attention=self_attention_sdpa, cross_attention=cross_attention_sdpa),
-}
+
+@functools.lru_cache(maxsize=None)
+def _triton_ops() -> Ops:
+    """Imported on first use only: importing compiles nothing but needs triton and registers the
+    kernels' torch.library ops."""
+    try:
+        from .gated_residual_triton import gated_residual_triton
+        from .ln_modulate_triton import ln_modulate_triton
+        from .temporal_attention_triton import temporal_attention_triton
+    except ImportError as err:
+        raise ConfigError(f"kernel backend 'triton' needs the triton package ({err}); use backend='sdpa'") from None
+    return replace(SDPA, name="triton", ln_modulate=ln_modulate_triton, gated_residual=gated_residual_triton,
+                   temporal_attention=temporal_attention_triton)
+
+BACKENDS: dict[str, Callable[[], Ops]] = {"eager": lambda: EAGER, "sdpa": lambda: SDPA, "triton": _triton_ops}
 
 
 def resolve_backend(backend: str, device: torch.device | str | None = None) -> Ops:
     """The ops of `backend`; "auto" picks the fastest backend known to be correct on `device`."""
     if backend == "auto":
         backend = "sdpa" if torch.device(device or "cpu").type == "cuda" else "eager"
-    try:
-        return BACKENDS[backend]
-    except KeyError:
-        raise ConfigError(
-            f"unknown kernel backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}"
-        ) from None
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown kernel backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    if backend == "triton" and device is not None and torch.device(device).type != "cuda" \
+            and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError("kernel backend 'triton' runs on CUDA GPUs (or on the CPU with TRITON_INTERPRET=1, "
+                          "slowly); use backend='eager' on the CPU")
+    return BACKENDS[backend]()

@@ -57,10 +57,11 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, ops: Ops) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention) -> torch.Tensor:
+        """x [B, L, C]; `attention(q, k, v)` on [B, H, L, D] views of the qkv projection."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = ops.self_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
@@ -137,14 +138,14 @@ class STDiTBlock(nn.Module):
 
         # Spatial attention within each frame, on the modulated norm of x.
         h = ops.ln_modulate(x, shift_msa, scale_msa, LN_EPS)
-        h = self.attn(h.reshape(b * frames, positions, c), ops).reshape(b, n, c)
+        h = self.attn(h.reshape(b * frames, positions, c), ops.self_attention).reshape(b, n, c)
         x = ops.gated_residual(x, gate_msa, h)
 
         # Temporal attention within each spatial position, on x itself (no norm), same gate.
         h = x.view(b, frames, positions, c).transpose(1, 2).reshape(b * positions, frames, c)
         if temporal_pos is not None:
             h = h + temporal_pos
-        h = self.attn_temp(h, ops).view(b, positions, frames, c).transpose(1, 2).reshape(b, n, c)
+        h = self.attn_temp(h, ops.temporal_attention).view(b, positions, frames, c).transpose(1, 2).reshape(b, n, c)
         x = ops.gated_residual(x, gate_msa, h)
 
         x = x + self.cross_attn(x, caption_kv, kv_lengths, ops)
