@@ -130,8 +130,6 @@ class Engine:
             model = STDiT(**preset.stdit.to_kwargs(), backend=ops.name).to(dtype)
         video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
         text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
-        if placement != "resident":  # the 9-18 GiB T5 leaves the GPU before the next part is built
-            text_encoder.to("cpu")
         return cls(preset, model, text_encoder, video_vae, device, random_weights=True,
                    cuda_graphs=cuda_graphs, placement=placement)
 
