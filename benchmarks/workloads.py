@@ -11,11 +11,6 @@ from stdit_engine.models.stdit import STDiT
 # SPEC section 6: the reference on one H100 80GB, PyTorch 2.11, fp16, SDPA attention.
 REFERENCE_FORWARD_MS = {("16x256x256", 4): 103.0, ("64x512x512", 2): 765.0}
 REFERENCE_COMPILED_MS = {("16x256x256", 4): 61.7, ("64x512x512", 2): 460.0}
-REFERENCE_E2E = {  # preset: (prompts, sampling seconds, peak allocated GiB, peak reserved GiB)
-    "16x256x256": (2, 13.4, 23.8, 28.2),
-    "16x512x512": (2, 41.2, 35.9, 52.2),
-    "64x512x512": (1, 77.1, 49.9, 67.2),
-}
 # Dense fp16/bf16 tensor-core peak of the card's datasheet, for model FLOP utilisation.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
 

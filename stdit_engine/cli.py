@@ -1,9 +1,10 @@
-"""`stdit-engine generate | info`: the command line."""
+"""`stdit-engine generate | bench | info`: the command line."""
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
 import importlib.util
+import json
 import platform
 import sys
 from pathlib import Path
@@ -47,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-cuda-graphs", action="store_true", help="run the denoising steps without CUDA graphs")
     gen.add_argument("--batch-size", type=int, help="prompts per batch (default: the preset's)")
     gen.add_argument("--vae-chunk-frames", type=int, help="frames decoded at once (default: all)")
+
+    bench = commands.add_parser("bench", help="time generate() on a preset's reference workload, random weights")
+    bench.add_argument("--preset", action="append", choices=list(PRESETS),
+                       help="repeatable (default: the three released presets)")
+    bench.add_argument("--placement", default="auto", choices=["auto", "resident", "offload", "sequential"])
+    bench.add_argument("--steps", type=int, default=100)
+    bench.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    bench.add_argument("--no-cuda-graphs", action="store_true")
+    bench.add_argument("--json", type=Path, help="also write the records to this JSON file")
 
     commands.add_parser("info", help="devices, versions, backends and optional packages")
     return parser
@@ -94,6 +104,21 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"wrote {path} ({len(video)} frames, {video.width}x{video.height}, {video.fps} fps)")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import bench_preset, describe
+
+    if args.json and not args.json.parent.is_dir():
+        raise ConfigError(f"the folder {args.json.parent} of --json does not exist; create it first")
+    records = []
+    for preset in args.preset or ["16x256x256", "16x512x512", "64x512x512"]:
+        record = bench_preset(preset, placement=args.placement, num_steps=args.steps, device=args.device,
+                              cuda_graphs=not args.no_cuda_graphs)
+        print(describe(record), flush=True)
+        records.append(record)
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1))
+
+
 def _version(distribution: str) -> str:
     try:
         return importlib.metadata.version(distribution)
@@ -121,7 +146,7 @@ def cmd_info(_: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"generate": cmd_generate, "info": cmd_info}[args.command](args)
+        {"generate": cmd_generate, "bench": cmd_bench, "info": cmd_info}[args.command](args)
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,4 +1,6 @@
 """The command line: the README's demo command writes a real H.264 MP4; bad input gets exit 2."""
+import json
+
 import av
 import pytest
 
@@ -59,3 +61,13 @@ def test_offload_placement_without_gpu_is_refused(tmp_path, capsys):
                  "--prompt", "x", "--out", str(tmp_path / "x.mp4")])
     assert code == 2
     assert "use 'resident'" in capsys.readouterr().err
+
+
+def test_bench_writes_records(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--device", "cpu", "--steps", "3", "--json", str(out)]) == 0
+    [record] = json.loads(out.read_text())
+    assert record["workload"] == "end to end tiny, 2 prompt(s), 3 steps"
+    assert set(record["stage_seconds"]) == {"encode", "denoise", "decode"}
+    assert record["sampling_s"] > 0 and record["reference_sampling_s"] is None
+    assert "end to end tiny" in capsys.readouterr().out

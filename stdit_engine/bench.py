@@ -1,0 +1,72 @@
+"""End-to-end benchmark of `generate()` against the reference figures (SPEC section 6).
+
+`stdit-engine bench` and the pytest-benchmark suite in benchmarks/ both call `run_end_to_end`, so
+the command line and the suite measure the same thing: one timed call after a short warm-up
+(kernel selection, graph capture), stage times and peaks, and the memory estimate beside them.
+"""
+from __future__ import annotations
+
+import torch
+
+from .configs import get_preset
+from .engine.api import Engine
+from .engine.memory import GIB, estimate_memory
+
+# The reference on one H100 80GB, PyTorch 2.11, fp16, SDPA, 100 steps:
+# preset -> (prompts, sampling seconds, peak allocated GiB, peak reserved GiB).
+REFERENCE_E2E = {
+    "16x256x256": (2, 13.4, 23.8, 28.2),
+    "16x512x512": (2, 41.2, 35.9, 52.2),
+    "64x512x512": (1, 77.1, 49.9, 67.2),
+}
+PROMPTS = ["a sea turtle swimming over a coral reef", "a red vintage car driving through snow at dusk"]
+
+
+def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2) -> dict:
+    """Times one `generate()` of the preset's reference workload on `engine`; returns a flat record."""
+    preset = engine.preset
+    prompts_n, ref_s, ref_alloc, ref_reserved = REFERENCE_E2E.get(preset.name, (preset.prompts_per_batch, None, None, None))
+    prompts = (PROMPTS * prompts_n)[:prompts_n]
+    engine.generate(prompts, seed=42, num_steps=warmup_steps, progress=False)
+    if engine.device.type == "cuda":
+        torch.cuda.empty_cache()
+    engine.generate(prompts, seed=42, num_steps=num_steps, progress=False)
+    stages = {s.name: s for s in engine.last_stats}
+    estimate = estimate_memory(preset, prompts_n, engine.placement.mode, engine.dtype, engine.text_encoder.dtype,
+                               vae_chunk_frames=engine.decode_chunk_frames(prompts_n))
+    peak_allocated = max(s.peak_allocated for s in stages.values())  # stages reset the peaks
+    graphs = engine.denoiser.use_cuda_graphs and engine.device.type == "cuda"
+    return dict(
+        workload=f"end to end {preset.name}, {prompts_n} prompt(s), {num_steps} steps",
+        device=torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu",
+        dtype=str(engine.dtype), backend=engine.stdit.ops.name + (" + CUDA graph" if graphs else ""),
+        placement=f"{engine.placement.mode}, T5 {str(engine.text_encoder.dtype).removeprefix('torch.')}",
+        stage_seconds={n: round(s.seconds, 3) for n, s in stages.items()},
+        stage_peak_allocated_gib={n: round(s.peak_allocated / GIB, 3) for n, s in stages.items()},
+        stage_peak_reserved_gib={n: round(s.peak_reserved / GIB, 3) for n, s in stages.items()},
+        sampling_s=stages["denoise"].seconds, total_s=sum(s.seconds for s in stages.values()),
+        peak_allocated_gib=peak_allocated / GIB,
+        peak_reserved_gib=max(s.peak_reserved for s in stages.values()) / GIB,
+        estimated_peak_gib=estimate.peak / GIB, estimate_error=estimate.peak / peak_allocated - 1,
+        reference_sampling_s=ref_s if num_steps == 100 else None,
+        reference_peak_allocated_gib=ref_alloc, reference_peak_reserved_gib=ref_reserved,
+    )
+
+
+def describe(record: dict) -> str:
+    speedup = (f", {record['reference_sampling_s'] / record['sampling_s']:.2f}x the reference's sampling"
+               if record["reference_sampling_s"] else "")
+    if record["device"] == "cpu":
+        memory = f"process peak RSS {record['peak_reserved_gib']:.2f} GiB"
+    else:
+        memory = (f"peak {record['peak_allocated_gib']:.2f} GiB allocated / {record['peak_reserved_gib']:.2f} GiB "
+                  f"reserved, estimated {record['estimated_peak_gib']:.2f} GiB")
+    return (f"{record['workload']} on {record['device']} ({record['backend']}, {record['placement']}): "
+            f"sampling {record['sampling_s']:.2f} s, total {record['total_s']:.2f} s{speedup}; {memory}")
+
+
+def bench_preset(preset: str, *, placement: str = "auto", num_steps: int = 100, device=None, dtype=None,
+                 cuda_graphs: bool = True) -> dict:
+    engine = Engine.from_random_weights(get_preset(preset), placement=placement, device=device, dtype=dtype,
+                                        cuda_graphs=cuda_graphs)
+    return run_end_to_end(engine, num_steps=num_steps)
