@@ -13,6 +13,7 @@ import torch
 
 from .configs import PRESETS
 from .errors import ConfigError, EngineError
+from .engine.placement import MODES as PLACEMENT_MODES
 from .kernels.registry import BACKENDS
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=list(DTYPES), help="STDiT and VAE precision (default: fp16 on GPU, fp32 on CPU)")
     gen.add_argument("--t5-dtype", choices=list(DTYPES), default="fp32")
     gen.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="STDiT kernel backend")
-    gen.add_argument("--placement", default="auto", choices=["auto", "resident", "offload", "sequential"],
+    gen.add_argument("--placement", default="auto", choices=["auto", *PLACEMENT_MODES],
                      help="where the models live per stage (default: the fastest that fits in GPU memory)")
     gen.add_argument("--no-cuda-graphs", action="store_true", help="run the denoising steps without CUDA graphs")
     gen.add_argument("--batch-size", type=int, help="prompts per batch (default: the preset's)")
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time generate() on a preset's reference workload, random weights")
     bench.add_argument("--preset", action="append", choices=list(PRESETS),
                        help="repeatable (default: the three released presets)")
-    bench.add_argument("--placement", default="auto", choices=["auto", "resident", "offload", "sequential"])
+    bench.add_argument("--placement", default="auto", choices=["auto", *PLACEMENT_MODES])
     bench.add_argument("--steps", type=int, default=100)
     bench.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     bench.add_argument("--no-cuda-graphs", action="store_true")

@@ -182,18 +182,19 @@ class Engine:
         return torch.cat(latents) if output == "latent" else videos
 
     def _denoise(self, sampler: IDDPM, y, mask, generator, progress) -> torch.Tensor:
-        moves = self.placement.mode != "resident"
         with self.placement.stage("denoise"):
-            if moves:  # the weights have new addresses: graphs captured on the old ones are stale
-                self.denoiser.clear()
             # The reference draws the initial latent in the model's dtype on the sampling device.
             z = torch.randn((y.shape[0], *self.preset.latent_shape), generator=generator,
                             device=self.device, dtype=self.dtype)
             y_null = self.stdit.y_embedder.y_embedding[None, None]
-            latent = self.denoiser.sample(sampler, z, y, mask, y_null, generator=generator, progress=progress)
-            if moves:  # free the graph's memory pool for the next stage
-                self.denoiser.clear()
-        return latent
+            try:
+                return self.denoiser.sample(sampler, z, y, mask, y_null, generator=generator, progress=progress)
+            finally:
+                if self.placement.mode != "resident":
+                    # The weights leave the GPU now and return elsewhere next call: graphs captured
+                    # on these addresses would be stale (even after an error), and their memory
+                    # pool is wanted by the next stage.
+                    self.denoiser.clear()
 
     def decode_chunk_frames(self, samples: int) -> int | None:
         """Frames to decode at once: all of them on the CPU; on a GPU, what fits in free memory when

@@ -61,15 +61,12 @@ class HostCopy:
         self._place(lambda host: host)
 
 
-def stream_blocks(blocks: nn.ModuleList, device: torch.device) -> list[HostCopy]:
+def stream_blocks(blocks: nn.ModuleList, device: torch.device) -> None:
     """Each block's weights come to `device` right before its forward and leave right after."""
-    copies = []
     for block in blocks:
         copy = HostCopy(block, device)
         block.register_forward_pre_hook(lambda module, args, copy=copy: copy.to_device())
         block.register_forward_hook(lambda module, args, output, copy=copy: copy.to_host())
-        copies.append(copy)
-    return copies
 
 
 class Placement:
