@@ -17,9 +17,16 @@ def rows(records: list[dict]) -> list[list[str]]:
                           f"embedding rel. error {info['t5_embedding_rel_error']:.2e}",
                           f"STDiT output moves {info['stdit_output_rel_error']:.2e}", "-", "-"])
             continue
+        if "kernel_us" in info:  # one op
+            rate = (f"{info['gbs']:.0f} GB/s ({info['fraction_of_ceiling']:.0%} of copy)" if "gbs" in info
+                    else f"{info['tflops']:.0f} TF/s" + (f" ({info['mfu']:.0%})" if info.get("mfu") else ""))
+            table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
+                          f"{info['kernel_us']:.1f} us", rate, "-", "-"])
+            continue
         if "median_ms" in info:  # a forward
             latency, ref = info["median_ms"], info.get("reference_ms")
-            cells = [f"{latency:.1f} ms", f"{info['tflops']:.0f} TF/s" + (f" ({info['mfu']:.0%})" if info.get("mfu") else "")]
+            graphed = f" ({info['graphed_ms']:.1f} ms graphed)" if "graphed_ms" in info else ""
+            cells = [f"{latency:.1f} ms{graphed}", f"{info['tflops']:.0f} TF/s" + (f" ({info['mfu']:.0%})" if info.get("mfu") else "")]
         else:  # end to end
             latency, ref = info["sampling_s"], info.get("reference_sampling_s")
             cells = [f"{latency:.2f} s sampling, {info['total_s']:.2f} s total ({info['placement']})",

@@ -63,5 +63,21 @@ def cuda_time_ms(fn, warmup: int = 3, reps: int = 10) -> list[float]:
     return times
 
 
+def graphed_time_ms(fn, calls: int = 10, reps: int = 10) -> list[float]:
+    """Per-call GPU times of `fn` replayed from a CUDA graph of `calls` back-to-back calls, as the
+    engine replays its steps: no Python or launch overhead (which hides small kernels otherwise)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return [ms / calls for ms in cuda_time_ms(graph.replay, warmup=2, reps=reps)]
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)

@@ -4,9 +4,9 @@ Backends:
   eager   the plain-PyTorch reference of every op (parity tests and exports use it)
   sdpa    eager, with attention through torch's fused scaled_dot_product_attention
   triton  our Triton kernels for the modulated LayerNorm, the gated residual and the temporal
-          attention, sdpa for the rest; on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
-  auto    sdpa on CUDA, eager elsewhere (triton becomes the CUDA default once it is measured
-          faster end to end)
+          attention, cuDNN's fused attention within frames, sdpa for the rest;
+          on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
+  auto    triton on CUDA (measured fastest: BENCHMARKS.md), eager elsewhere
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError
-from .attention import cross_attention_ref, cross_attention_sdpa, self_attention_ref, self_attention_sdpa
+from .attention import (cross_attention_ref, cross_attention_sdpa, self_attention_cudnn, self_attention_ref,
+                        self_attention_sdpa)
 from .gated_residual import gated_residual_ref
 from .gelu import gelu_tanh_ref
 from .ln_modulate import ln_modulate_ref
@@ -59,7 +60,8 @@ def _triton_ops() -> Ops:
     except ImportError as err:
         raise ConfigError(f"kernel backend 'triton' needs the triton package ({err}); use backend='sdpa'") from None
     return replace(SDPA, name="triton", ln_modulate=ln_modulate_triton, gated_residual=gated_residual_triton,
-                   temporal_attention=temporal_attention_triton)
+                   self_attention=self_attention_cudnn, temporal_attention=temporal_attention_triton)
+
 
 BACKENDS: dict[str, Callable[[], Ops]] = {"eager": lambda: EAGER, "sdpa": lambda: SDPA, "triton": _triton_ops}
 
@@ -67,11 +69,11 @@ BACKENDS: dict[str, Callable[[], Ops]] = {"eager": lambda: EAGER, "sdpa": lambda
 def resolve_backend(backend: str, device: torch.device | str | None = None) -> Ops:
     """The ops of `backend`; "auto" picks the fastest backend known to be correct on `device`."""
     if backend == "auto":
-        backend = "sdpa" if torch.device(device or "cpu").type == "cuda" else "eager"
+        backend = "triton" if torch.device(device or "cpu").type == "cuda" else "eager"
     if backend not in BACKENDS:
         raise ConfigError(f"unknown kernel backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
     if backend == "triton" and device is not None and torch.device(device).type != "cuda" \
             and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ConfigError("kernel backend 'triton' runs on CUDA GPUs (or on the CPU with TRITON_INTERPRET=1, "
+        raise ConfigError(f"kernel backend {backend!r} runs on CUDA GPUs (or on the CPU with TRITON_INTERPRET=1, "
                           "slowly); use backend='eager' on the CPU")
     return BACKENDS[backend]()
