@@ -17,6 +17,12 @@ def rows(records: list[dict]) -> list[list[str]]:
                           f"embedding rel. error {info['t5_embedding_rel_error']:.2e}",
                           f"STDiT output moves {info['stdit_output_rel_error']:.2e}", "-", "-"])
             continue
+        if "breakdown_ms" in info:  # kernel time by kind
+            total = sum(info["breakdown_ms"].values())
+            parts = ", ".join(f"{kind} {ms:.1f}" for kind, ms in info["breakdown_ms"].items())
+            table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
+                          f"{total:.1f} ms of kernels", parts, "-", "-"])
+            continue
         if "kernel_us" in info:  # one op
             rate = (f"{info['gbs']:.0f} GB/s ({info['fraction_of_ceiling']:.0%} of copy)" if "gbs" in info
                     else f"{info['tflops']:.0f} TF/s" + (f" ({info['mfu']:.0%})" if info.get("mfu") else ""))
