@@ -1,0 +1,57 @@
+"""Runs a job on several CPU processes joined by a gloo process group (a file store in a temp
+folder), as torchrun would on GPUs. Jobs are module-level functions so the spawned processes can
+import them; they write their results as files for the test in the parent to judge."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from stdit_engine import Engine
+from stdit_engine.parallel.exchange import SequenceShards
+
+PROMPTS = ["a sea turtle swimming over a coral reef", "a red car in the snow"]
+WEIGHT_SEED, SAMPLE_SEED, STEPS = 3, 7, 5
+
+
+def run_ranks(world_size: int, folder: Path, job, *args) -> None:
+    mp.spawn(_entry, args=(world_size, str(folder / "store"), job, args), nprocs=world_size)
+
+
+def _entry(rank: int, world_size: int, store: str, job, args) -> None:
+    torch.set_num_threads(1)  # the ranks share the machine's cores
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    try:
+        job(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def generate_latents(engine: Engine, prompts=PROMPTS) -> torch.Tensor:
+    return engine.generate(prompts, seed=SAMPLE_SEED, num_steps=STEPS, output="latent", progress=False)
+
+
+def sample_in_modes(rank: int, folder: Path, modes: tuple[str, ...], video_mode: str | None) -> None:
+    """Each rank saves its final latent per mode, and (for `video_mode`) what generate() returns as videos."""
+    for mode in modes:
+        engine = Engine.from_random_weights("tiny", device="cpu", seed=WEIGHT_SEED, parallel=mode)
+        torch.save({"latent": generate_latents(engine), "mode": engine.parallel.mode},
+                   folder / f"{mode}-{rank}.pt")
+        if mode == video_mode:
+            videos = engine.generate(PROMPTS[:1], seed=SAMPLE_SEED, num_steps=2, progress=False)
+            torch.save([v.frames for v in videos], folder / f"video-{rank}.pt")
+
+
+def exchange_round_trip(rank: int, folder: Path, shape: tuple[int, int, int, int]) -> None:
+    """A real all-to-all on a frame shard of a tensor every rank knows: saves what it gets both ways."""
+    b, frames, positions, c = shape
+    ranks = dist.get_world_size()
+    whole = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    local_frames = frames // ranks
+    shard = whole[:, rank * local_frames:(rank + 1) * local_frames].reshape(b, local_frames * positions, c)
+    tokens = SequenceShards(dist.group.WORLD, ranks)
+    temporal = tokens.to_temporal(shard, b, local_frames, positions)
+    back = tokens.from_temporal(temporal, b, local_frames, positions)
+    torch.save({"whole": whole, "temporal": temporal, "back": back, "shard": shard}, folder / f"exchange-{rank}.pt")

@@ -1,0 +1,146 @@
+"""Several ranks (CPU processes, gloo) give the one-process result: guidance-parallel and
+sequence-parallel sampling, the all-to-all reshapes for 2 and 4 ranks, the T5 broadcast and the
+split VAE decode; and the plan refuses what cannot work, naming the numbers."""
+import pytest
+import torch
+from parallel_ranks import PROMPTS, SAMPLE_SEED, WEIGHT_SEED, exchange_round_trip, generate_latents, run_ranks, \
+    sample_in_modes
+
+from stdit_engine import Engine
+from stdit_engine.cli import _parser
+from stdit_engine.configs import get_preset
+from stdit_engine.errors import ConfigError
+from stdit_engine.models.stdit import LocalTokens
+from stdit_engine.parallel.exchange import (pack_for_spatial, pack_for_temporal, simulate_all_to_all,
+                                            unpack_spatial, unpack_temporal)
+from stdit_engine.parallel.plan import plan_parallel, resolve_mode
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    engine = Engine.from_random_weights("tiny", device="cpu", seed=WEIGHT_SEED, parallel="none")
+    latent = generate_latents(engine)
+    videos = engine.generate(PROMPTS[:1], seed=SAMPLE_SEED, num_steps=2, progress=False)
+    return latent, videos[0].frames
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two_ranks")
+    run_ranks(2, folder, sample_in_modes, folder, ("cfg", "dsp"), "dsp")
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["cfg", "dsp"])
+def test_two_ranks_give_the_one_process_latent(one_process, two_ranks, mode):
+    reference, _ = one_process
+    ranks = [torch.load(two_ranks / f"{mode}-{rank}.pt") for rank in range(2)]
+    assert [r["mode"] for r in ranks] == [mode, mode]
+    assert ranks[0]["latent"].shape == reference.shape == (2, 4, 4, 8, 8)
+    assert relative_error(ranks[0]["latent"], reference) < 1e-5
+    assert torch.equal(ranks[0]["latent"], ranks[1]["latent"])  # every rank holds the same latent
+
+
+def test_split_decode_gathers_the_video_on_rank_0(one_process, two_ranks):
+    _, reference_frames = one_process
+    first, second = (torch.load(two_ranks / f"video-{rank}.pt") for rank in range(2))
+    assert second == []  # only rank 0 gets videos, so only rank 0 saves
+    [frames] = first
+    assert frames.dtype == torch.uint8 and frames.shape == reference_frames.shape == (4, 64, 64, 3)
+    # Latents agree to float rounding; a pixel may round to the neighbouring uint8 level.
+    assert (frames.int() - reference_frames.int()).abs().max() <= 1
+
+
+def test_four_ranks_cfg_and_dsp_together(one_process, tmp_path):
+    """auto on 4 ranks: two guidance halves, each sequence-parallel over 2 ranks."""
+    reference, _ = one_process
+    run_ranks(4, tmp_path, sample_in_modes, tmp_path, ("auto",), None)
+    ranks = [torch.load(tmp_path / f"auto-{rank}.pt") for rank in range(4)]
+    assert {r["mode"] for r in ranks} == {"cfg+dsp"}
+    for r in ranks:
+        assert relative_error(r["latent"], reference) < 1e-5
+
+
+# ---------------------------------------------------------------- the all-to-all reshapes
+
+def _frame_shards(whole: torch.Tensor, ranks: int) -> list[torch.Tensor]:
+    b, frames, positions, c = whole.shape
+    return [s.reshape(b, frames // ranks * positions, c) for s in whole.chunk(ranks, dim=1)]
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_simulated_exchange_is_the_direct_permutation(ranks):
+    b, frames, positions, c = 2, 8, 12, 3
+    whole = torch.randn(b, frames, positions, c)
+    local = (b, frames // ranks, positions, ranks)
+    sent = [pack_for_temporal(shard, *local) for shard in _frame_shards(whole, ranks)]
+    temporal = [unpack_temporal(r, *local) for r in simulate_all_to_all(sent)]
+    # Rank r holds positions block r over all frames, laid out as the unsharded model's regrouping.
+    everything = LocalTokens.to_temporal(whole.reshape(b, frames * positions, c), b, frames, positions)
+    for r, got in enumerate(temporal):
+        expected = everything.view(b, positions, frames, c).chunk(ranks, dim=1)[r].reshape(-1, frames, c)
+        assert torch.equal(got, expected)
+    sent = [pack_for_spatial(t, *local) for t in temporal]
+    back = [unpack_spatial(r, *local) for r in simulate_all_to_all(sent)]
+    assert all(torch.equal(got, shard) for got, shard in zip(back, _frame_shards(whole, ranks)))
+
+
+def test_real_all_to_all_matches_the_direct_permutation(tmp_path):
+    shape = (2, 4, 6, 3)  # b, frames, positions, c
+    run_ranks(2, tmp_path, exchange_round_trip, tmp_path, shape)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"exchange-{rank}.pt")
+        b, frames, positions, c = shape
+        expected = got["whole"][:, :, rank * 3:(rank + 1) * 3].transpose(1, 2).reshape(b * 3, frames, c)
+        assert torch.equal(got["temporal"], expected)
+        assert torch.equal(got["back"], got["shard"])
+
+
+# ---------------------------------------------------------------- the plan and its errors
+
+@pytest.mark.parametrize("mode, world, expected", [
+    ("auto", 2, (2, 1)), ("cfg", 2, (2, 1)), ("dsp", 2, (1, 2)),
+    ("auto", 4, (2, 2)), ("cfg", 4, (2, 2)), ("dsp", 4, (1, 4)), ("cfg+dsp", 8, (2, 4)), ("auto", 16, (2, 8)),
+])
+def test_modes_resolve_to_halves_and_shards(mode, world, expected):
+    assert resolve_mode(mode, world, get_preset("64x512x512")) == expected  # 64 frames x 1024 positions
+
+
+@pytest.mark.parametrize("mode, world, message", [
+    ("dsp", 3, "sequence parallel over 3 ranks needs 3 to divide both the 64 frames and the 1024 spatial positions"),
+    ("auto", 3, "over 3 ranks needs 3 to divide"),
+    ("cfg", 3, "needs an even number of ranks, got 3"),
+    ("cfg", 6, "over 3 ranks needs 3 to divide both the 64 frames"),
+    ("cfg+dsp", 2, "needs 4 or more ranks"),
+])
+def test_a_world_size_that_does_not_divide_is_refused(mode, world, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_mode(mode, world, get_preset("64x512x512"))
+
+
+def test_tiny_preset_refuses_8_ranks_of_sequence_parallel():
+    with pytest.raises(ConfigError, match="8 ranks needs 8 to divide both the 4 frames and the 16 spatial"):
+        resolve_mode("dsp", 8, get_preset("tiny"))
+
+
+@pytest.mark.parametrize("mode, message", [
+    ("cfg", "needs a process group of several ranks"), ("dsp", "torchrun --nproc_per_node"),
+    ("pipeline", "unknown parallel mode 'pipeline'"),
+])
+def test_parallel_without_a_process_group_is_refused(mode, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_parallel(mode, get_preset("tiny"))
+    assert plan_parallel("auto", get_preset("tiny")) is None
+
+
+@pytest.mark.parametrize("argv, expected", [([], "auto"), (["--parallel", "dsp"], "dsp"),
+                                            (["--parallel", "cfg"], "cfg"), (["--parallel", "none"], "none")])
+def test_cli_parallel_flag(argv, expected):
+    args = _parser().parse_args(["generate", "--prompt", "x", "--out", "x.mp4", *argv])
+    assert args.parallel == expected
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["generate", "--prompt", "x", "--out", "x.mp4", "--parallel", "tp"])
