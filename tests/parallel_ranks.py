@@ -14,6 +14,7 @@ from stdit_engine.parallel.exchange import SequenceShards
 
 PROMPTS = ["a sea turtle swimming over a coral reef", "a red car in the snow"]
 WEIGHT_SEED, SAMPLE_SEED, STEPS = 3, 7, 5
+EXCHANGE_SHAPE = (2, 4, 8, 3)  # b, frames, positions, c: divisible by 2 and 4 ranks
 
 
 def run_ranks(world_size: int, folder: Path, job, *args) -> None:
@@ -33,8 +34,11 @@ def generate_latents(engine: Engine, prompts=PROMPTS) -> torch.Tensor:
     return engine.generate(prompts, seed=SAMPLE_SEED, num_steps=STEPS, output="latent", progress=False)
 
 
-def sample_in_modes(rank: int, folder: Path, modes: tuple[str, ...], video_mode: str | None) -> None:
-    """Each rank saves its final latent per mode, and (for `video_mode`) what generate() returns as videos."""
+def checks(rank: int, folder: Path, modes: tuple[str, ...], video_mode: str | None) -> None:
+    """All that a test wants from one spawn of the ranks (starting processes is the slow part):
+    a real exchange, the final latent per mode, and (for `video_mode`) what generate() returns as
+    videos."""
+    exchange_round_trip(rank, folder, EXCHANGE_SHAPE)
     for mode in modes:
         engine = Engine.from_random_weights("tiny", device="cpu", seed=WEIGHT_SEED, parallel=mode)
         torch.save({"latent": generate_latents(engine), "mode": engine.parallel.mode},

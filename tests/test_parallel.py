@@ -3,8 +3,7 @@ sequence-parallel sampling, the all-to-all reshapes for 2 and 4 ranks, the T5 br
 split VAE decode; and the plan refuses what cannot work, naming the numbers."""
 import pytest
 import torch
-from parallel_ranks import PROMPTS, SAMPLE_SEED, WEIGHT_SEED, exchange_round_trip, generate_latents, run_ranks, \
-    sample_in_modes
+from parallel_ranks import EXCHANGE_SHAPE, PROMPTS, SAMPLE_SEED, WEIGHT_SEED, checks, generate_latents, run_ranks
 
 from stdit_engine import Engine
 from stdit_engine.cli import _parser
@@ -31,7 +30,15 @@ def one_process():
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     folder = tmp_path_factory.mktemp("two_ranks")
-    run_ranks(2, folder, sample_in_modes, folder, ("cfg", "dsp"), "dsp")
+    run_ranks(2, folder, checks, folder, ("cfg", "dsp"), "dsp")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory):
+    """auto on 4 ranks: two guidance halves, each sequence-parallel over 2 ranks."""
+    folder = tmp_path_factory.mktemp("four_ranks")
+    run_ranks(4, folder, checks, folder, ("auto",), None)
     return folder
 
 
@@ -55,11 +62,9 @@ def test_split_decode_gathers_the_video_on_rank_0(one_process, two_ranks):
     assert (frames.int() - reference_frames.int()).abs().max() <= 1
 
 
-def test_four_ranks_cfg_and_dsp_together(one_process, tmp_path):
-    """auto on 4 ranks: two guidance halves, each sequence-parallel over 2 ranks."""
+def test_four_ranks_cfg_and_dsp_together(one_process, four_ranks):
     reference, _ = one_process
-    run_ranks(4, tmp_path, sample_in_modes, tmp_path, ("auto",), None)
-    ranks = [torch.load(tmp_path / f"auto-{rank}.pt") for rank in range(4)]
+    ranks = [torch.load(four_ranks / f"auto-{rank}.pt") for rank in range(4)]
     assert {r["mode"] for r in ranks} == {"cfg+dsp"}
     for r in ranks:
         assert relative_error(r["latent"], reference) < 1e-5
@@ -89,13 +94,14 @@ def test_simulated_exchange_is_the_direct_permutation(ranks):
     assert all(torch.equal(got, shard) for got, shard in zip(back, _frame_shards(whole, ranks)))
 
 
-def test_real_all_to_all_matches_the_direct_permutation(tmp_path):
-    shape = (2, 4, 6, 3)  # b, frames, positions, c
-    run_ranks(2, tmp_path, exchange_round_trip, tmp_path, shape)
-    for rank in range(2):
-        got = torch.load(tmp_path / f"exchange-{rank}.pt")
-        b, frames, positions, c = shape
-        expected = got["whole"][:, :, rank * 3:(rank + 1) * 3].transpose(1, 2).reshape(b * 3, frames, c)
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_real_all_to_all_matches_the_direct_permutation(ranks, request):
+    folder = request.getfixturevalue({2: "two_ranks", 4: "four_ranks"}[ranks])
+    b, frames, positions, c = EXCHANGE_SHAPE
+    owned = positions // ranks
+    for rank in range(ranks):
+        got = torch.load(folder / f"exchange-{rank}.pt")
+        expected = got["whole"][:, :, rank * owned:(rank + 1) * owned].transpose(1, 2).reshape(b * owned, frames, c)
         assert torch.equal(got["temporal"], expected)
         assert torch.equal(got["back"], got["shard"])
 
