@@ -12,7 +12,7 @@ from stdit_engine.errors import ConfigError
 from stdit_engine.models.stdit import LocalTokens
 from stdit_engine.parallel.exchange import (pack_for_spatial, pack_for_temporal, simulate_all_to_all,
                                             unpack_spatial, unpack_temporal)
-from stdit_engine.parallel.plan import plan_parallel, resolve_mode
+from stdit_engine.parallel.plan import plan_parallel, resolve_mode, setup_parallel
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -150,3 +150,13 @@ def test_cli_parallel_flag(argv, expected):
     assert args.parallel == expected
     with pytest.raises(SystemExit):
         _parser().parse_args(["generate", "--prompt", "x", "--out", "x.mp4", "--parallel", "tp"])
+
+
+def test_one_process_with_several_gpus_visible_warns(monkeypatch, recwarn):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.warns(UserWarning, match="2 GPUs are visible but this engine uses one; launch with `torchrun"):
+        assert setup_parallel("auto", get_preset("tiny"), "cuda") == (None, "cuda")
+    recwarn.clear()
+    assert setup_parallel("none", get_preset("tiny"), "cuda") == (None, "cuda")  # asked for: no warning
+    assert setup_parallel("auto", get_preset("tiny"), "cpu") == (None, "cpu")
+    assert not recwarn.list

@@ -169,7 +169,8 @@ class Engine:
         if output not in ("video", "latent"):
             raise ConfigError(f"output must be 'video' or 'latent', got {output!r}")
         batch_size = batch_size or self.preset.prompts_per_batch
-        progress = progress and (self.parallel is None or self.parallel.is_first)
+        if self.parallel is not None and not self.parallel.is_first:
+            progress = False  # one progress bar and one report, from rank 0
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         sampler = IDDPM(num_steps=num_steps, cfg_scale=cfg_scale, guidance_channels=guidance_channels)
