@@ -92,7 +92,8 @@ def measure(mode: str, args: argparse.Namespace) -> dict:
     record = dict(
         preset=args.preset, mode=engine.parallel.mode if engine.parallel else "none",
         world_size=dist.get_world_size() if parallel else 1, steps=args.steps, prompts=1,
-        decode=args.decode, dtype=args.dtype, t5_dtype=args.t5_dtype, cuda_graphs=engine.denoiser.use_cuda_graphs and cuda,
+        decode=args.decode, dtype=args.dtype, t5_dtype=args.t5_dtype,
+        cuda_graphs=engine.denoiser.use_cuda_graphs and cuda,
         step_ms_median=statistics.median(step_ms), step_ms_min=min(step_ms), end_to_end_s=end_to_end,
         stage_seconds={s.name: round(s.seconds, 3) for s in engine.last_stats},
         peak_allocated_gib=[round(r["peak_allocated_gib"], 2) for r in ranks],

@@ -169,10 +169,10 @@ class Engine:
         if output not in ("video", "latent"):
             raise ConfigError(f"output must be 'video' or 'latent', got {output!r}")
         batch_size = batch_size or self.preset.prompts_per_batch
-        if self.parallel is not None and not self.parallel.is_first:
-            progress = False  # one progress bar and one report, from rank 0
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if self.parallel is not None and not self.parallel.is_first:
+            progress = False  # one progress bar and one report, from rank 0
         sampler = IDDPM(num_steps=num_steps, cfg_scale=cfg_scale, guidance_channels=guidance_channels)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
 

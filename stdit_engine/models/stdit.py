@@ -126,12 +126,14 @@ class LocalTokens:
     @staticmethod
     def to_temporal(x: torch.Tensor, b: int, frames: int, positions: int) -> torch.Tensor:
         """[b, frames*positions, C] -> [b*positions, frames, C]."""
-        return x.view(b, frames, positions, -1).transpose(1, 2).reshape(b * positions, frames, x.shape[-1])
+        c = x.shape[-1]
+        return x.view(b, frames, positions, c).transpose(1, 2).reshape(b * positions, frames, c)
 
     @staticmethod
     def from_temporal(h: torch.Tensor, b: int, frames: int, positions: int) -> torch.Tensor:
         """[b*positions, frames, C] -> [b, frames*positions, C]."""
-        return h.view(b, positions, frames, -1).transpose(1, 2).reshape(b, frames * positions, h.shape[-1])
+        c = h.shape[-1]
+        return h.view(b, positions, frames, c).transpose(1, 2).reshape(b, frames * positions, c)
 
 
 class STDiTBlock(nn.Module):

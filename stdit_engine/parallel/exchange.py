@@ -6,9 +6,10 @@ positions (each rank holds S/N positions over all T frames). One all-to-all swit
 two: every rank cuts its shard into N blocks and sends block j to rank j.
 
 The cut and the reassembly are pure reshapes (`pack_*` / `unpack_*`), kept apart from the
-collective so that `simulate_all_to_all` can check them in one process for any N. The temporal
-layout is the one `STDiTBlock` feeds to temporal attention, [b * S/N, T, C], so the regrouping
-that the unsharded model does with one copy costs one copy here too.
+collective so that `simulate_all_to_all` can check them in one process for any N. The unpacked
+temporal layout is the one `STDiTBlock` feeds to temporal attention, [b * S/N, T, C]: the
+regrouping that the unsharded model does with one copy is folded into the exchange's two copies
+(pack before the collective, unpack after), so no third copy is needed.
 """
 from __future__ import annotations
 
