@@ -3,6 +3,7 @@ folder), as torchrun would on GPUs. Jobs are module-level functions so the spawn
 import them; they write their results as files for the test in the parent to judge."""
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -23,7 +24,9 @@ def run_ranks(world_size: int, folder: Path, job, *args) -> None:
 
 def _entry(rank: int, world_size: int, store: str, job, args) -> None:
     torch.set_num_threads(1)  # the ranks share the machine's cores
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    # A short timeout: a rank stuck in a collective fails the test instead of hanging it for 30 minutes.
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=120))
     try:
         job(rank, *args)
     finally:

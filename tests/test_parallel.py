@@ -6,7 +6,7 @@ import torch
 from parallel_ranks import EXCHANGE_SHAPE, PROMPTS, SAMPLE_SEED, WEIGHT_SEED, checks, generate_latents, run_ranks
 
 from stdit_engine import Engine
-from stdit_engine.cli import _parser
+from stdit_engine.cli import _parser, main
 from stdit_engine.configs import get_preset
 from stdit_engine.errors import ConfigError
 from stdit_engine.models.stdit import LocalTokens
@@ -141,6 +141,13 @@ def test_parallel_without_a_process_group_is_refused(mode, message):
     with pytest.raises(ConfigError, match=message):
         plan_parallel(mode, get_preset("tiny"))
     assert plan_parallel("auto", get_preset("tiny")) is None
+
+
+def test_cli_parallel_without_torchrun_says_how_to_launch(tmp_path, capsys):
+    code = main(["generate", "--preset", "tiny", "--random-weights", "--device", "cpu", "--parallel", "dsp",
+                 "--prompt", "x", "--out", str(tmp_path / "x.mp4")])
+    assert code == 2
+    assert "needs a process group of several ranks: launch with `torchrun --nproc_per_node N`" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, expected", [([], "auto"), (["--parallel", "dsp"], "dsp"),
