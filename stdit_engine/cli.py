@@ -91,7 +91,7 @@ def output_paths(out: Path, count: int) -> list[Path]:
 def cmd_generate(args: argparse.Namespace) -> None:
     from .parallel.launch import torchrun_group
 
-    with torchrun_group(args.device):
+    with torchrun_group(args.device, args.parallel):
         _generate(args)
 
 

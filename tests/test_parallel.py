@@ -143,6 +143,15 @@ def test_parallel_without_a_process_group_is_refused(mode, message):
     assert plan_parallel("auto", get_preset("tiny")) is None
 
 
+def test_cli_parallel_none_under_torchrun_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets; the refusal comes before joining a group
+    code = main(["generate", "--preset", "tiny", "--random-weights", "--device", "cpu", "--parallel", "none",
+                 "--prompt", "x", "--out", str(tmp_path / "x.mp4")])
+    assert code == 2
+    assert "--parallel none under torchrun would make all 2 ranks compute and write the same files" \
+        in capsys.readouterr().err
+
+
 def test_cli_parallel_without_torchrun_says_how_to_launch(tmp_path, capsys):
     code = main(["generate", "--preset", "tiny", "--random-weights", "--device", "cpu", "--parallel", "dsp",
                  "--prompt", "x", "--out", str(tmp_path / "x.mp4")])

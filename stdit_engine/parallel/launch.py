@@ -8,12 +8,18 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 
 @contextmanager
-def torchrun_group(device: str | None):
+def torchrun_group(device: str | None, parallel: str = "auto"):
     """Inside, this process is a rank of torchrun's group (NCCL when it runs on CUDA, gloo on the
     CPU), left on exit; a plain launch (WORLD_SIZE unset or 1) or an existing group is left alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and parallel == "none":
+        raise ConfigError(f"--parallel none under torchrun would make all {world_size} ranks compute and write the "
+                          "same files; use --parallel auto, or launch one process without torchrun")
+    if world_size <= 1 or dist.is_initialized():
         yield
         return
     cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"

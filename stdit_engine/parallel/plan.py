@@ -7,7 +7,8 @@ Modes:
            temporal attention switches to S/N positions with one all-to-all before and after it
   cfg+dsp  N >= 4, even: the two halves of cfg, each sequence-parallel over N/2 ranks
   auto     cfg for 2 ranks, cfg+dsp for 4 or more when N/2 divides the tokens, dsp otherwise
-  none     one process, one device
+  none     this process alone, whatever group it is in (a caller may run one engine per rank on
+           its own prompts)
 Rank r serves guidance half r // shards and frame shard r % shards.
 """
 from __future__ import annotations
@@ -103,14 +104,13 @@ def plan_parallel(mode: str, preset: Preset) -> ParallelPlan | None:
     if mode not in MODES:
         raise ConfigError(f"unknown parallel mode {mode!r}; choose one of: {', '.join(MODES)}")
     world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if mode == "none":
+        return None
     if world_size == 1:
-        if mode not in ("auto", "none"):
+        if mode != "auto":
             raise ConfigError(f"parallel={mode!r} needs a process group of several ranks: launch with "
                               "`torchrun --nproc_per_node N`, or call torch.distributed.init_process_group first")
         return None
-    if mode == "none":
-        raise ConfigError(f"parallel='none' inside a process group of {world_size} ranks would compute the same "
-                          "video on every rank; use parallel='auto', or launch one process without torchrun")
     halves, shards = resolve_mode(mode, world_size, preset)
     rank = dist.get_rank()
     group = None
