@@ -12,10 +12,16 @@ import torch.multiprocessing as mp
 
 from stdit_engine import Engine
 from stdit_engine.parallel.exchange import SequenceShards
+from stdit_engine.parallel.stages import decode_split
 
 PROMPTS = ["a sea turtle swimming over a coral reef", "a red car in the snow"]
 WEIGHT_SEED, SAMPLE_SEED, STEPS = 3, 7, 5
 EXCHANGE_SHAPE = (2, 4, 8, 3)  # b, frames, positions, c: divisible by 2 and 4 ranks
+
+
+def odd_latent() -> torch.Tensor:
+    """3 frames: over 2 ranks, one rank decodes 2 and the other 1 (the padded gather)."""
+    return torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
 
 
 def run_ranks(world_size: int, folder: Path, job, *args) -> None:
@@ -48,7 +54,9 @@ def checks(rank: int, folder: Path, modes: tuple[str, ...], video_mode: str | No
                    folder / f"{mode}-{rank}.pt")
         if mode == video_mode:
             videos = engine.generate(PROMPTS[:1], seed=SAMPLE_SEED, num_steps=2, progress=False)
-            torch.save([v.frames for v in videos], folder / f"video-{rank}.pt")
+            odd = decode_split(engine.parallel, lambda part: engine.vae.decode(part, to_uint8=True), odd_latent(),
+                               engine.device)
+            torch.save({"videos": [v.frames for v in videos], "odd": odd}, folder / f"video-{rank}.pt")
 
 
 def exchange_round_trip(rank: int, folder: Path, shape: tuple[int, int, int, int]) -> None:

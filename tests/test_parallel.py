@@ -3,7 +3,8 @@ sequence-parallel sampling, the all-to-all reshapes for 2 and 4 ranks, the T5 br
 split VAE decode; and the plan refuses what cannot work, naming the numbers."""
 import pytest
 import torch
-from parallel_ranks import EXCHANGE_SHAPE, PROMPTS, SAMPLE_SEED, WEIGHT_SEED, checks, generate_latents, run_ranks
+from parallel_ranks import (EXCHANGE_SHAPE, PROMPTS, SAMPLE_SEED, WEIGHT_SEED, checks, generate_latents, odd_latent,
+                            run_ranks)
 
 from stdit_engine import Engine
 from stdit_engine.cli import _parser, main
@@ -24,7 +25,7 @@ def one_process():
     engine = Engine.from_random_weights("tiny", device="cpu", seed=WEIGHT_SEED, parallel="none")
     latent = generate_latents(engine)
     videos = engine.generate(PROMPTS[:1], seed=SAMPLE_SEED, num_steps=2, progress=False)
-    return latent, videos[0].frames
+    return latent, videos[0].frames, engine.vae.decode(odd_latent(), to_uint8=True)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def four_ranks(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["cfg", "dsp"])
 def test_two_ranks_give_the_one_process_latent(one_process, two_ranks, mode):
-    reference, _ = one_process
+    reference, *_ = one_process
     ranks = [torch.load(two_ranks / f"{mode}-{rank}.pt") for rank in range(2)]
     assert [r["mode"] for r in ranks] == [mode, mode]
     assert ranks[0]["latent"].shape == reference.shape == (2, 4, 4, 8, 8)
@@ -53,17 +54,26 @@ def test_two_ranks_give_the_one_process_latent(one_process, two_ranks, mode):
 
 
 def test_split_decode_gathers_the_video_on_rank_0(one_process, two_ranks):
-    _, reference_frames = one_process
+    _, reference_frames, reference_odd = one_process
     first, second = (torch.load(two_ranks / f"video-{rank}.pt") for rank in range(2))
-    assert second == []  # only rank 0 gets videos, so only rank 0 saves
-    [frames] = first
+    assert second["videos"] == [] and second["odd"] is None  # only rank 0 gets videos, so only rank 0 saves
+    [frames] = first["videos"]
     assert frames.dtype == torch.uint8 and frames.shape == reference_frames.shape == (4, 64, 64, 3)
     # Latents agree to float rounding; a pixel may round to the neighbouring uint8 level.
-    assert (frames.int() - reference_frames.int()).abs().max() <= 1
+    assert_same_pixels(frames, reference_frames)
+    # 3 frames over 2 ranks (2 + 1, padded for the gather): the same latent, the same pixels, in order.
+    assert first["odd"].shape == reference_odd.shape == (1, 3, 64, 64, 3)
+    assert_same_pixels(first["odd"], reference_odd)
+
+
+def assert_same_pixels(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to float rounding at the uint8 step: at most one level apart, and rarely that."""
+    difference = (got.int() - expected.int()).abs()
+    assert difference.max() <= 1 and difference.float().mean() < 0.01
 
 
 def test_four_ranks_cfg_and_dsp_together(one_process, four_ranks):
-    reference, _ = one_process
+    reference, *_ = one_process
     ranks = [torch.load(four_ranks / f"auto-{rank}.pt") for rank in range(4)]
     assert {r["mode"] for r in ranks} == {"cfg+dsp"}
     for r in ranks:
