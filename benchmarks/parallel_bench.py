@@ -78,7 +78,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict:
     weights = torch.cuda.memory_allocated() if cuda else 0
     timer = StepTimer(cuda)
     start = time.perf_counter()
-    engine.generate([PROMPT], seed=42, num_steps=args.steps, output=output, progress=timer)
+    result = engine.generate([PROMPT], seed=42, num_steps=args.steps, output=output, progress=timer)
     sync()
     end_to_end = time.perf_counter() - start
     mine = dict(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
@@ -99,8 +99,13 @@ def measure(mode: str, args: argparse.Namespace) -> dict:
         peak_allocated_gib=[round(r["peak_allocated_gib"], 2) for r in ranks],
         peak_reserved_gib=[round(r["peak_reserved_gib"], 2) for r in ranks],
         weights_gib=[round(r["weights_gib"], 2) for r in ranks],
-        device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__,
+        device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__, latent_file=None,
     )
+    if args.latents and output == "latent" and (not parallel or dist.get_rank() == 0):
+        # Every rank holds the same latent; the summary compares it with the one-GPU run's.
+        args.latents.mkdir(parents=True, exist_ok=True)
+        record["latent_file"] = str(args.latents / f"{record['mode']}-{record['world_size']}.pt")
+        torch.save(result.float().cpu(), record["latent_file"])
     del engine
     gc.collect()
     if cuda:
@@ -117,13 +122,18 @@ def summarise(path: Path) -> None:
         if r["world_size"] == 1 or one is None:
             continue
         activation = [p - w for p, w in zip(r["peak_allocated_gib"], r["weights_gib"])]
+        agreement = ""
+        if r["latent_file"] and one["latent_file"]:
+            mine, reference = torch.load(r["latent_file"]), torch.load(one["latent_file"])
+            error = float((mine - reference).norm() / reference.norm())
+            agreement = f"; final latent relative error vs one GPU {error:.2e}"
         one_activation = one["peak_allocated_gib"][0] - one["weights_gib"][0]
         print(f"{r['preset']} {r['mode']} on {r['world_size']} GPUs: step {r['step_ms_median']:.1f} ms vs "
               f"{one['step_ms_median']:.1f} ms ({one['step_ms_median'] / r['step_ms_median']:.2f}x), end to end "
               f"{r['end_to_end_s']:.1f} s vs {one['end_to_end_s']:.1f} s "
               f"({one['end_to_end_s'] / r['end_to_end_s']:.2f}x); peak allocated per GPU {r['peak_allocated_gib']} "
               f"GiB vs {one['peak_allocated_gib'][0]} GiB, above the weights {[round(a, 2) for a in activation]} "
-              f"GiB vs {one_activation:.2f} GiB")
+              f"GiB vs {one_activation:.2f} GiB{agreement}")
 
 
 def main() -> None:
@@ -135,6 +145,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
     parser.add_argument("--t5-dtype", default="bf16", choices=list(DTYPES))
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
+    parser.add_argument("--latents", type=Path, help="save each run's final latent here (without --decode), "
+                        "so that --summary can compare the parallel runs with the one-GPU run")
     parser.add_argument("--summary", type=Path, help="print the speed-ups in a file of these JSON lines, and exit")
     args = parser.parse_args()
     if args.summary:

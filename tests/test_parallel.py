@@ -166,7 +166,8 @@ def test_cli_parallel_without_torchrun_says_how_to_launch(tmp_path, capsys):
     code = main(["generate", "--preset", "tiny", "--random-weights", "--device", "cpu", "--parallel", "dsp",
                  "--prompt", "x", "--out", str(tmp_path / "x.mp4")])
     assert code == 2
-    assert "needs a process group of several ranks: launch with `torchrun --nproc_per_node N`" in capsys.readouterr().err
+    printed = capsys.readouterr().err
+    assert "needs a process group of several ranks: launch with `torchrun --nproc_per_node N`" in printed
 
 
 @pytest.mark.parametrize("argv, expected", [([], "auto"), (["--parallel", "dsp"], "dsp"),
