@@ -3,10 +3,9 @@ sequence-parallel sampling, the all-to-all reshapes for 2 and 4 ranks, the T5 br
 split VAE decode; and the plan refuses what cannot work, naming the numbers."""
 import pytest
 import torch
-from parallel_ranks import (EXCHANGE_SHAPE, PROMPTS, SAMPLE_SEED, WEIGHT_SEED, checks, generate_latents, odd_latent,
-                            run_ranks)
+from parallel_ranks import (assert_exchange_is_exact, assert_latents_match, assert_videos_match, checks,
+                            one_process_results, run_ranks)
 
-from stdit_engine import Engine
 from stdit_engine.cli import _parser, main
 from stdit_engine.configs import get_preset
 from stdit_engine.errors import ConfigError
@@ -16,16 +15,9 @@ from stdit_engine.parallel.exchange import (pack_for_spatial, pack_for_temporal,
 from stdit_engine.parallel.plan import plan_parallel, resolve_mode, setup_parallel
 
 
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
-
-
 @pytest.fixture(scope="module")
 def one_process():
-    engine = Engine.from_random_weights("tiny", device="cpu", seed=WEIGHT_SEED, parallel="none")
-    latent = generate_latents(engine)
-    videos = engine.generate(PROMPTS[:1], seed=SAMPLE_SEED, num_steps=2, progress=False)
-    return latent, videos[0].frames, engine.vae.decode(odd_latent(), to_uint8=True)
+    return one_process_results("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -45,39 +37,15 @@ def four_ranks(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["cfg", "dsp"])
 def test_two_ranks_give_the_one_process_latent(one_process, two_ranks, mode):
-    reference, *_ = one_process
-    ranks = [torch.load(two_ranks / f"{mode}-{rank}.pt") for rank in range(2)]
-    assert [r["mode"] for r in ranks] == [mode, mode]
-    assert ranks[0]["latent"].shape == reference.shape == (2, 4, 4, 8, 8)
-    assert relative_error(ranks[0]["latent"], reference) < 1e-5
-    assert torch.equal(ranks[0]["latent"], ranks[1]["latent"])  # every rank holds the same latent
+    assert_latents_match(two_ranks, mode, 2, one_process[0], tolerance=1e-5)
 
 
 def test_split_decode_gathers_the_video_on_rank_0(one_process, two_ranks):
-    _, reference_frames, reference_odd = one_process
-    first, second = (torch.load(two_ranks / f"video-{rank}.pt") for rank in range(2))
-    assert second["videos"] == [] and second["odd"] is None  # only rank 0 gets videos, so only rank 0 saves
-    [frames] = first["videos"]
-    assert frames.dtype == torch.uint8 and frames.shape == reference_frames.shape == (4, 64, 64, 3)
-    # Latents agree to float rounding; a pixel may round to the neighbouring uint8 level.
-    assert_same_pixels(frames, reference_frames)
-    # 3 frames over 2 ranks (2 + 1, padded for the gather): the same latent, the same pixels, in order.
-    assert first["odd"].shape == reference_odd.shape == (1, 3, 64, 64, 3)
-    assert_same_pixels(first["odd"], reference_odd)
-
-
-def assert_same_pixels(got: torch.Tensor, expected: torch.Tensor) -> None:
-    """Equal up to float rounding at the uint8 step: at most one level apart, and rarely that."""
-    difference = (got.int() - expected.int()).abs()
-    assert difference.max() <= 1 and difference.float().mean() < 0.01
+    assert_videos_match(two_ranks, *one_process[1:])
 
 
 def test_four_ranks_cfg_and_dsp_together(one_process, four_ranks):
-    reference, *_ = one_process
-    ranks = [torch.load(four_ranks / f"auto-{rank}.pt") for rank in range(4)]
-    assert {r["mode"] for r in ranks} == {"cfg+dsp"}
-    for r in ranks:
-        assert relative_error(r["latent"], reference) < 1e-5
+    assert_latents_match(four_ranks, "auto", 4, one_process[0], tolerance=1e-5, resolved="cfg+dsp")
 
 
 # ---------------------------------------------------------------- the all-to-all reshapes
@@ -106,14 +74,7 @@ def test_simulated_exchange_is_the_direct_permutation(ranks):
 
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_real_all_to_all_matches_the_direct_permutation(ranks, request):
-    folder = request.getfixturevalue({2: "two_ranks", 4: "four_ranks"}[ranks])
-    b, frames, positions, c = EXCHANGE_SHAPE
-    owned = positions // ranks
-    for rank in range(ranks):
-        got = torch.load(folder / f"exchange-{rank}.pt")
-        expected = got["whole"][:, :, rank * owned:(rank + 1) * owned].transpose(1, 2).reshape(b * owned, frames, c)
-        assert torch.equal(got["temporal"], expected)
-        assert torch.equal(got["back"], got["shard"])
+    assert_exchange_is_exact(request.getfixturevalue({2: "two_ranks", 4: "four_ranks"}[ranks]), ranks)
 
 
 # ---------------------------------------------------------------- the plan and its errors
