@@ -61,7 +61,8 @@ def checks(rank: int, folder: Path, modes: tuple[str, ...], video_mode: str | No
     videos."""
     for mode in modes:
         engine = tiny_engine(device, mode)
-        torch.save({"latent": generate_latents(engine).cpu(), "mode": engine.parallel.mode},
+        t5_device = next(engine.text_encoder.model.parameters()).device.type
+        torch.save({"latent": generate_latents(engine).cpu(), "mode": engine.parallel.mode, "t5_device": t5_device},
                    folder / f"{mode}-{rank}.pt")
         if mode == video_mode:
             videos = engine.generate(PROMPTS[:1], seed=SAMPLE_SEED, num_steps=2, progress=False)

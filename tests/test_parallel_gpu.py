@@ -15,5 +15,7 @@ def test_two_gpus_give_the_one_gpu_results(tmp_path):
     for mode in ("cfg", "dsp"):
         # fp32, but cuDNN convolutions may use TF32 and kernels differ with the batch size.
         assert_latents_match(tmp_path, mode, 2, latent, tolerance=1e-3)
+        # T5 runs on rank 0 only; rank 1 keeps it off its GPU.
+        assert [torch.load(tmp_path / f"{mode}-{rank}.pt")["t5_device"] for rank in range(2)] == ["cuda", "cpu"]
     assert_videos_match(tmp_path, frames, odd)
     assert_exchange_is_exact(tmp_path, 2)

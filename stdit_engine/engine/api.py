@@ -64,11 +64,13 @@ class Engine:
         self.vae = vae
         self.device = device
         self.random_weights = random_weights
-        self.placement = Placement(
-            placement, device,
-            models={"encode": text_encoder.model, "denoise": self.stdit, "decode": vae.model},
-            streamed={"encode": text_encoder.model.encoder.block},
-        )
+        models = {"encode": text_encoder.model, "denoise": self.stdit, "decode": vae.model}
+        if parallel is not None and not parallel.is_first:
+            # T5 runs on rank 0 only (the others receive its embeddings): it stays off this device.
+            del models["encode"]
+            text_encoder.model.to("cpu")
+        self.placement = Placement(placement, device, models=models,
+                                   streamed={"encode": text_encoder.model.encoder.block})
         self.parallel = parallel  # None: this process does all the work
         self.denoiser = (GuidedDenoiser(self.stdit, use_cuda_graphs=cuda_graphs) if parallel is None
                          else parallel_denoiser(parallel, self.stdit))
