@@ -15,6 +15,7 @@ from .configs import PRESETS
 from .errors import ConfigError, EngineError
 from .engine.placement import MODES as PLACEMENT_MODES
 from .kernels.registry import BACKENDS
+from .parallel.plan import MODES as PARALLEL_MODES
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 OPTIONAL_PACKAGES = ("triton", "flash_attn", "xformers", "apex", "tensorrt", "onnx", "onnxruntime")
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--placement", default="auto", choices=["auto", *PLACEMENT_MODES],
                      help="where the models live per stage (default: the fastest that fits in GPU memory)")
     gen.add_argument("--no-cuda-graphs", action="store_true", help="run the denoising steps without CUDA graphs")
+    gen.add_argument("--parallel", default="auto", choices=PARALLEL_MODES,
+                     help="under torchrun: cfg (guidance halves on 2 GPUs), dsp (frames split over N GPUs), "
+                          "cfg+dsp (N >= 4); auto picks (README, Several GPUs)")
     gen.add_argument("--batch-size", type=int, help="prompts per batch (default: the preset's)")
     gen.add_argument("--vae-chunk-frames", type=int, help="frames decoded at once (default: all)")
 
@@ -85,13 +89,20 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from .parallel.launch import torchrun_group
+
+    with torchrun_group(args.device, args.parallel):
+        _generate(args)
+
+
+def _generate(args: argparse.Namespace) -> None:
     from .engine.api import Engine
 
     prompts = read_prompts(args)
     paths = output_paths(args.out, len(prompts))  # fail on a bad path before minutes of work
     dtype = DTYPES[args.dtype] if args.dtype else None
     common = dict(device=args.device, dtype=dtype, t5_dtype=DTYPES[args.t5_dtype], backend=args.backend,
-                  placement=args.placement, cuda_graphs=not args.no_cuda_graphs)
+                  placement=args.placement, cuda_graphs=not args.no_cuda_graphs, parallel=args.parallel)
     if args.random_weights:
         print("note: random weights; the video shows the pipeline working, not a picture of the prompt")
         engine = Engine.from_random_weights(args.preset, **common)

@@ -15,6 +15,7 @@ from ..models.hub import resolve_model_file
 from ..models.stdit import STDiT
 from ..models.text_encoder import TextEncoder
 from ..models.vae import VideoVAE
+from ..parallel import ParallelPlan, decode_split, encode_on_first, parallel_denoiser, setup_parallel
 from ..schedulers.iddpm import IDDPM
 from .denoise import GuidedDenoiser
 from .memory import GIB, StageStats, choose_vae_chunk, estimate_memory, measure_stage
@@ -56,19 +57,23 @@ class Engine:
 
     def __init__(self, preset: Preset, stdit: STDiT, text_encoder: TextEncoder, vae: VideoVAE,
                  device: torch.device, random_weights: bool = False, cuda_graphs: bool = True,
-                 placement: str = "resident"):
+                 placement: str = "resident", parallel: ParallelPlan | None = None):
         self.preset = preset
         self.stdit = stdit.eval()
         self.text_encoder = text_encoder
         self.vae = vae
         self.device = device
         self.random_weights = random_weights
-        self.placement = Placement(
-            placement, device,
-            models={"encode": text_encoder.model, "denoise": self.stdit, "decode": vae.model},
-            streamed={"encode": text_encoder.model.encoder.block},
-        )
-        self.denoiser = GuidedDenoiser(self.stdit, use_cuda_graphs=cuda_graphs)
+        models = {"encode": text_encoder.model, "denoise": self.stdit, "decode": vae.model}
+        if parallel is not None and not parallel.is_first:
+            # T5 runs on rank 0 only (the others receive its embeddings): it stays off this device.
+            del models["encode"]
+            text_encoder.model.to("cpu")
+        self.placement = Placement(placement, device, models=models,
+                                   streamed={"encode": text_encoder.model.encoder.block})
+        self.parallel = parallel  # None: this process does all the work
+        self.denoiser = (GuidedDenoiser(self.stdit, use_cuda_graphs=cuda_graphs) if parallel is None
+                         else parallel_denoiser(parallel, self.stdit))
         self.last_stats: list[StageStats] = []
 
     @property
@@ -81,14 +86,18 @@ class Engine:
     def from_pretrained(cls, preset: str | Preset, *, stdit: str | None = None, t5: str | None = None,
                         vae: str | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
-                        backend: str = "auto", cuda_graphs: bool = True, placement: str = "auto") -> "Engine":
+                        backend: str = "auto", cuda_graphs: bool = True, placement: str = "auto",
+                        parallel: str = "auto") -> "Engine":
         """Loads each part from a local path or a hub id; defaults are the released weights of SPEC section 1.
 
         `stdit` is a .pth/.safetensors file or a hub repo id (the preset's file is taken from it).
         `cuda_graphs`: replay each denoising step from a CUDA graph (on CUDA devices).
         `placement`: "resident", "offload", "sequential" or "auto" (engine/placement.py).
+        `parallel`: inside an initialised process group, how the ranks share the work: "cfg", "dsp",
+        "cfg+dsp" or "auto" (parallel/plan.py); every rank calls this, and uses cuda:LOCAL_RANK.
         """
         preset = get_preset(preset)
+        plan, device = setup_parallel(parallel, preset, device)
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)  # fail on a bad backend before loading anything
@@ -108,20 +117,23 @@ class Engine:
         model = load_stdit_checkpoint(model, stdit_file).to(device=load_device, dtype=dtype)
         text_encoder = TextEncoder.from_pretrained(t5_source, device=load_device, dtype=t5_dtype)
         video_vae = VideoVAE.from_pretrained(vae_source, device=load_device, dtype=dtype)
-        return cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs, placement=placement)
+        return cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs, placement=placement,
+                   parallel=plan)
 
     @classmethod
     def from_random_weights(cls, preset: str | Preset, *, device: str | torch.device | None = None,
                             dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
                             backend: str = "auto", seed: int = 0, cuda_graphs: bool = True,
-                            placement: str = "auto") -> "Engine":
+                            placement: str = "auto", parallel: str = "auto") -> "Engine":
         """The exact architectures of `preset` with random weights: for tests, demos and benchmarks.
 
         Its videos are noise-like; it exists to measure speed and memory and to exercise the code.
         Weights are drawn on `device` (fast) and then placed as `placement` says, so the load itself
-        briefly holds each whole model on the device.
+        briefly holds each whole model on the device. With `parallel` (see from_pretrained), every
+        rank draws the same weights from `seed`.
         """
         preset = get_preset(preset)
+        plan, device = setup_parallel(parallel, preset, device)
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)
@@ -131,7 +143,7 @@ class Engine:
         video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
         text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
         return cls(preset, model, text_encoder, video_vae, device, random_weights=True,
-                   cuda_graphs=cuda_graphs, placement=placement)
+                   cuda_graphs=cuda_graphs, placement=placement, parallel=plan)
 
     # ------------------------------------------------------------------ stages
 
@@ -152,6 +164,8 @@ class Engine:
         generator for the whole call: with a seed, the same prompts give the reference's videos.
         `vae_chunk_frames`: frames decoded at once (default: as many as fit in free memory).
         Stage times and peak memory are kept in `self.last_stats` (and printed when `progress`).
+        Over several ranks, every rank calls this with the same arguments and gets the same latents;
+        videos are gathered on rank 0, and the other ranks get an empty list (so only rank 0 saves).
         """
         prompts = _check_prompts([prompts] if isinstance(prompts, str) else prompts)
         if output not in ("video", "latent"):
@@ -159,6 +173,8 @@ class Engine:
         batch_size = batch_size or self.preset.prompts_per_batch
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if self.parallel is not None and not self.parallel.is_first:
+            progress = False  # one progress bar and one report, from rank 0
         sampler = IDDPM(num_steps=num_steps, cfg_scale=cfg_scale, guidance_channels=guidance_channels)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
 
@@ -167,16 +183,24 @@ class Engine:
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
             with measure_stage("encode", self.device, self.last_stats):
-                y, mask = self.encode_prompts(batch)
+                if self.parallel is None:
+                    y, mask = self.encode_prompts(batch)
+                else:
+                    y, mask = encode_on_first(self.parallel, lambda: self.encode_prompts(batch), self.device)
             with measure_stage("denoise", self.device, self.last_stats):
                 latent = self._denoise(sampler, y, mask, generator, progress)
             if output == "latent":
                 latents.append(latent)
                 continue
             with measure_stage("decode", self.device, self.last_stats), self.placement.stage("decode"):
-                frames = self.vae.decode(latent.to(self.dtype), to_uint8=True,
-                                         chunk_frames=vae_chunk_frames or self.decode_chunk_frames(latent.shape[0]))
-                videos.extend(Video(sample_frames, self.preset.fps) for sample_frames in frames)
+                def decode(part: torch.Tensor) -> torch.Tensor:
+                    return self.vae.decode(part.to(self.dtype), to_uint8=True,
+                                           chunk_frames=vae_chunk_frames or self.decode_chunk_frames(part.shape[0]))
+
+                frames = decode(latent) if self.parallel is None else decode_split(self.parallel, decode, latent,
+                                                                                   self.device)
+                if frames is not None:  # None: a rank other than 0, which keeps no video
+                    videos.extend(Video(sample_frames, self.preset.fps) for sample_frames in frames)
         if progress:
             self._print_stats()
         return torch.cat(latents) if output == "latent" else videos

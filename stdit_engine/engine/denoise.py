@@ -17,21 +17,41 @@ from ..models.stdit import STDiT
 from ..schedulers.iddpm import IDDPM, coefficient_table, guide, p_sample_step
 
 
+class GuidanceBatch:
+    """Which rows of the guidance batch (latents [x; x] under captions [y; y_null]) this process
+    runs the model on, and how the whole output is assembled from them: here, all rows in one
+    process. parallel/guidance.py splits the rows (and frames) over ranks."""
+
+    def captions(self, y: torch.Tensor, y_null: torch.Tensor) -> torch.Tensor:
+        return torch.cat([y, y_null.expand_as(y).to(y.dtype)])
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x])
+
+    def gather(self, out: torch.Tensor) -> torch.Tensor:
+        """The model output of the whole guidance batch [2n, ...] from this process's part."""
+        return out
+
+
+WHOLE_BATCH = GuidanceBatch()
+
+
 @dataclass
 class StepInputs:
     """What one step reads besides the latent and the noise."""
 
-    temb: torch.Tensor  # [2n, C]
-    t0: torch.Tensor  # [2n, 6C]
-    caption_kv: list  # per block (K, V), [2n, H, L, D]
-    kv_lengths: torch.Tensor  # [2n]
+    temb: torch.Tensor  # [rows, C]; rows = 2n, or this rank's part of them
+    t0: torch.Tensor  # [rows, 6C]
+    caption_kv: list  # per block (K, V), [rows, H, L, D]
+    kv_lengths: torch.Tensor  # [rows]
     coefs: torch.Tensor  # [7]
 
 
 def guided_step(model: STDiT, guidance: tuple[float, int], x: torch.Tensor, noise: torch.Tensor,
-                inputs: StepInputs) -> torch.Tensor:
+                inputs: StepInputs, batch: GuidanceBatch = WHOLE_BATCH) -> torch.Tensor:
     """x_{t-1} from x: the forward on the guidance batch [x; x], the guidance mix, the IDDPM update."""
-    out = model.forward_embedded(torch.cat([x, x]), inputs.temb, inputs.t0, inputs.caption_kv, inputs.kv_lengths)
+    out = batch.gather(model.forward_embedded(batch.latents(x), inputs.temb, inputs.t0, inputs.caption_kv,
+                                              inputs.kv_lengths))
     return p_sample_step(inputs.coefs, x, guide(out, *guidance), noise)[0]
 
 
@@ -40,7 +60,7 @@ class GraphedStep:
     guidance settings (cfg_scale and the guided channels are constants of the captured kernels)."""
 
     def __init__(self, model: STDiT, guidance: tuple[float, int], x: torch.Tensor, noise: torch.Tensor,
-                 inputs: StepInputs):
+                 inputs: StepInputs, batch: GuidanceBatch):
         # Static copies of everything the step reads: replays read whatever these hold.
         self.x = x.float().clone()  # the latent is float32 after the first update, as in the reference
         self.noise = noise.float().clone()
@@ -51,14 +71,14 @@ class GraphedStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph: lazy init, autotuning, workspaces
             for _ in range(2):  # twice: cuBLAS and SDPA pick and cache their kernels on first use
-                guided_step(model, guidance, self.x, self.noise, self.inputs)
+                guided_step(model, guidance, self.x, self.noise, self.inputs, batch)
         torch.cuda.current_stream().wait_stream(side)
         # Hand the warm-up's cached blocks back, so they and the graph's pool don't add up.
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.out = guided_step(model, guidance, self.x, self.noise, self.inputs)
+            self.out = guided_step(model, guidance, self.x, self.noise, self.inputs, batch)
 
     def set_captions(self, caption_kv: list, kv_lengths: torch.Tensor) -> None:
         """The per-call inputs: every block's caption K/V and the caption lengths."""
@@ -78,9 +98,10 @@ class GraphedStep:
 
 
 class GuidedDenoiser:
-    def __init__(self, model: STDiT, use_cuda_graphs: bool = True):
+    def __init__(self, model: STDiT, use_cuda_graphs: bool = True, batch: GuidanceBatch = WHOLE_BATCH):
         self.model = model
         self.use_cuda_graphs = use_cuda_graphs
+        self.batch = batch
         self._graphs: dict[tuple, GraphedStep] = {}
 
     def clear(self) -> None:
@@ -91,25 +112,26 @@ class GuidedDenoiser:
     def sample(self, sampler: IDDPM, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
                y_null: torch.Tensor, generator: torch.Generator | None = None, progress=False) -> torch.Tensor:
         """Same contract and result as `IDDPM.sample(model, ...)`, faster."""
-        n, model = z.shape[0], self.model
-        caption_kv, kv_lengths = model.embed_caption(torch.cat([y, y_null.expand_as(y).to(y.dtype)]), mask)
+        model = self.model
+        caption_kv, kv_lengths = model.embed_caption(self.batch.captions(y, y_null), mask)
+        rows = kv_lengths.shape[0]
         temb_all, t0_all = model.embed_timestep(sampler.model_timesteps(z.device))  # [steps, C], [steps, 6C]
         coefs = coefficient_table(sampler.schedule, z.device)
 
         def inputs_at(index: int) -> StepInputs:
-            return StepInputs(temb_all[index].expand(2 * n, -1), t0_all[index].expand(2 * n, -1),
+            return StepInputs(temb_all[index].expand(rows, -1), t0_all[index].expand(rows, -1),
                               caption_kv, kv_lengths, coefs[index])
 
         guidance = (sampler.cfg_scale, sampler.guidance_channels)
         if not (self.use_cuda_graphs and z.device.type == "cuda"):
             def step(x: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:
-                return guided_step(model, guidance, x, noise, inputs_at(index))
+                return guided_step(model, guidance, x, noise, inputs_at(index), self.batch)
 
             return sampler.run(step, z, generator=generator, progress=progress)
 
         key = (tuple(z.shape), model.dtype, tuple(caption_kv[0][0].shape), guidance)
         if key not in self._graphs:
-            self._graphs[key] = GraphedStep(model, guidance, z, z, inputs_at(0))
+            self._graphs[key] = GraphedStep(model, guidance, z, z, inputs_at(0), self.batch)
         graphed = self._graphs[key]
         graphed.set_captions(caption_kv, kv_lengths)
 

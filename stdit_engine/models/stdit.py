@@ -119,6 +119,23 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
 
+class LocalTokens:
+    """Token layout of a whole sequence on one device: temporal attention regroups the tokens by
+    spatial position in place. parallel/exchange.py's SequenceShards is the sharded twin."""
+
+    @staticmethod
+    def to_temporal(x: torch.Tensor, b: int, frames: int, positions: int) -> torch.Tensor:
+        """[b, frames*positions, C] -> [b*positions, frames, C]."""
+        c = x.shape[-1]
+        return x.view(b, frames, positions, c).transpose(1, 2).reshape(b * positions, frames, c)
+
+    @staticmethod
+    def from_temporal(h: torch.Tensor, b: int, frames: int, positions: int) -> torch.Tensor:
+        """[b*positions, frames, C] -> [b, frames*positions, C]."""
+        c = h.shape[-1]
+        return h.view(b, positions, frames, c).transpose(1, 2).reshape(b, frames * positions, c)
+
+
 class STDiTBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
         super().__init__()
@@ -128,8 +145,10 @@ class STDiTBlock(nn.Module):
         self.cross_attn = CrossAttention(dim, num_heads)
         self.mlp = GeluMLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, t0, caption_kv, kv_lengths, grid: tuple[int, int], ops: Ops, temporal_pos=None):
-        """x [B, T*S, C] (token = t*S + s), t0 [B, 6C]."""
+    def forward(self, x, t0, caption_kv, kv_lengths, grid: tuple[int, int], ops: Ops, temporal_pos=None,
+                tokens=LocalTokens):
+        """x [B, T*S, C] (token = t*S + s), t0 [B, 6C]; `tokens` regroups x for temporal attention
+        (T is this device's frames when the sequence is sharded, see parallel/exchange.py)."""
         b, n, c = x.shape
         frames, positions = grid
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
@@ -142,10 +161,11 @@ class STDiTBlock(nn.Module):
         x = ops.gated_residual(x, gate_msa, h)
 
         # Temporal attention within each spatial position, on x itself (no norm), same gate.
-        h = x.view(b, frames, positions, c).transpose(1, 2).reshape(b * positions, frames, c)
+        # A sharded sequence holds all frames of its positions here, so the full embedding applies.
+        h = tokens.to_temporal(x, b, frames, positions)
         if temporal_pos is not None:
             h = h + temporal_pos
-        h = self.attn_temp(h, ops.temporal_attention).view(b, positions, frames, c).transpose(1, 2).reshape(b, n, c)
+        h = tokens.from_temporal(self.attn_temp(h, ops.temporal_attention), b, frames, positions)
         x = ops.gated_residual(x, gate_msa, h)
 
         x = x + self.cross_attn(x, caption_kv, kv_lengths, ops)
@@ -198,6 +218,7 @@ class STDiT(nn.Module):
         self.model_max_length = model_max_length
         self.grid = tuple(s // p for s, p in zip(input_size, patch_size))  # (T', H', W') in tokens
         self.ops = resolve_backend(backend)
+        self.tokens = LocalTokens  # replaced by a SequenceShards when the frames are split over ranks
 
         self.x_embedder = PatchEmbed(self.patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -246,16 +267,19 @@ class STDiT(nn.Module):
         return temb, self.t_block(temb)
 
     def forward_embedded(self, x, temb, t0, caption_kv, kv_lengths) -> torch.Tensor:
+        """x may hold a slice of the frames (sequence parallel): the patch embedding, the spatial
+        position embedding and the final layer are frame-local, `self.tokens` does the rest."""
         b = x.shape[0]
-        frames, rows, cols = self.grid
+        _, rows, cols = self.grid
         positions = rows * cols
         h = self.x_embedder.proj(x.to(self.dtype))  # [B, C, T', H', W']
+        frames = h.shape[2]
         h = h.flatten(2).transpose(1, 2).view(b, frames, positions, self.hidden_size)
         h = (h + self.pos_embed.to(h.dtype)).view(b, frames * positions, self.hidden_size)
         temporal_pos = self.pos_embed_temporal.to(h.dtype)
         for i, block in enumerate(self.blocks):
             h = block(h, t0, caption_kv[i], kv_lengths, (frames, positions), self.ops,
-                      temporal_pos if i == 0 else None)
+                      temporal_pos if i == 0 else None, self.tokens)
         return self.unpatchify(self.final_layer(h, temb, self.ops))
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -266,9 +290,10 @@ class STDiT(nn.Module):
         return self.forward_embedded(x, temb, t0, caption_kv, kv_lengths)
 
     def unpatchify(self, h: torch.Tensor) -> torch.Tensor:
-        """[B, T'*H'*W', pt*ph*pw*C_out] (C_out fastest) -> [B, C_out, T, H, W]."""
+        """[B, T'*H'*W', pt*ph*pw*C_out] (C_out fastest) -> [B, C_out, T, H, W]; T' may be a frame shard."""
         b = h.shape[0]
-        (ft, fh, fw), (pt, ph, pw) = self.grid, self.patch_size
+        (_, fh, fw), (pt, ph, pw) = self.grid, self.patch_size
+        ft = h.shape[1] // (fh * fw)
         h = h.view(b, ft, fh, fw, pt, ph, pw, self.out_channels)
         return h.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, self.out_channels, ft * pt, fh * ph, fw * pw)
 

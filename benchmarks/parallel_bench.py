@@ -1,0 +1,164 @@
+"""One GPU against N: time per denoising step, end-to-end time and peak VRAM per rank, random weights.
+
+    python benchmarks/parallel_bench.py --preset 64x512x512 --steps 20                  # one GPU
+    torchrun --standalone --nproc_per_node 2 benchmarks/parallel_bench.py --preset 64x512x512 \
+        --steps 20 --mode cfg --mode dsp                                                # N GPUs
+    python benchmarks/parallel_bench.py --summary results.jsonl                         # speed-ups
+
+benchmarks/parallel_bench.sh runs the three in one go. Each configuration prints one JSON line (rank 0):
+the median step time (CUDA events around each step of a timed generate(), after a 2-step warm-up
+call), the end-to-end seconds of that call (encode, denoise, and decode with --decode), and per
+rank the peak allocated / reserved GiB of the call and the GiB held by the weights before it. The
+one-GPU run uses the engine's fastest path (CUDA graphs); the parallel modes run without graphs.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's package, installed or not
+
+from stdit_engine import Engine  # noqa: E402
+from stdit_engine.engine.memory import GIB  # noqa: E402
+from stdit_engine.parallel.launch import torchrun_group  # noqa: E402
+
+PROMPT = "a sea turtle swimming over a coral reef"
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class StepTimer:
+    """A `progress` wrapper for the sampler's step loop: a CUDA event before each step and after the
+    last (on the CPU, where `--device cpu` dry-runs this script, the host clock)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.events: list = []
+
+    def __call__(self, steps):
+        for item in steps:
+            self._record()
+            yield item
+        self._record()
+
+    def _record(self) -> None:
+        if not self.cuda:
+            self.events.append(time.perf_counter())
+            return
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.events.append(event)
+
+    def step_ms(self) -> list[float]:
+        if not self.cuda:
+            return [1000 * (b - a) for a, b in zip(self.events, self.events[1:])]
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) for a, b in zip(self.events, self.events[1:])]
+
+
+def measure(mode: str, args: argparse.Namespace) -> dict:
+    parallel, cuda = dist.is_initialized(), args.device == "cuda"
+    engine = Engine.from_random_weights(args.preset, parallel=mode, device=args.device, dtype=DTYPES[args.dtype],
+                                        t5_dtype=DTYPES[args.t5_dtype], placement="resident", seed=0)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    output = "video" if args.decode else "latent"
+    engine.generate([PROMPT], seed=42, num_steps=2, output=output, progress=False)  # warm-up, graph capture
+    sync()
+    if parallel:
+        dist.barrier()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    weights = torch.cuda.memory_allocated() if cuda else 0
+    timer = StepTimer(cuda)
+    start = time.perf_counter()
+    result = engine.generate([PROMPT], seed=42, num_steps=args.steps, output=output, progress=timer)
+    sync()
+    end_to_end = time.perf_counter() - start
+    mine = dict(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
+                peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB if cuda else 0.0, weights_gib=weights / GIB,
+                step_ms=timer.step_ms())
+    ranks = [mine]
+    if parallel:
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, mine)
+    step_ms = ranks[0]["step_ms"]  # rank 0 times the steps (the others' loops wait on the same exchange)
+    record = dict(
+        preset=args.preset, mode=engine.parallel.mode if engine.parallel else "none",
+        world_size=dist.get_world_size() if parallel else 1, steps=args.steps, prompts=1,
+        decode=args.decode, dtype=args.dtype, t5_dtype=args.t5_dtype,
+        cuda_graphs=engine.denoiser.use_cuda_graphs and cuda,
+        step_ms_median=statistics.median(step_ms), step_ms_min=min(step_ms), end_to_end_s=end_to_end,
+        stage_seconds={s.name: round(s.seconds, 3) for s in engine.last_stats},
+        peak_allocated_gib=[round(r["peak_allocated_gib"], 2) for r in ranks],
+        peak_reserved_gib=[round(r["peak_reserved_gib"], 2) for r in ranks],
+        weights_gib=[round(r["weights_gib"], 2) for r in ranks],
+        device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__, latent_file=None,
+    )
+    if args.latents and output == "latent" and (not parallel or dist.get_rank() == 0):
+        # Every rank holds the same latent; the summary compares it with the one-GPU run's.
+        args.latents.mkdir(parents=True, exist_ok=True)
+        record["latent_file"] = str(args.latents / f"{record['mode']}-{record['world_size']}.pt")
+        torch.save(result.float().cpu(), record["latent_file"])
+    del engine
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return record
+
+
+def summarise(path: Path) -> None:
+    """Speed-ups of each parallel record over the one-GPU record of the same preset."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    base = {r["preset"]: r for r in records if r["world_size"] == 1}
+    for r in records:
+        one = base.get(r["preset"])
+        if r["world_size"] == 1 or one is None:
+            continue
+        activation = [p - w for p, w in zip(r["peak_allocated_gib"], r["weights_gib"])]
+        agreement = ""
+        if r["latent_file"] and one["latent_file"]:
+            mine, reference = torch.load(r["latent_file"]), torch.load(one["latent_file"])
+            error = float((mine - reference).norm() / reference.norm())
+            agreement = f"; final latent relative error vs one GPU {error:.2e}"
+        one_activation = one["peak_allocated_gib"][0] - one["weights_gib"][0]
+        print(f"{r['preset']} {r['mode']} on {r['world_size']} GPUs: step {r['step_ms_median']:.1f} ms vs "
+              f"{one['step_ms_median']:.1f} ms ({one['step_ms_median'] / r['step_ms_median']:.2f}x), end to end "
+              f"{r['end_to_end_s']:.1f} s vs {one['end_to_end_s']:.1f} s "
+              f"({one['end_to_end_s'] / r['end_to_end_s']:.2f}x); peak allocated per GPU {r['peak_allocated_gib']} "
+              f"GiB vs {one['peak_allocated_gib'][0]} GiB, above the weights {[round(a, 2) for a in activation]} "
+              f"GiB vs {one_activation:.2f} GiB{agreement}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="64x512x512")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--mode", action="append", help="under torchrun: cfg, dsp, cfg+dsp, auto (repeatable)")
+    parser.add_argument("--decode", action="store_true", help="include the VAE decode (output videos)")
+    parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
+    parser.add_argument("--t5-dtype", default="bf16", choices=list(DTYPES))
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
+    parser.add_argument("--latents", type=Path, help="save each run's final latent here (without --decode), "
+                        "so that --summary can compare the parallel runs with the one-GPU run")
+    parser.add_argument("--summary", type=Path, help="print the speed-ups in a file of these JSON lines, and exit")
+    args = parser.parse_args()
+    if args.summary:
+        summarise(args.summary)
+        return
+    with torchrun_group(args.device):
+        modes = (args.mode or ["auto"]) if dist.is_initialized() else ["none"]
+        for mode in modes:
+            record = measure(mode, args)
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main()
