@@ -38,7 +38,7 @@ def test_forward_time_breakdown(benchmark, preset, batch):
         benchmark.pedantic(lambda: (model(*inputs), torch.cuda.synchronize()), rounds=1, iterations=1)
     per_kind: dict[str, float] = {}
     for event in prof.key_averages():
-        device_us = getattr(event, "self_device_time_total", None) or event.self_cuda_time_total
+        device_us = event.self_device_time_total
         if device_us > 0:
             kind = kind_of(event.key)
             per_kind[kind] = per_kind.get(kind, 0.0) + device_us / 1e3 / FORWARDS
