@@ -16,7 +16,8 @@ PROMPTS = ["a sea turtle swimming over a coral reef", "a red car in the snow"]
 
 @pytest.fixture(scope="module", params=[torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def exported(request, tmp_path_factory):
-    engine = Engine.from_random_weights("tiny", device="cuda", dtype=request.param)
+    # Exports trace the eager reference; a CUDA engine's default backend is another.
+    engine = Engine.from_random_weights("tiny", device="cuda", dtype=request.param, backend="eager")
     path = tmp_path_factory.mktemp("aoti") / "stdit.pt2"
     export_aoti(engine.stdit, path, "tiny", batch=4, verbose=True)
     return engine, path
@@ -45,7 +46,7 @@ def test_tensorrt_engine_matches_eager(tmp_path):
     from stdit_engine.export.onnx import export_onnx
     from stdit_engine.export.tensorrt import build_engine, load_engine
 
-    engine = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16)
+    engine = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, backend="eager")
     export_onnx(engine.stdit, tmp_path / "stdit.onnx", "tiny", batch=4)
     engine_file = build_engine(tmp_path / "stdit.onnx", tmp_path / "cache")
     assert build_engine(tmp_path / "stdit.onnx", tmp_path / "cache") == engine_file  # a cache hit
