@@ -18,7 +18,7 @@ from .export import command as export_command
 from .kernels.registry import BACKENDS
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-OPTIONAL_PACKAGES = ("triton", "flash_attn", "xformers", "apex", "tensorrt", "onnx", "onnxruntime")
+OPTIONAL_PACKAGES = ("triton", "flash_attn", "xformers", "apex", "tensorrt", "onnx", "onnxruntime", "onnxscript")
 PIPELINE_PACKAGES = ("transformers", "diffusers", "safetensors", "huggingface_hub", "av", "ftfy", "beautifulsoup4")
 
 

@@ -110,9 +110,10 @@ def test_onnx_spec_round_trips(engine, onnx_export, tmp_path):
     assert json.loads((tmp_path / "again.json").read_text()) == json.loads(spec_path(path).read_text())
 
 
-def test_single_block_onnx_matches_the_block(engine, tmp_path):
+def test_single_block_onnx_with_external_data_matches_the_block(engine, tmp_path):
     path = tmp_path / "block0.onnx"
-    spec = export_onnx(engine.stdit, path, "tiny", batch=4, block=0)
+    spec = export_onnx(engine.stdit, path, "tiny", batch=4, block=0, external_data=True)
+    assert (tmp_path / "block0.onnx.data").stat().st_size > path.stat().st_size  # the weights
     assert [t.name for t in spec.inputs] == ["x", "t0", "caption_k", "caption_v", "caption_lengths"]
     assert spec.inputs[2].shape == ("2B", 2, 120, 72)
     assert validate_onnx(engine.stdit, path, batch=2) < 1e-4

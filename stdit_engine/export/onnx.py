@@ -28,10 +28,11 @@ def require_packages(*names: str) -> None:
 
 
 def export_onnx(model: STDiT, path: str | Path, preset: str, batch: int = 4, max_batch: int | None = None,
-                block: int | None = None) -> ExportSpec:
-    """Writes `path` (+ `path`.data when over 2 GB) and its spec `path`.json; returns the spec.
+                block: int | None = None, external_data: bool | None = None) -> ExportSpec:
+    """Writes `path` (+ `path`.data) and its spec `path`.json; returns the spec.
 
-    `block`: export that one STDiTBlock instead of the full forward.
+    `block`: export that one STDiTBlock instead of the full forward. `external_data`: weights in
+    `path`.data (None: only when the model passes the 2 GB protobuf limit).
     """
     require_packages("onnx", "onnxscript")
     path = Path(path)
@@ -41,7 +42,7 @@ def export_onnx(model: STDiT, path: str | Path, preset: str, batch: int = 4, max
                                 output_names=[t.name for t in spec.outputs], opset_version=OPSET, dynamo=True,
                                 verbose=False)
     name_batch_axis(program.model, spec)
-    program.save(str(path))  # external data only when needed (the exporter's default)
+    program.save(str(path), external_data=external_data)
     spec.save(spec_path(path))
     return spec
 

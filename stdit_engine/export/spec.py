@@ -60,7 +60,7 @@ class ExportSpec:
         low, _, high = self.batch_range
         if not low <= batch <= high:
             raise ConfigError(f"this {self.format} artifact of {self.preset} takes a batch of {low} to {high} "
-                              f"({BATCH_AXIS} axis), got {batch}: export it again with a larger --batch")
+                              f"({BATCH_AXIS} axis), got {batch}: export it again with a larger --max-batch")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")

@@ -9,6 +9,7 @@ current CUDA stream (`execute_async_v3`); ArtifactSTDiT drives it as the `tensor
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -90,7 +91,7 @@ def build_engine(onnx_path: str | Path, cache_dir: str | Path, workspace_gib: fl
         raise ConfigError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     engine_path.write_bytes(bytes(serialized))
-    ExportSpec(**{**spec.__dict__, "format": "tensorrt", "device": "cuda"}).save(spec_path(engine_path))
+    dataclasses.replace(spec, format="tensorrt", device="cuda").save(spec_path(engine_path))
     return engine_path
 
 
