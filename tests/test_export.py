@@ -128,8 +128,11 @@ def test_aoti_package_matches_the_eager_forward(engine, aoti_export, batch):
     assert "relative error" in printed
     run, spec = load_aoti(path)
     x, t, y, mask, lengths = masked_inputs(batch)
+    artifact = load_artifact(path, engine.stdit, torch.device("cpu"))
     with torch.no_grad():
-        assert rel_error(run(x, t, y, lengths), engine.stdit(x, t, y, mask)) < 1e-4
+        expected = engine.stdit(x, t, y, mask)
+        assert rel_error(run(x, t, y, lengths), expected) < 1e-4
+        assert rel_error(artifact(x, t, y, mask), expected) < 1e-4  # STDiT.forward's contract
 
 
 def test_aoti_package_refuses_a_batch_outside_its_range(aoti_export):
