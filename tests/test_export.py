@@ -21,6 +21,8 @@ from golden import rel_error
 
 from stdit_engine import Engine
 from stdit_engine.cli import main
+from stdit_engine.configs import get_preset
+from stdit_engine.engine.api import build_stdit
 from stdit_engine.errors import ConfigError
 from stdit_engine.export.aoti import load_aoti
 from stdit_engine.export.artifact import ArtifactSTDiT, load_artifact
@@ -199,6 +201,17 @@ def test_artifact_that_does_not_fit_the_engine(engine, aoti_export, onnx_export,
 
 
 # ---------------------------------------------------------------- command line
+
+def test_export_command_loads_a_checkpoint(engine, tmp_path):
+    other = build_stdit(get_preset("tiny"), torch.device("cpu"), torch.float32, seed=5)
+    torch.save({"ema": other.state_dict()}, tmp_path / "stdit.pth")
+    out = tmp_path / "block1.onnx"
+    assert main(["export", "onnx", "--preset", "tiny", "--stdit", str(tmp_path / "stdit.pth"), "--block", "1",
+                 "--out", str(out)]) == 0
+    assert ExportSpec.load(spec_path(out)).block == 1
+    assert validate_onnx(other, out) < 1e-4
+    assert validate_onnx(engine.stdit, out) > 1e-2  # the checkpoint's weights, not the random ones
+
 
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "32x32", "--random-weights"], "unknown preset '32x32'"),
