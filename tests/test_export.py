@@ -184,6 +184,14 @@ def test_aoti_backend_drives_generate(engine, aoti_export):
     assert tuple(videos[0].frames.shape) == (4, 64, 64, 3)
 
 
+def test_exports_need_the_eager_backend_and_an_existing_block(engine, tmp_path):
+    sdpa_model = build_stdit(get_preset("tiny"), torch.device("cpu"), torch.float32, backend="sdpa")
+    with pytest.raises(ConfigError, match="exports trace the eager reference"):
+        export_onnx(sdpa_model, tmp_path / "m.onnx", "tiny", block=0)
+    with pytest.raises(ConfigError, match="block 2 does not exist"):
+        export_onnx(engine.stdit, tmp_path / "m.onnx", "tiny", block=2)
+
+
 def test_artifact_that_does_not_fit_the_engine(engine, aoti_export, onnx_export, tmp_path):
     spec = ExportSpec.load(spec_path(aoti_export[0]))
     with pytest.raises(ConfigError, match="computes in float16"):

@@ -20,12 +20,16 @@ from ..models.stdit import STDiT
 from .spec import BATCH_AXIS, ExportSpec, TensorSpec, dtype_name, torch_dtype
 
 
+def check_eager(model: STDiT) -> None:
+    if model.ops.name != "eager":
+        raise ConfigError(f"exports trace the eager reference; this model uses backend {model.ops.name!r}: "
+                          "build it with backend='eager'")
+
+
 class ExportableSTDiT(nn.Module):
     def __init__(self, model: STDiT):
         super().__init__()
-        if model.ops.name != "eager":
-            raise ConfigError(f"exports trace the eager reference; this model uses backend {model.ops.name!r}: "
-                              "build it with backend='eager'")
+        check_eager(model)
         self.model = model
 
     def forward(self, x, timestep, y, caption_lengths):
@@ -36,6 +40,7 @@ class ExportableSTDiT(nn.Module):
 class ExportableBlock(nn.Module):
     def __init__(self, model: STDiT, index: int):
         super().__init__()
+        check_eager(model)
         if not 0 <= index < len(model.blocks):
             raise ConfigError(f"block {index} does not exist: the model has blocks 0 to {len(model.blocks) - 1}")
         self.block = model.blocks[index]
