@@ -198,6 +198,9 @@ def test_artifact_that_does_not_fit_the_engine(engine, aoti_export, onnx_export,
         ArtifactSTDiT(None, dataclasses.replace(spec, dtype="float16"), engine.stdit)
     with pytest.raises(ConfigError, match="one block"):
         ArtifactSTDiT(None, dataclasses.replace(spec, kind="stdit_block"), engine.stdit)
+    other_latent = (dataclasses.replace(spec.inputs[0], shape=("2B", 4, 16, 32, 32)), *spec.inputs[1:])
+    with pytest.raises(ConfigError, match="exported from another preset"):
+        ArtifactSTDiT(None, dataclasses.replace(spec, inputs=other_latent), engine.stdit)
     with pytest.raises(ConfigError, match="does not run"):
         load_artifact(onnx_export[0], engine.stdit, torch.device("cpu"))
     moved = tmp_path / "cuda.pt2"
