@@ -29,6 +29,11 @@ def rows(records: list[dict]) -> list[list[str]]:
             table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
                           f"{info['kernel_us']:.1f} us", rate, "-", "-"])
             continue
+        if "export_s" in info:
+            table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
+                          f"export {info['export_s']:.0f} s", f"{info['size_gib']:.2f} GiB in {info['files']} file(s)",
+                          "-", "-"])
+            continue
         if "median_ms" in info:  # a forward
             latency, ref = info["median_ms"], info.get("reference_ms")
             graphed = f" ({info['graphed_ms']:.1f} ms graphed)" if "graphed_ms" in info else ""

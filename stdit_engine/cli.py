@@ -1,4 +1,4 @@
-"""`stdit-engine generate | bench | info`: the command line."""
+"""`stdit-engine generate | bench | export | info`: the command line."""
 from __future__ import annotations
 
 import argparse
@@ -14,11 +14,12 @@ import torch
 from .configs import PRESETS
 from .errors import ConfigError, EngineError
 from .engine.placement import MODES as PLACEMENT_MODES
+from .export import command as export_command
 from .kernels.registry import BACKENDS
 from .parallel.plan import MODES as PARALLEL_MODES
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-OPTIONAL_PACKAGES = ("triton", "flash_attn", "xformers", "apex", "tensorrt", "onnx", "onnxruntime")
+OPTIONAL_PACKAGES = ("triton", "flash_attn", "xformers", "apex", "tensorrt", "onnx", "onnxruntime", "onnxscript")
 PIPELINE_PACKAGES = ("transformers", "diffusers", "safetensors", "huggingface_hub", "av", "ftfy", "beautifulsoup4")
 
 
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-cuda-graphs", action="store_true")
     bench.add_argument("--json", type=Path, help="also write the records to this JSON file")
 
+    export_command.add_parser(commands, DTYPES)
     commands.add_parser("info", help="devices, versions, backends and optional packages")
     return parser
 
@@ -158,7 +160,9 @@ def cmd_info(_: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"generate": cmd_generate, "bench": cmd_bench, "info": cmd_info}[args.command](args)
+        commands = {"generate": cmd_generate, "bench": cmd_bench, "info": cmd_info,
+                    "export": lambda args: export_command.cmd_export(args, DTYPES)}
+        commands[args.command](args)
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
@@ -50,6 +51,17 @@ def _seeded(seed: int, device: torch.device):
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+def build_stdit(preset: Preset, device: torch.device, dtype: torch.dtype, backend: str = "eager",
+                checkpoint: str | None = None, seed: int = 0) -> STDiT:
+    """The preset's STDiT with the weights of the local file `checkpoint`, or random ones from `seed`."""
+    if checkpoint is None:
+        with _seeded(seed, device), torch.device(device):
+            return STDiT(**preset.stdit.to_kwargs(), backend=backend).to(dtype)
+    with torch.device("meta"):  # no random init of 724 M parameters that are overwritten next
+        model = STDiT(**preset.stdit.to_kwargs(), backend=backend)
+    return load_stdit_checkpoint(model, checkpoint).to(device=device, dtype=dtype)
 
 
 class Engine:
@@ -112,9 +124,7 @@ class Engine:
         # Off the GPU unless resident: Placement brings each part in for its stage.
         load_device = device if placement == "resident" else torch.device("cpu")
         stdit_file = resolve_model_file(stdit_source, preset.stdit_filename, what="STDiT checkpoint")
-        with torch.device("meta"):  # no random init of 724 M parameters that are overwritten next
-            model = STDiT(**preset.stdit.to_kwargs(), backend=ops.name)
-        model = load_stdit_checkpoint(model, stdit_file).to(device=load_device, dtype=dtype)
+        model = build_stdit(preset, load_device, dtype, ops.name, checkpoint=stdit_file)
         text_encoder = TextEncoder.from_pretrained(t5_source, device=load_device, dtype=t5_dtype)
         video_vae = VideoVAE.from_pretrained(vae_source, device=load_device, dtype=dtype)
         return cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs, placement=placement,
@@ -138,12 +148,20 @@ class Engine:
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)
         placement = choose_placement(placement, preset, device, dtype, t5_dtype)
-        with _seeded(seed, device), torch.device(device):
-            model = STDiT(**preset.stdit.to_kwargs(), backend=ops.name).to(dtype)
+        model = build_stdit(preset, device, dtype, ops.name, seed=seed)
         video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
         text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
         return cls(preset, model, text_encoder, video_vae, device, random_weights=True,
                    cuda_graphs=cuda_graphs, placement=placement, parallel=plan)
+
+    def use_artifact(self, path: str | Path) -> "Engine":
+        """Denoise with an exported STDiT forward (an AOTInductor package, or a TensorRT engine) in
+        place of the eager model, which still provides the dtype and the null caption. The artifact
+        holds its own weights; steps run without CUDA graphs (capture of artifact calls is untested)."""
+        from ..export.artifact import load_artifact
+
+        self.denoiser = GuidedDenoiser(load_artifact(path, self.stdit, self.device), use_cuda_graphs=False)
+        return self
 
     # ------------------------------------------------------------------ stages
 

@@ -48,6 +48,17 @@ def timestep_features(t: torch.Tensor, dim: int = TIMESTEP_FREQ_DIM) -> torch.Te
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def caption_lengths(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[B] int64 caption length of every row of y [B,1,L,Cc]; mask [n,L] with n | B (or None: all L)."""
+    b = y.shape[0]
+    if mask is None:
+        return torch.full((b,), y.shape[2], dtype=torch.long, device=y.device)
+    if b % mask.shape[0]:
+        raise ConfigError(f"mask has {mask.shape[0]} rows, which does not divide the batch of {b}")
+    # Guidance batches pass the mask of the conditional half only: rows repeat it.
+    return mask.to(y.device).long().sum(dim=1).repeat(b // mask.shape[0])
+
+
 # ---------------------------------------------------------------- sub-modules (names = checkpoint keys)
 
 class SelfAttention(nn.Module):
@@ -250,16 +261,12 @@ class STDiT(nn.Module):
 
     def embed_caption(self, y: torch.Tensor, mask: torch.Tensor | None) -> tuple[list, torch.Tensor]:
         """Caption K/V of every block and the caption length of every row, for y [B,1,L,Cc]."""
-        b = y.shape[0]
-        if mask is None:
-            lengths = torch.full((b,), y.shape[2], dtype=torch.long, device=y.device)
-        else:
-            if b % mask.shape[0]:
-                raise ConfigError(f"mask has {mask.shape[0]} rows, which does not divide the batch of {b}")
-            # Guidance batches pass the mask of the conditional half only: rows repeat it.
-            lengths = mask.to(y.device).long().sum(dim=1).repeat(b // mask.shape[0])
+        return self.caption_kv(y), caption_lengths(y, mask)
+
+    def caption_kv(self, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(K, V) of every block for the caption y [B,1,L,Cc]."""
         tokens = self.y_embedder.y_proj(y.squeeze(1).to(self.dtype), self.ops)
-        return [blk.cross_attn.caption_kv(tokens) for blk in self.blocks], lengths
+        return [blk.cross_attn.caption_kv(tokens) for blk in self.blocks]
 
     def embed_timestep(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(temb [B,C], t0 [B,6C]) for timestep [B]."""
