@@ -85,7 +85,7 @@ class Engine:
                                    streamed={"encode": text_encoder.model.encoder.block})
         self.parallel = parallel  # None: this process does all the work
         self.denoiser = (GuidedDenoiser(self.stdit, use_cuda_graphs=cuda_graphs) if parallel is None
-                         else parallel_denoiser(parallel, self.stdit))
+                         else parallel_denoiser(parallel, self.stdit, use_cuda_graphs=cuda_graphs))
         self.last_stats: list[StageStats] = []
 
     @property

@@ -37,13 +37,12 @@ class ShardedGuidance(GuidanceBatch):
         return torch.cat([torch.cat(parts[h * shards:(h + 1) * shards], dim=2) for h in range(self.plan.halves)])
 
 
-def parallel_denoiser(plan: ParallelPlan, model: STDiT) -> GuidedDenoiser:
+def parallel_denoiser(plan: ParallelPlan, model: STDiT, use_cuda_graphs: bool = True) -> GuidedDenoiser:
     """The denoiser of this rank; shards the model's sequence when the plan splits frames.
 
-    CUDA graphs are off: NCCL collectives can be captured, but a step here is long enough (hundreds
-    of ms at 64x512x512) that launch overhead does not matter, and an uncaptured step is simpler to
-    trust across NCCL versions.
+    With CUDA graphs, the step's collectives (the all_gather, the all-to-alls of dsp) are captured
+    with it (NCCL supports capture; tests/test_parallel_gpu.py checks the latents against one GPU).
     """
     if plan.shards > 1:
         model.tokens = SequenceShards(plan.shard_group, plan.shards)
-    return GuidedDenoiser(model, use_cuda_graphs=False, batch=ShardedGuidance(plan))
+    return GuidedDenoiser(model, use_cuda_graphs=use_cuda_graphs, batch=ShardedGuidance(plan))
