@@ -69,12 +69,12 @@ def measure(mode: str, args: argparse.Namespace) -> dict:
                                         t5_dtype=DTYPES[args.t5_dtype], placement="resident", seed=0)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     output = "video" if args.decode else "latent"
-    # The peak spans the warm-up call too: with CUDA graphs, that is when the activations are
-    # allocated (the graph's memory pool), which the timed call then reuses.
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    # The peaks span the warm-up call too: with CUDA graphs, that is when the activations are
+    # allocated (the graph's memory pool), which the timed call then reuses. generate() resets the
+    # allocator's peak at each stage, so the peaks are read from the stage records of both calls.
     weights = torch.cuda.memory_allocated() if cuda else 0
     engine.generate([PROMPT], seed=42, num_steps=2, output=output, progress=False)  # warm-up, graph capture
+    stages = list(engine.last_stats)
     sync()
     if parallel:
         dist.barrier()
@@ -83,9 +83,10 @@ def measure(mode: str, args: argparse.Namespace) -> dict:
     result = engine.generate([PROMPT], seed=42, num_steps=args.steps, output=output, progress=timer)
     sync()
     end_to_end = time.perf_counter() - start
-    mine = dict(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
-                peak_reserved_gib=torch.cuda.max_memory_reserved() / GIB if cuda else 0.0, weights_gib=weights / GIB,
-                step_ms=timer.step_ms())
+    stages += engine.last_stats
+    mine = dict(peak_allocated_gib=max(s.peak_allocated for s in stages) / GIB if cuda else 0.0,
+                peak_reserved_gib=max(s.peak_reserved for s in stages) / GIB if cuda else 0.0,
+                weights_gib=weights / GIB, step_ms=timer.step_ms())
     ranks = [mine]
     if parallel:
         ranks = [None] * dist.get_world_size()
