@@ -11,7 +11,11 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_ROWS = 4  # tokens per program: a [4, next_pow2(C)] tile (4 x 2048 at C = 1152)
+BLOCK_ROWS = 4  # tokens per program of the residual kernels: a [4, next_pow2(C)] tile (4 x 2048 at C = 1152)
+# The norm alone runs best with one token per program and 2 warps: 2645 / 2972 GB/s at the
+# 16x256x256 / 64x512x512 shapes on H200, against 1796 / 1976 GB/s with 4 tokens and 8 warps (a
+# sweep of 1-16 tokens x 2-16 warps, BENCHMARKS.md); its two row reductions favour small programs.
+LN_BLOCK_ROWS, LN_WARPS = 1, 2
 
 
 @triton.jit
@@ -50,22 +54,24 @@ def _ln_modulate_kernel(
     tl.store(out_ptr + row * C + col, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def row_launch_config(x: torch.Tensor, *modulations: torch.Tensor) -> dict:
-    """Grid and block sizes for a row kernel over x [B, N, C]; checks each modulation is [B, C]."""
+def row_launch_config(x: torch.Tensor, *modulations: torch.Tensor, rows: int = BLOCK_ROWS,
+                      warps: int | None = None) -> dict:
+    """Grid and block sizes for a row kernel over x [B, N, C] (`rows` tokens per program, `warps`
+    by default from the tile width); checks each modulation is [B, C]."""
     b, n, c = x.shape
     for m in modulations:
         if m.shape != (b, c):
             raise ValueError(f"modulation of shape {tuple(m.shape)} does not match x {tuple(x.shape)}: expected ({b}, {c})")
     block_c = triton.next_power_of_2(c)
     return dict(
-        grid=(triton.cdiv(b * n, BLOCK_ROWS),),
-        BLOCK_M=BLOCK_ROWS, BLOCK_C=block_c, num_warps=4 if block_c <= 1024 else 8,
+        grid=(triton.cdiv(b * n, rows),),
+        BLOCK_M=rows, BLOCK_C=block_c, num_warps=warps or (4 if block_c <= 1024 else 8),
     )
 
 
 @torch.library.custom_op("stdit_engine::ln_modulate", mutates_args=())
 def ln_modulate_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    cfg = row_launch_config(x, shift, scale)
+    cfg = row_launch_config(x, shift, scale, rows=LN_BLOCK_ROWS, warps=LN_WARPS)
     b, n, c = x.shape
     out = torch.empty((b, n, c), dtype=x.dtype, device=x.device)
     if out.numel():
