@@ -15,7 +15,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -m stdit_engine info
 status=0
 if [ -z "${SKIP_GPU_TESTS:-}" ]; then
-  python3 -m pytest -q -m gpu tests/test_gpu_*.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -n 25 || status=1
+  # Every gpu-marked test (the kernels at full size among them); the export tests in a process of
+  # their own: loading a CUDA AOTInductor package has crashed the process on torch 2.11.
+  python3 -m pytest -q -m gpu tests/ --ignore=tests/test_gpu_export.py -p no:cacheprovider 2>&1 \
+    | tee "$OUT/gpu_tests.log" | tail -n 25 || status=1
+  python3 -m pytest -q -m gpu tests/test_gpu_export.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_export_tests.log" \
+    | tail -n 5 || status=1
 fi
 python3 -m pytest -q benchmarks/ -p no:cacheprovider ${1:+-k "$1"} --benchmark-json="$OUT/bench.json" \
   --benchmark-columns=median,rounds 2>&1 | tee "$OUT/bench.log" | tail -n 15 || status=1

@@ -11,6 +11,7 @@ from stdit_engine.bench import run_end_to_end
 
 RUNS = [  # (preset, placement, CUDA graphs)
     ("16x256x256", "resident", True),
+    ("16x256x256", "offload", True),
     ("16x256x256", "sequential", True),
     ("16x512x512", "sequential", True),
     ("64x512x512", "sequential", True),
