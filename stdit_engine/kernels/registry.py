@@ -4,7 +4,8 @@ Backends:
   eager   the plain-PyTorch reference of every op (parity tests and exports use it)
   sdpa    eager, with attention through torch's fused scaled_dot_product_attention
   triton  our Triton kernels for the modulated LayerNorm, the gated residual and the temporal
-          attention, cuDNN's fused attention within frames, sdpa for the rest;
+          attention, cuDNN's fused attention within frames, GELU in the fc1 matmul's epilogue
+          (cuBLASLt), sdpa for the rest;
           on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
   auto    triton on CUDA (measured fastest: BENCHMARKS.md), eager elsewhere
 """
@@ -21,7 +22,7 @@ from ..errors import ConfigError
 from .attention import (cross_attention_ref, cross_attention_sdpa, self_attention_cudnn, self_attention_ref,
                         self_attention_sdpa)
 from .gated_residual import gated_residual_ref
-from .gelu import gelu_tanh_ref
+from .gelu import linear_gelu_cublaslt, linear_gelu_ref
 from .ln_modulate import ln_modulate_ref
 
 
@@ -30,7 +31,7 @@ class Ops:
     name: str
     ln_modulate: Callable[..., torch.Tensor]
     gated_residual: Callable[..., torch.Tensor]
-    gelu_tanh: Callable[..., torch.Tensor]
+    linear_gelu: Callable[..., torch.Tensor]  # gelu_tanh(x @ W^T + b)
     self_attention: Callable[..., torch.Tensor]  # spatial: within each frame
     temporal_attention: Callable[..., torch.Tensor]  # within each spatial position, over frames
     cross_attention: Callable[..., torch.Tensor]
@@ -40,7 +41,7 @@ EAGER = Ops(
     name="eager",
     ln_modulate=ln_modulate_ref,
     gated_residual=gated_residual_ref,
-    gelu_tanh=gelu_tanh_ref,
+    linear_gelu=linear_gelu_ref,
     self_attention=self_attention_ref,
     temporal_attention=self_attention_ref,
     cross_attention=cross_attention_ref,
@@ -60,7 +61,8 @@ def _triton_ops() -> Ops:
     except ImportError as err:
         raise ConfigError(f"kernel backend 'triton' needs the triton package ({err}); use backend='sdpa'") from None
     return replace(SDPA, name="triton", ln_modulate=ln_modulate_triton, gated_residual=gated_residual_triton,
-                   self_attention=self_attention_cudnn, temporal_attention=temporal_attention_triton)
+                   self_attention=self_attention_cudnn, temporal_attention=temporal_attention_triton,
+                   linear_gelu=linear_gelu_cublaslt)
 
 
 BACKENDS: dict[str, Callable[[], Ops]] = {"eager": lambda: EAGER, "sdpa": lambda: SDPA, "triton": _triton_ops}

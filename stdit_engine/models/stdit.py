@@ -104,7 +104,7 @@ class GeluMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, out or dim)
 
     def forward(self, x: torch.Tensor, ops: Ops) -> torch.Tensor:
-        return self.fc2(ops.gelu_tanh(self.fc1(x)))
+        return self.fc2(ops.linear_gelu(x, self.fc1.weight, self.fc1.bias))
 
 
 class TimestepEmbedder(nn.Module):
