@@ -43,7 +43,8 @@ def stdit_inputs(model: STDiT, batch: int, generator_seed: int = 0):
     x = torch.randn(batch, model.in_channels, *model.input_size, device=device, dtype=dtype, generator=g)
     t = torch.full((batch,), 500.0, device=device)
     y = torch.randn(batch, 1, model.model_max_length, model.caption_channels, device=device, dtype=dtype, generator=g)
-    mask = torch.zeros(batch // 2, model.model_max_length, dtype=torch.long, device=device)
+    # The mask of the conditional rows; a batch of 1 is one rank's half under parallel cfg.
+    mask = torch.zeros(max(1, batch // 2), model.model_max_length, dtype=torch.long, device=device)
     mask[:, :20] = 1  # a typical prompt's length in T5 tokens
     return x, t, y, mask
 
