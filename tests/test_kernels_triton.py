@@ -6,7 +6,7 @@ on small shapes only; with one they run on CUDA, and `pytest -m gpu` adds STDiT'
 import pytest
 import torch
 
-from stdit_engine.kernels.attention import self_attention_ref
+from stdit_engine.kernels.attention import temporal_attention_ref
 from stdit_engine.kernels.gated_residual import gated_residual_ref
 from stdit_engine.kernels.gated_residual_triton import (
     gated_residual_ln_modulate_ref,
@@ -15,7 +15,7 @@ from stdit_engine.kernels.gated_residual_triton import (
 )
 from stdit_engine.kernels.ln_modulate import ln_modulate_ref
 from stdit_engine.kernels.ln_modulate_triton import ln_modulate_triton
-from stdit_engine.kernels.temporal_attention_triton import MAX_LEN, temporal_attention_blhd, temporal_attention_triton
+from stdit_engine.kernels.temporal_attention_triton import MAX_LEN, temporal_attention_triton
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.float32, torch.bfloat16, torch.float16)]
@@ -31,16 +31,16 @@ ROW_SHAPES = [
     pytest.param((3, 1 * 1024, 1152), marks=gpu),  # one frame
     pytest.param((2, 999, 1000), marks=gpu),
 ]
-# (batch rows = samples x positions, frames, hidden, heads): head_dim 72 throughout.
+# (samples, spatial positions, frames, hidden, heads): head_dim 72 throughout.
 ATTENTION_SHAPES = [
-    (4, 1, 144, 2),
-    (4, 3, 144, 2),
-    (2, 16, 144, 2),
-    (2, 64, 144, 2),
-    pytest.param((4 * 256, 16, 1152, 16), marks=gpu),
-    pytest.param((2 * 1024, 64, 1152, 16), marks=gpu),
-    pytest.param((2 * 1024, 1, 1152, 16), marks=gpu),
-    pytest.param((3 * 37, 13, 1152, 16), marks=gpu),
+    (2, 2, 1, 144, 2),
+    (2, 2, 3, 144, 2),
+    (1, 2, 16, 144, 2),
+    (1, 2, 64, 144, 2),
+    pytest.param((4, 256, 16, 1152, 16), marks=gpu),
+    pytest.param((2, 1024, 64, 1152, 16), marks=gpu),
+    pytest.param((2, 1024, 1, 1152, 16), marks=gpu),
+    pytest.param((3, 37, 13, 1152, 16), marks=gpu),
 ]
 
 
@@ -76,10 +76,11 @@ def modulation(b, c, dtype):
     return torch.randn(b, 6, c, device=DEVICE).to(dtype).unbind(1)
 
 
-def qkv_views(b, seq, c, heads, dtype):
-    """q, k, v [B, H, L, D] as SelfAttention.forward makes them: permuted views of one projection."""
-    qkv = torch.randn(b, seq, 3 * c, device=DEVICE).to(dtype)
-    return qkv.view(b, seq, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+def frame_qkv_views(b, positions, frames, c, heads, dtype):
+    """q, k, v [B, S, H, T, D] as SelfAttention.over_frames makes them: permuted views of the qkv
+    projection of tokens in [B, T, S, C] order."""
+    qkv = torch.randn(b, frames, positions, 3 * c, device=DEVICE).to(dtype)
+    return qkv.view(b, frames, positions, 3, heads, c // heads).permute(3, 0, 2, 4, 1, 5)
 
 
 @pytest.mark.parametrize("shape", ROW_SHAPES, ids=shape_id)
@@ -120,17 +121,17 @@ def test_row_ops_take_strided_tokens():
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_temporal_attention(shape, dtype):
-    q, k, v = qkv_views(*shape, dtype)
+    q, k, v = frame_qkv_views(*shape, dtype)
     assert not q.is_contiguous()
     out = temporal_attention_triton(q, k, v)
-    assert_close_to_reference(out, self_attention_ref, (q, k, v))
-    # Stored as [B, L, H, D]: the caller's transpose back to tokens x channels copies nothing.
-    assert out.transpose(1, 2).is_contiguous()
+    assert_close_to_reference(out, temporal_attention_ref, (q, k, v))
+    # Stored in token order [B, T, S, H, D]: the next projection reads it without a copy.
+    assert out.is_contiguous()
 
 
 def test_temporal_attention_rejects_long_sequences():
     with pytest.raises(ValueError, match="sdpa"):
-        temporal_attention_triton(*qkv_views(1, MAX_LEN + 1, 144, 2, torch.float32))
+        temporal_attention_triton(*frame_qkv_views(1, 2, MAX_LEN + 1, 144, 2, torch.float32))
 
 
 def test_row_ops_reject_mismatched_modulation():
@@ -147,7 +148,7 @@ def test_row_ops_reject_mismatched_modulation():
                                          rows(2, 5, 144, torch.float32))),
         (gated_residual_ln_modulate_triton, lambda: (rows(2, 5, 144, torch.float32), *modulation(2, 144, torch.float32)[:1],
                                                      rows(2, 5, 144, torch.float32), *modulation(2, 144, torch.float32)[1:3], EPS)),
-        (temporal_attention_blhd, lambda: tuple(qkv_views(2, 3, 144, 2, torch.float32))),
+        (temporal_attention_triton, lambda: tuple(frame_qkv_views(2, 3, 5, 144, 2, torch.float32))),
     ],
     ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "temporal_attention"],
 )

@@ -1,7 +1,8 @@
 """Attention in the layouts STDiT uses.
 
-self-attention: q, k, v [B, H, L, D] -> [B, H, L, D] (spatial: B = samples*frames, L = S;
-temporal: B = samples*positions, L = T).
+self-attention (spatial): q, k, v [B, H, L, D] -> [B, H, L, D], B = samples*frames, L = S.
+temporal attention: q, k, v [B, S, H, T, D] -> [B, T, S, H, D]: over the T frames of each sample,
+spatial position and head, read from and written to tokens in their [B, T, S, C] order.
 cross-attention: q [B, H, N, D] over k, v [B, H, Lc, D] where sample b sees only its first
 kv_lengths[b] caption tokens (T5 masks are prefixes).
 The `_ref` functions spell out the maths (the meaning of each op); the `_sdpa` ones hand it to
@@ -34,6 +35,17 @@ def cross_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_le
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     scores = scores.masked_fill(~caption_mask(kv_lengths, k.shape[-2]), float("-inf"))
     return scores.softmax(dim=-1) @ v
+
+
+def temporal_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return self_attention_ref(q, k, v).permute(0, 3, 1, 2, 4)
+
+
+def temporal_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    b, s, h, t, d = q.shape
+    # The fused kernels take one batch axis: samples x positions, gathered into one (a copy).
+    out = F.scaled_dot_product_attention(*(z.reshape(b * s, h, t, d) for z in (q, k, v)))
+    return out.view(b, s, h, t, d).permute(0, 3, 1, 2, 4)
 
 
 def self_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import ConfigError
 from .attention import (cross_attention_ref, cross_attention_sdpa, self_attention_cudnn, self_attention_ref,
-                        self_attention_sdpa)
+                        self_attention_sdpa, temporal_attention_ref, temporal_attention_sdpa)
 from .gated_residual import gated_residual_ref
 from .gelu import linear_gelu_cublaslt, linear_gelu_ref
 from .ln_modulate import ln_modulate_ref
@@ -33,7 +33,7 @@ class Ops:
     gated_residual: Callable[..., torch.Tensor]
     linear_gelu: Callable[..., torch.Tensor]  # gelu_tanh(x @ W^T + b)
     self_attention: Callable[..., torch.Tensor]  # spatial: within each frame
-    temporal_attention: Callable[..., torch.Tensor]  # within each spatial position, over frames
+    temporal_attention: Callable[..., torch.Tensor]  # within each spatial position, over frames (attention.py)
     cross_attention: Callable[..., torch.Tensor]
 
 
@@ -43,10 +43,10 @@ EAGER = Ops(
     gated_residual=gated_residual_ref,
     linear_gelu=linear_gelu_ref,
     self_attention=self_attention_ref,
-    temporal_attention=self_attention_ref,
+    temporal_attention=temporal_attention_ref,
     cross_attention=cross_attention_ref,
 )
-SDPA = replace(EAGER, name="sdpa", self_attention=self_attention_sdpa, temporal_attention=self_attention_sdpa,
+SDPA = replace(EAGER, name="sdpa", self_attention=self_attention_sdpa, temporal_attention=temporal_attention_sdpa,
                cross_attention=cross_attention_sdpa)
 
 

@@ -75,6 +75,14 @@ class SelfAttention(nn.Module):
         out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
+    def over_frames(self, x: torch.Tensor, attention) -> torch.Tensor:
+        """x [B, T, S, C] -> [B, T, S, C], attending over T at each spatial position;
+        `attention(q, k, v)` takes [B, S, H, T, D] views of the qkv projection and returns the
+        output in token order [B, T, S, H, D], so the tokens are never regrouped by position."""
+        b, t, s, c = x.shape
+        q, k, v = self.qkv(x).view(b, t, s, 3, self.num_heads, c // self.num_heads).permute(3, 0, 2, 4, 1, 5)
+        return self.proj(attention(q, k, v).reshape(b, t, s, c))
+
 
 class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
@@ -131,20 +139,18 @@ class PatchEmbed(nn.Module):
 
 
 class LocalTokens:
-    """Token layout of a whole sequence on one device: temporal attention regroups the tokens by
-    spatial position in place. parallel/exchange.py's SequenceShards is the sharded twin."""
+    """Token layout of a whole sequence on one device: the temporal view of the tokens is the same
+    memory seen as [b, frames, positions, C]. parallel/exchange.py's SequenceShards is the sharded twin."""
 
     @staticmethod
     def to_temporal(x: torch.Tensor, b: int, frames: int, positions: int) -> torch.Tensor:
-        """[b, frames*positions, C] -> [b*positions, frames, C]."""
-        c = x.shape[-1]
-        return x.view(b, frames, positions, c).transpose(1, 2).reshape(b * positions, frames, c)
+        """[b, frames*positions, C] -> [b, frames, positions, C] (a view)."""
+        return x.view(b, frames, positions, x.shape[-1])
 
     @staticmethod
     def from_temporal(h: torch.Tensor, b: int, frames: int, positions: int) -> torch.Tensor:
-        """[b*positions, frames, C] -> [b, frames*positions, C]."""
-        c = h.shape[-1]
-        return h.view(b, positions, frames, c).transpose(1, 2).reshape(b, frames * positions, c)
+        """[b, frames, positions, C] -> [b, frames*positions, C]."""
+        return h.reshape(b, frames * positions, h.shape[-1])
 
 
 class STDiTBlock(nn.Module):
@@ -171,12 +177,12 @@ class STDiTBlock(nn.Module):
         h = self.attn(h.reshape(b * frames, positions, c), ops.self_attention).reshape(b, n, c)
         x = ops.gated_residual(x, gate_msa, h)
 
-        # Temporal attention within each spatial position, on x itself (no norm), same gate.
-        # A sharded sequence holds all frames of its positions here, so the full embedding applies.
+        # Temporal attention within each spatial position, on x itself (no norm), same gate. h is
+        # [b, all frames, this device's positions, C], so the full temporal embedding applies.
         h = tokens.to_temporal(x, b, frames, positions)
         if temporal_pos is not None:
-            h = h + temporal_pos
-        h = tokens.from_temporal(self.attn_temp(h, ops.temporal_attention), b, frames, positions)
+            h = h + temporal_pos[:, :, None]
+        h = tokens.from_temporal(self.attn_temp.over_frames(h, ops.temporal_attention), b, frames, positions)
         x = ops.gated_residual(x, gate_msa, h)
 
         x = x + self.cross_attn(x, caption_kv, kv_lengths, ops)

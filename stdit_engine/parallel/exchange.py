@@ -7,9 +7,9 @@ two: every rank cuts its shard into N blocks and sends block j to rank j.
 
 The cut and the reassembly are pure reshapes (`pack_*` / `unpack_*`), kept apart from the
 collective so that `simulate_all_to_all` can check them in one process for any N. The unpacked
-temporal layout is the one `STDiTBlock` feeds to temporal attention, [b * S/N, T, C]: the
-regrouping that the unsharded model does with one copy is folded into the exchange's two copies
-(pack before the collective, unpack after), so no third copy is needed.
+temporal layout is the one `STDiTBlock` feeds to temporal attention, [b, T, S/N, C]: the tokens in
+their natural order, restricted to this rank's positions (the unsharded model sees the same
+layout as a plain view).
 """
 from __future__ import annotations
 
@@ -25,17 +25,17 @@ def pack_for_temporal(x: torch.Tensor, b: int, frames: int, positions: int, rank
 
 
 def unpack_temporal(received: torch.Tensor, b: int, frames: int, positions: int, ranks: int) -> torch.Tensor:
-    """Received [ranks, b, frames, positions/ranks, C] (block i: rank i's frames) -> [b * positions/ranks,
-    ranks*frames, C], one sequence over all frames per owned position."""
+    """Received [ranks, b, frames, positions/ranks, C] (block i: rank i's frames) -> position shard
+    [b, ranks*frames, positions/ranks, C]: all frames at the owned positions."""
     c = received.shape[-1]
-    return received.permute(1, 3, 0, 2, 4).reshape(b * (positions // ranks), ranks * frames, c)
+    return received.transpose(0, 1).reshape(b, ranks * frames, positions // ranks, c)
 
 
 def pack_for_spatial(h: torch.Tensor, b: int, frames: int, positions: int, ranks: int) -> torch.Tensor:
-    """Position shard [b * positions/ranks, ranks*frames, C] -> [ranks, b, frames, positions/ranks, C]:
+    """Position shard [b, ranks*frames, positions/ranks, C] -> [ranks, b, frames, positions/ranks, C]:
     block j is rank j's frames at this rank's positions."""
     c = h.shape[-1]
-    return h.view(b, positions // ranks, ranks, frames, c).permute(2, 0, 3, 1, 4).contiguous()
+    return h.reshape(b, ranks, frames, positions // ranks, c).transpose(0, 1).contiguous()
 
 
 def unpack_spatial(received: torch.Tensor, b: int, frames: int, positions: int, ranks: int) -> torch.Tensor:
