@@ -5,8 +5,7 @@ Backends:
   sdpa    eager, with attention through torch's fused scaled_dot_product_attention
   triton  our Triton kernels for the modulated LayerNorm, the gated residual and the temporal
           attention, cuDNN's fused attention within frames, GELU in the fc1 matmul's epilogue
-          (cuBLASLt), sdpa for the rest;
-          on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
+          (cuBLASLt), sdpa for the rest; on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
   auto    triton on CUDA (measured fastest: BENCHMARKS.md), eager elsewhere
 """
 from __future__ import annotations
@@ -76,6 +75,6 @@ def resolve_backend(backend: str, device: torch.device | str | None = None) -> O
         raise ConfigError(f"unknown kernel backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
     if backend == "triton" and device is not None and torch.device(device).type != "cuda" \
             and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ConfigError(f"kernel backend {backend!r} runs on CUDA GPUs (or on the CPU with TRITON_INTERPRET=1, "
+        raise ConfigError("kernel backend 'triton' runs on CUDA GPUs (or on the CPU with TRITON_INTERPRET=1, "
                           "slowly); use backend='eager' on the CPU")
     return BACKENDS[backend]()
