@@ -1,6 +1,6 @@
 """Each hot op alone at the shapes of the STDiT forward, ours against PyTorch's, timed from CUDA
-graphs as the engine runs them, with its memory traffic (GB/s, as a fraction of the card's measured copy bandwidth) or its tensor-core rate (TFLOP/s,
-as a fraction of the datasheet peak)."""
+graphs as the engine runs them, with its memory traffic (GB/s, as a fraction of the card's
+measured copy bandwidth) or its tensor-core rate (TFLOP/s, as a fraction of the datasheet peak)."""
 import functools
 
 import pytest
@@ -11,9 +11,10 @@ from workloads import cuda_time_ms, graphed_time_ms, median, peak_tflops
 
 from stdit_engine.configs import get_preset
 from stdit_engine.kernels.attention import cross_attention_sdpa
-from stdit_engine.kernels.registry import EAGER, SDPA
+from stdit_engine.kernels.registry import EAGER, SDPA, resolve_backend
 from stdit_engine.kernels.gated_residual import gated_residual_ref
 from stdit_engine.kernels.ln_modulate import ln_modulate_ref
+from stdit_engine.parallel.plan import token_grid as frames_and_positions
 
 DTYPE = torch.bfloat16
 WORKLOADS = [("16x256x256", 4), ("64x512x512", 2)]
@@ -22,8 +23,7 @@ WORKLOADS = [("16x256x256", 4), ("64x512x512", 2)]
 def token_grid(preset: str, batch: int) -> tuple[int, int, int, int, int]:
     """(batch, frames, positions, hidden, heads) of the preset's token tensor."""
     cfg = get_preset(preset).stdit
-    frames, rows, cols = (s // p for s, p in zip(cfg.input_size, cfg.patch_size))
-    return batch, frames, rows * cols, cfg.hidden_size, cfg.num_heads
+    return (batch, *frames_and_positions(get_preset(preset)), cfg.hidden_size, cfg.num_heads)
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,7 +56,6 @@ def time_op(benchmark, fn) -> float:
 
 
 def triton_ops():
-    from stdit_engine.kernels.registry import resolve_backend
     return resolve_backend("triton", "cuda")
 
 
