@@ -105,9 +105,10 @@ def test_gated_residual_ln_modulate(shape, dtype):
     inputs = (rows(*shape, dtype), gate, rows(*shape, dtype), shift, scale, EPS)
     new_x, ln = gated_residual_ln_modulate_triton(*inputs)
     assert_close_to_reference((new_x, ln), gated_residual_ln_modulate_ref, inputs)
-    # The fused LayerNorm reads new_x as stored: the same as the two ops one after the other.
+    # The fused LayerNorm reads new_x as stored: the same as the two ops one after the other, up to
+    # the order of the row sums (the two kernels spread a row over different warps on a GPU).
     assert torch.equal(new_x, gated_residual_triton(*inputs[:3]))
-    torch.testing.assert_close(ln, ln_modulate_triton(new_x, shift, scale, EPS), rtol=0, atol=0)
+    torch.testing.assert_close(ln, ln_modulate_triton(new_x, shift, scale, EPS))
 
 
 def test_row_ops_take_strided_tokens():
