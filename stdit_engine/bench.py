@@ -33,7 +33,8 @@ def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2) 
     engine.generate(prompts, seed=42, num_steps=num_steps, progress=False)
     stages = {s.name: s for s in engine.last_stats}
     estimate = estimate_memory(preset, prompts_n, engine.placement.mode, engine.dtype, engine.text_encoder.dtype,
-                               vae_chunk_frames=engine.decode_chunk_frames(prompts_n))
+                               vae_chunk_frames=engine.decode_chunk_frames(prompts_n), device=engine.device,
+                               backend=engine.stdit.ops.name)
     peak_allocated = max(s.peak_allocated for s in stages.values())  # stages reset the peaks
     graphs = engine.denoiser.use_cuda_graphs and engine.device.type == "cuda"
     return dict(
@@ -57,7 +58,8 @@ def describe(record: dict) -> str:
     speedup = (f", {record['reference_sampling_s'] / record['sampling_s']:.2f}x the reference's sampling"
                if record["reference_sampling_s"] else "")
     if record["device"] == "cpu":
-        memory = f"process peak RSS {record['peak_reserved_gib']:.2f} GiB"
+        memory = (f"peak {record['peak_allocated_gib']:.3f} GiB of tensors / process peak RSS "
+                  f"{record['peak_reserved_gib']:.2f} GiB, estimated {record['estimated_peak_gib']:.3f} GiB")
     else:
         memory = (f"peak {record['peak_allocated_gib']:.2f} GiB allocated / {record['peak_reserved_gib']:.2f} GiB "
                   f"reserved, estimated {record['estimated_peak_gib']:.2f} GiB")

@@ -92,6 +92,11 @@ class Engine:
     def dtype(self) -> torch.dtype:
         return self.stdit.dtype
 
+    @property
+    def _models(self) -> tuple[torch.nn.Module, ...]:
+        """The three models, whose weights on the device count towards each stage's peak."""
+        return self.text_encoder.model, self.stdit, self.vae.model
+
     # ------------------------------------------------------------------ construction
 
     @classmethod
@@ -113,7 +118,7 @@ class Engine:
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)  # fail on a bad backend before loading anything
-        placement = choose_placement(placement, preset, device, dtype, t5_dtype)
+        placement = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name)
         stdit_source = stdit or preset.stdit_hub_id
         t5_source = t5 or preset.text.hub_id
         vae_source = vae or preset.vae.hub_id
@@ -147,7 +152,7 @@ class Engine:
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)
-        placement = choose_placement(placement, preset, device, dtype, t5_dtype)
+        placement = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name)
         model = build_stdit(preset, device, dtype, ops.name, seed=seed)
         video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
         text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
@@ -200,17 +205,17 @@ class Engine:
         latents, videos = [], []
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            with measure_stage("encode", self.device, self.last_stats):
+            with measure_stage("encode", self.device, self.last_stats, self._models):
                 if self.parallel is None:
                     y, mask = self.encode_prompts(batch)
                 else:
                     y, mask = encode_on_first(self.parallel, lambda: self.encode_prompts(batch), self.device)
-            with measure_stage("denoise", self.device, self.last_stats):
+            with measure_stage("denoise", self.device, self.last_stats, self._models):
                 latent = self._denoise(sampler, y, mask, generator, progress)
             if output == "latent":
                 latents.append(latent)
                 continue
-            with measure_stage("decode", self.device, self.last_stats), self.placement.stage("decode"):
+            with measure_stage("decode", self.device, self.last_stats, self._models), self.placement.stage("decode"):
                 def decode(part: torch.Tensor) -> torch.Tensor:
                     return self.vae.decode(part.to(self.dtype), to_uint8=True,
                                            chunk_frames=vae_chunk_frames or self.decode_chunk_frames(part.shape[0]))
@@ -250,8 +255,9 @@ class Engine:
             budget, _ = torch.cuda.mem_get_info(self.device)
         else:
             budget = estimate_memory(self.preset, samples, self.placement.mode, self.dtype,
-                                     self.text_encoder.dtype).denoise // 2
-        return choose_vae_chunk(self.preset, self.dtype, budget, samples * self.preset.num_frames)
+                                     self.text_encoder.dtype, device=self.device, backend=self.stdit.ops.name).denoise // 2
+        return choose_vae_chunk(self.preset, self.dtype, budget, samples * self.preset.num_frames,
+                                device=self.device)
 
     def _print_stats(self) -> None:
         note = " (random weights)" if self.random_weights else ""
@@ -262,7 +268,7 @@ class Engine:
 
 
 def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: torch.dtype,
-                     t5_dtype: torch.dtype) -> str:
+                     t5_dtype: torch.dtype, backend: str = "auto") -> str:
     """The placement to use; "auto" is the fastest whose estimated peak fits in free GPU memory.
 
     Raises before anything is loaded when even the leanest mode cannot fit.
@@ -277,7 +283,8 @@ def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: tor
     candidates = PLACEMENT_MODES if mode == "auto" else (mode,)
     for candidate in candidates:
         estimate = estimate_memory(preset, preset.prompts_per_batch, candidate, dtype, t5_dtype,
-                                   vae_chunk_frames=None if candidate == "resident" else 1)
+                                   vae_chunk_frames=None if candidate == "resident" else 1, device=device,
+                                   backend=backend)
         if estimate.peak * RESERVE_FACTOR <= free:
             return candidate
     raise ConfigError(

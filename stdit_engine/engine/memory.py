@@ -1,8 +1,9 @@
-"""Per-stage measurement of time and peak memory.
+"""Per-stage measurement of time and peak memory, and the peak predicted before loading.
 
 On CUDA the peaks are the caching allocator's (max allocated / max reserved, reset at each stage).
-On the CPU they are the process's peak resident set size so far (it never goes down, so a stage's
-figure is the peak up to the end of that stage).
+On other devices the allocated peak is the most bytes of live tensor storages during the stage,
+counted by `LiveTensorPeak` from the weights present at entry; the reserved figure is the process's
+peak resident set size so far (it never goes down, so a stage's figure is the peak up to its end).
 """
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ import functools
 import resource
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
+from torch import nn
+
+from ..configs import VAEConfig
+from ..kernels.registry import backend_name
+from .live_memory import LiveTensorPeak
 
 GIB = 1024**3
 
@@ -22,14 +29,14 @@ GIB = 1024**3
 class StageStats:
     name: str
     seconds: float
-    peak_allocated: int  # bytes; CUDA allocator, or process peak RSS on the CPU
-    peak_reserved: int  # bytes; CUDA allocator, or process peak RSS on the CPU
+    peak_allocated: int  # bytes; CUDA allocator, or live tensor storages elsewhere
+    peak_reserved: int  # bytes; CUDA allocator, or process peak RSS elsewhere
 
     def describe(self, device: torch.device) -> str:
         if device.type == "cuda":
             mem = f"peak {self.peak_allocated / GIB:.2f} GiB allocated / {self.peak_reserved / GIB:.2f} GiB reserved"
         else:
-            mem = f"process peak RSS {self.peak_reserved / GIB:.2f} GiB"
+            mem = f"peak {self.peak_allocated / GIB:.2f} GiB of tensors / process peak RSS {self.peak_reserved / GIB:.2f} GiB"
         return f"{self.name:<8} {self.seconds:8.2f} s   {mem}"
 
 
@@ -38,32 +45,64 @@ def _process_peak_rss() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
 
+def _weights(models: Iterable[nn.Module]) -> Iterable[torch.Tensor]:
+    return (t for model in models for t in (*model.parameters(), *model.buffers()))
+
+
 @contextmanager
-def measure_stage(name: str, device: torch.device, record: list[StageStats]):
-    """Times the body (synchronising the device at both ends) and appends its StageStats."""
+def measure_stage(name: str, device: torch.device, record: list[StageStats], models: Iterable[nn.Module] = ()):
+    """Times the body (synchronising the device at both ends) and appends its StageStats.
+
+    Off CUDA, the weights of `models` that are on `device` count towards the peak from the start.
+    """
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    live = nullcontext() if cuda else LiveTensorPeak(device, present=_weights(models))
     start = time.perf_counter()
-    yield
+    with live:
+        yield
     if cuda:
         torch.cuda.synchronize(device)
         peaks = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
     else:
-        peaks = (_process_peak_rss(),) * 2
+        peaks = live.peak, _process_peak_rss()
     record.append(StageStats(name, time.perf_counter() - start, *peaks))
 
 
 # ---------------------------------------------------------------- predicting the peak before loading
 #
-# The activation terms are fitted to peaks measured on an H200 (torch 2.11, fp16, sdpa backend,
-# 2026-11-28): STDiT forward activations ~11 token-sized tensors ([tokens, hidden] in the model
-# dtype) plus ~0.2 GiB of workspaces and caption K/V; SD-VAE decode ~0.48 GiB per 512x512 frame in
-# fp16 (SPEC section 6: 64 frames 30.2 GiB, 8 frames 4.3 GiB), proportional to pixels.
-STDIT_ACTIVATION_TENSORS = 11
-STDIT_WORKSPACE_BYTES = int(0.2 * GIB)
-VAE_BYTES_PER_PIXEL_FP16 = 0.48 * GIB / (512 * 512)
+# Each stage's activations are counted in tensors of the preset's own sizes: the set alive at the
+# stage's peak, read from traces of live tensors (LiveTensorPeak on the CPU, fp32: the tiny preset,
+# and the full presets' widths at small sizes). On CUDA the allocator's peak also holds memory that
+# no tensor of these traces accounts for; the CUDA-only terms below are that excess, fitted to the
+# peaks measured on an H200 (torch 2.11, fp16, sdpa backend, 2026-11-28) and not traced further.
+#
+# STDiT, in the MLP: the block's input, its residual sum and the modulated norm ([tokens, hidden]
+# each) beside, at the GELU, fc1's output and the GELU's (mlp_ratio times wider each): 3 + 2 x 4 =
+# 11 token-sized tensors, as the H200 fit of the sdpa backend found; and at fc2, the GELU's output
+# and fc2's: 3 + 4 + 1 = 8, the peak of the triton backend on CUDA, whose fc1 computes the GELU in
+# its epilogue (one wide tensor, not two). Plus every block's caption K/V, computed once per call.
+# The eager backend's attention scores are assumed smaller than the MLP's tensors: true of the
+# tiny preset; the CUDA backends never materialise them.
+STDIT_TOKEN_TENSORS = 3
+# The H200 fit's 0.2 GiB beyond the token-sized tensors, less the caption K/V of its 2-prompt runs
+# (0.058 GiB), now counted above: presumably workspaces and the CUDA graph's static caption K/V.
+STDIT_CUDA_EXTRA_BYTES = int(0.142 * GIB)
+# T5 v1.1, in its gated-GELU FFN: wi_0's output, two temporaries of the tanh GELU and wi_1's output
+# ([tokens, d_ff] each) beside the embeddings, the residual stream, its sum and the normed input
+# ([tokens, d_model] each), and the relative position bias [heads, L, L]. At T5-XXL's widths this
+# is 56 MiB for 2 prompts in fp32, as traced. (On the tiny preset the int64 [L, L] tensors of the
+# position bucketing peak a little higher: 1.0 MiB against 0.8.)
+T5_FFN_TENSORS = 4
+T5_MODEL_TENSORS = 4
+# VAE decoder (diffusers), in its last up-block, at full resolution: the block's input (its caller
+# keeps it for the whole block) and, in a resnet, its input, conv2's output, the residual sum and
+# that sum scaled (vae_peak_channels; traced for SD-VAE's widths too). The H200 peaks (0.48 GiB
+# per 512x512 fp16 frame, SPEC section 6: 64 frames 30.2 GiB, 8 frames 4.3 GiB) held 1.28 times
+# those maps, proportionally to the chunk's pixels: presumably cuDNN's convolution workspaces.
+VAE_CUDA_FACTOR = 1.28
 
 
 @dataclass(frozen=True)
@@ -89,6 +128,10 @@ def _bytes(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
 
 
+def _is_cuda(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 @functools.lru_cache(maxsize=None)
 def parameter_counts(preset) -> dict[str, int]:
     """Exact parameter (and buffer) counts of the preset's three models, built on the meta device."""
@@ -109,16 +152,55 @@ def parameter_counts(preset) -> dict[str, int]:
     return {"stdit": count(stdit), "t5": count(t5), "t5_block": largest_t5_block, "vae": count(vae)}
 
 
-def vae_frame_bytes(preset, dtype: torch.dtype) -> int:
+def t5_activation_bytes(preset, batch: int, t5_dtype: torch.dtype) -> int:
+    """Encode activations of `batch` prompts."""
+    text = preset.text
+    per_token = T5_FFN_TENSORS * text.d_ff + T5_MODEL_TENSORS * text.d_model
+    position_bias = text.num_heads * text.max_length**2
+    return (batch * text.max_length * per_token + position_bias) * _bytes(t5_dtype)
+
+
+def stdit_activation_bytes(preset, batch: int, dtype: torch.dtype, device: torch.device | str,
+                           backend: str = "auto") -> int:
+    """Denoise activations of `batch` samples (a guidance batch of twice as many)."""
+    cfg = preset.stdit
+    rows = 2 * batch
+    frames, height, width = (s // p for s, p in zip(cfg.input_size, cfg.patch_size))
+    tokens = rows * frames * height * width
+    gelu_in_fc1 = _is_cuda(device) and backend_name(backend, device) == "triton"
+    at_gelu = STDIT_TOKEN_TENSORS + (1 if gelu_in_fc1 else 2) * cfg.mlp_ratio
+    at_fc2 = STDIT_TOKEN_TENSORS + cfg.mlp_ratio + 1
+    block = max(at_gelu, at_fc2) * tokens * cfg.hidden_size
+    caption_kv = cfg.depth * 2 * rows * cfg.model_max_length * cfg.hidden_size
+    extra = STDIT_CUDA_EXTRA_BYTES if _is_cuda(device) else 0
+    return int(block + caption_kv) * _bytes(dtype) + extra
+
+
+def vae_peak_channels(vae: VAEConfig) -> int:
+    """Channels of the full-resolution feature maps alive at once at the decoder's peak.
+
+    The last up-block takes the second block's width (upsampled) and makes the first block's; its
+    peak is at a resnet's residual sum (the block input beside four maps of the output width) or,
+    in its first resnet, at the SiLU (the input, its GroupNorm and its SiLU). SD-VAE: 256 + 4 x 128
+    = 3 x 256 = 768 channels; the tiny preset's: 16 + 4 x 16 = 80.
+    """
+    block_input, block_output = vae.block_out_channels[1], vae.block_out_channels[0]
+    return max(block_input + 4 * block_output, 3 * block_input)
+
+
+def vae_frame_bytes(preset, dtype: torch.dtype, device: torch.device | str = "cuda") -> int:
     """Decode activations of one frame."""
     h, w = preset.image_size
-    return int(VAE_BYTES_PER_PIXEL_FP16 * h * w * _bytes(dtype) / 2)
+    frame = vae_peak_channels(preset.vae) * h * w * _bytes(dtype)
+    return int(frame * VAE_CUDA_FACTOR) if _is_cuda(device) else frame
 
 
 def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.float16,
                     t5_dtype: torch.dtype = torch.float32, batch_size: int | None = None,
-                    vae_chunk_frames: int | None = None) -> MemoryEstimate:
-    """Predicted peak allocated GPU memory of `generate()` in placement `mode`, before loading."""
+                    vae_chunk_frames: int | None = None, device: torch.device | str = "cuda",
+                    backend: str = "auto") -> MemoryEstimate:
+    """Predicted peak allocated memory of `generate()` on `device` in placement `mode` with the
+    STDiT kernel `backend`, before loading."""
     from ..configs import get_preset
 
     preset = get_preset(preset)
@@ -126,12 +208,10 @@ def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.
     weights = {"stdit": counts["stdit"] * _bytes(dtype), "t5": counts["t5"] * _bytes(t5_dtype),
                "vae": counts["vae"] * _bytes(dtype)}
     batch = min(prompts, batch_size or preset.prompts_per_batch)
-    frames, rows, cols = (s // p for s, p in zip(preset.stdit.input_size, preset.stdit.patch_size))
-    tokens = 2 * batch * frames * rows * cols  # the guidance batch
-    denoise_act = STDIT_ACTIVATION_TENSORS * tokens * preset.stdit.hidden_size * _bytes(dtype) + STDIT_WORKSPACE_BYTES
+    denoise_act = stdit_activation_bytes(preset, batch, dtype, device, backend)
     chunk = min(vae_chunk_frames or batch * preset.num_frames, batch * preset.num_frames)
-    decode_act = chunk * vae_frame_bytes(preset, dtype)
-    encode_act = batch * preset.text.max_length * preset.text.d_ff * 4 * _bytes(t5_dtype)
+    decode_act = chunk * vae_frame_bytes(preset, dtype, device)
+    encode_act = t5_activation_bytes(preset, batch, t5_dtype)
 
     if mode == "resident":
         resident = sum(weights.values())
@@ -142,6 +222,7 @@ def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.
     return MemoryEstimate(t5_on_gpu + encode_act, weights["stdit"] + denoise_act, weights["vae"] + decode_act, weights)
 
 
-def choose_vae_chunk(preset, dtype: torch.dtype, free_bytes: int, total_frames: int, headroom: float = 0.8) -> int:
+def choose_vae_chunk(preset, dtype: torch.dtype, free_bytes: int, total_frames: int, headroom: float = 0.8,
+                     device: torch.device | str = "cuda") -> int:
     """The most frames to decode at once within `headroom` of the free memory (at least 1)."""
-    return max(1, min(total_frames, int(free_bytes * headroom) // vae_frame_bytes(preset, dtype)))
+    return max(1, min(total_frames, int(free_bytes * headroom) // vae_frame_bytes(preset, dtype, device)))

@@ -3,9 +3,9 @@
 Backends:
   eager   the plain-PyTorch reference of every op (parity tests and exports use it)
   sdpa    eager, with attention through torch's fused scaled_dot_product_attention
-  triton  our Triton kernels for the modulated LayerNorm, the gated residual and the temporal
-          attention, cuDNN's fused attention within frames, GELU in the fc1 matmul's epilogue
-          (cuBLASLt), sdpa for the rest; on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
+  triton  our Triton kernels for the modulated LayerNorm, the gated residual, the temporal and
+          the caption cross-attention, cuDNN's fused attention within frames, GELU in the fc1
+          matmul's epilogue (cuBLASLt); on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
   auto    triton on CUDA (measured fastest: BENCHMARKS.md), eager elsewhere
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ class Ops:
     linear_gelu: Callable[..., torch.Tensor]  # gelu_tanh(x @ W^T + b)
     self_attention: Callable[..., torch.Tensor]  # spatial: within each frame
     temporal_attention: Callable[..., torch.Tensor]  # within each spatial position, over frames (attention.py)
-    cross_attention: Callable[..., torch.Tensor]
+    cross_attention: Callable[..., torch.Tensor]  # over each sample's caption tokens (attention.py)
 
 
 EAGER = Ops(
@@ -54,6 +54,7 @@ def _triton_ops() -> Ops:
     """Imported on first use only: importing compiles nothing but needs triton and registers the
     kernels' torch.library ops."""
     try:
+        from .cross_attention_triton import cross_attention_triton
         from .gated_residual_triton import gated_residual_triton
         from .ln_modulate_triton import ln_modulate_triton
         from .temporal_attention_triton import temporal_attention_triton
@@ -61,16 +62,22 @@ def _triton_ops() -> Ops:
         raise ConfigError(f"kernel backend 'triton' needs the triton package ({err}); use backend='sdpa'") from None
     return replace(SDPA, name="triton", ln_modulate=ln_modulate_triton, gated_residual=gated_residual_triton,
                    self_attention=self_attention_cudnn, temporal_attention=temporal_attention_triton,
-                   linear_gelu=linear_gelu_cublaslt)
+                   cross_attention=cross_attention_triton, linear_gelu=linear_gelu_cublaslt)
 
 
 BACKENDS: dict[str, Callable[[], Ops]] = {"eager": lambda: EAGER, "sdpa": lambda: SDPA, "triton": _triton_ops}
 
 
-def resolve_backend(backend: str, device: torch.device | str | None = None) -> Ops:
-    """The ops of `backend`; "auto" picks the fastest backend known to be correct on `device`."""
+def backend_name(backend: str, device: torch.device | str | None = None) -> str:
+    """`backend` with "auto" replaced by the fastest backend known to be correct on `device`."""
     if backend == "auto":
-        backend = "triton" if torch.device(device or "cpu").type == "cuda" else "eager"
+        return "triton" if torch.device(device or "cpu").type == "cuda" else "eager"
+    return backend
+
+
+def resolve_backend(backend: str, device: torch.device | str | None = None) -> Ops:
+    """The ops of `backend` ("auto": see backend_name)."""
+    backend = backend_name(backend, device)
     if backend not in BACKENDS:
         raise ConfigError(f"unknown kernel backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
     if backend == "triton" and device is not None and torch.device(device).type != "cuda" \
