@@ -6,7 +6,8 @@ on small shapes only; with one they run on CUDA, and `pytest -m gpu` adds STDiT'
 import pytest
 import torch
 
-from stdit_engine.kernels.attention import temporal_attention_ref
+from stdit_engine.kernels.attention import cross_attention_ref, temporal_attention_ref
+from stdit_engine.kernels.cross_attention_triton import MAX_CAPTION, cross_attention_triton
 from stdit_engine.kernels.gated_residual import gated_residual_ref
 from stdit_engine.kernels.gated_residual_triton import (
     gated_residual_ln_modulate_ref,
@@ -41,6 +42,16 @@ ATTENTION_SHAPES = [
     pytest.param((2, 1024, 64, 1152, 16), marks=gpu),
     pytest.param((2, 1024, 1, 1152, 16), marks=gpu),
     pytest.param((3, 37, 13, 1152, 16), marks=gpu),
+]
+
+# (samples, video tokens, caption tokens, hidden, heads): the caption lengths run over 1..L.
+CROSS_ATTENTION_SHAPES = [
+    (2, 15, 7, 144, 2),
+    (4, 70, 20, 144, 2),
+    (2, 9, 1, 144, 2),
+    pytest.param((4, 16 * 256, 120, 1152, 16), marks=gpu),
+    pytest.param((2, 64 * 1024, 120, 1152, 16), marks=gpu),
+    pytest.param((3, 1000, 77, 1152, 16), marks=gpu),
 ]
 
 
@@ -128,6 +139,39 @@ def test_temporal_attention(shape, dtype):
     assert_close_to_reference(out, temporal_attention_ref, (q, k, v))
     # Stored in token order [B, T, S, H, D]: the next projection reads it without a copy.
     assert out.is_contiguous()
+
+
+def caption_views(b, n, caption, c, heads, dtype):
+    """q [B, H, N, D] and k, v [B, H, L, D] as CrossAttention makes them: views of its projections,
+    with the caption lengths of the samples spread over 1..L."""
+    q = torch.randn(b, n, c, device=DEVICE).to(dtype).view(b, n, heads, c // heads).transpose(1, 2)
+    kv = torch.randn(b, caption, 2 * c, device=DEVICE).to(dtype)
+    k, v = kv.view(b, caption, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
+    lengths = torch.linspace(1, caption, b, device=DEVICE).round().long()
+    return q, k, v, lengths
+
+
+@pytest.mark.parametrize("shape", CROSS_ATTENTION_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_attention(shape, dtype):
+    inputs = caption_views(*shape, dtype)
+    out = cross_attention_triton(*inputs)
+    assert_close_to_reference(out, cross_attention_ref, inputs)
+    assert out.is_contiguous()  # [B, N, H, D]: the output projection reads it without a copy
+
+
+def test_cross_attention_ignores_caption_padding():
+    q, k, v, lengths = caption_views(2, 5, 6, 144, 2, torch.float32)
+    padded_k, padded_v = k.clone(), v.clone()
+    padded_k[0, :, lengths[0]:], padded_v[0, :, lengths[0]:] = 1e4, float("nan")
+    torch.testing.assert_close(cross_attention_triton(q, padded_k, padded_v, lengths),
+                               cross_attention_triton(q, k, v, lengths))
+
+
+def test_cross_attention_rejects_long_captions():
+    q, k, v, lengths = caption_views(2, 5, MAX_CAPTION + 1, 144, 2, torch.float32)
+    with pytest.raises(ValueError, match="sdpa"):
+        cross_attention_triton(q, k, v, lengths)
 
 
 def test_temporal_attention_rejects_long_sequences():

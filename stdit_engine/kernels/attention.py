@@ -3,8 +3,8 @@
 self-attention (spatial): q, k, v [B, H, L, D] -> [B, H, L, D], B = samples*frames, L = S.
 temporal attention: q, k, v [B, S, H, T, D] -> [B, T, S, H, D]: over the T frames of each sample,
 spatial position and head, read from and written to tokens in their [B, T, S, C] order.
-cross-attention: q [B, H, N, D] over k, v [B, H, Lc, D] where sample b sees only its first
-kv_lengths[b] caption tokens (T5 masks are prefixes).
+cross-attention: q [B, H, N, D] over k, v [B, H, Lc, D] -> [B, N, H, D], where sample b sees only
+its first kv_lengths[b] caption tokens (T5 masks are prefixes); the output is in token order.
 The `_ref` functions spell out the maths (the meaning of each op); the `_sdpa` ones hand it to
 PyTorch's fused scaled_dot_product_attention.
 """
@@ -34,7 +34,7 @@ def caption_mask(kv_lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:
 def cross_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor) -> torch.Tensor:
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     scores = scores.masked_fill(~caption_mask(kv_lengths, k.shape[-2]), float("-inf"))
-    return scores.softmax(dim=-1) @ v
+    return (scores.softmax(dim=-1) @ v).transpose(1, 2)
 
 
 def temporal_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -58,4 +58,4 @@ def self_attention_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> t
 
 
 def cross_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=caption_mask(kv_lengths, k.shape[-2]))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=caption_mask(kv_lengths, k.shape[-2])).transpose(1, 2)

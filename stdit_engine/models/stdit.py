@@ -101,8 +101,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], kv_lengths: torch.Tensor, ops: Ops) -> torch.Tensor:
         b, n, c = x.shape
         q = self.q_linear(x).view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-        out = ops.cross_attention(q, kv[0], kv[1], kv_lengths)
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+        return self.proj(ops.cross_attention(q, kv[0], kv[1], kv_lengths).reshape(b, n, c))
 
 
 class GeluMLP(nn.Module):
