@@ -9,7 +9,8 @@ One program per (block of BLOCK_N video tokens, sample, head) walks the sample's
 BLOCK_L tokens with an online softmax, and stops at the sample's length, read on the device: a
 typical prompt (~20 of T5's 120 tokens) costs one tile, padding is never loaded, and there is no
 host synchronisation (the op runs inside CUDA graphs). PyTorch's SDPA takes these lengths only as
-a dense mask over all 120 tokens.
+a dense mask over all 120 tokens. Alone, the two run at about the same speed (80 us at 16x256x256,
+H200); inside the forward, this one saves 2.1 ms of 49.4 (bf16, same process, 2026-11-28).
 """
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-# Launch shape, from a sweep on an H200 (benchmarks/test_kernels.py measures the result).
+# Launch shape, from a sweep on an H200 (BLOCK_N 64/128, 4/8 warps, BLOCK_L 16/32/64; tiles of 16
+# caption tokens lost precision: 1e-3 from sdpa in bf16 against 4e-5).
 BLOCK_N = 128  # video tokens per program
 BLOCK_L = 32  # caption tokens per tile
-NUM_WARPS = 8
+NUM_WARPS = 4
 LOG2_E = 1.4426950408889634
 
 
