@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 # Launch shape, from a sweep on an H200 (BLOCK_N 64/128, 4/8 warps, BLOCK_L 16/32/64): the fastest
-# or within 10% of it at 16x256x256 and 64x512x512, for captions of 24 and 120 tokens.
+# or within 15% of it at 16x256x256 and 64x512x512, for captions of 24 and 120 tokens.
 BLOCK_N = 128  # video tokens per program
 BLOCK_L = 32  # caption tokens per tile
 NUM_WARPS = 4
