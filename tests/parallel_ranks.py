@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from stdit_engine import Engine
+from stdit_engine.errors import ConfigError
 from stdit_engine.parallel.exchange import SequenceShards
 from stdit_engine.parallel.stages import decode_split
 
@@ -55,6 +56,16 @@ def one_process_results(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.
     return latent, videos[0].frames, engine.vae.decode(odd_latent(), to_uint8=True)
 
 
+def artifact_refusal(engine: Engine, folder: Path) -> str | None:
+    """The error of use_artifact on a parallel engine (None if it took the artifact): it must refuse
+    before reading the file, which does not exist."""
+    try:
+        engine.use_artifact(folder / "stdit.pt2")
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 def checks(rank: int, folder: Path, modes: tuple[str, ...], video_mode: str | None, device: str = "cpu") -> None:
     """All that a test wants from one spawn of the ranks (starting processes is the slow part):
     a real exchange, the final latent per mode, and (for `video_mode`) what generate() returns as
@@ -62,8 +73,8 @@ def checks(rank: int, folder: Path, modes: tuple[str, ...], video_mode: str | No
     for mode in modes:
         engine = tiny_engine(device, mode)
         t5_device = next(engine.text_encoder.model.parameters()).device.type
-        torch.save({"latent": generate_latents(engine).cpu(), "mode": engine.parallel.mode, "t5_device": t5_device},
-                   folder / f"{mode}-{rank}.pt")
+        torch.save({"latent": generate_latents(engine).cpu(), "mode": engine.parallel.mode, "t5_device": t5_device,
+                    "artifact_refusal": artifact_refusal(engine, folder)}, folder / f"{mode}-{rank}.pt")
         if mode == video_mode:
             videos = engine.generate(PROMPTS[:1], seed=SAMPLE_SEED, num_steps=2, progress=False)
             odd = decode_split(engine.parallel, lambda part: engine.vae.decode(part, to_uint8=True), odd_latent(),
@@ -82,6 +93,7 @@ def assert_latents_match(folder: Path, mode: str, ranks: int, reference: torch.T
     assert results[0]["latent"].shape == reference.shape == (2, 4, 4, 8, 8)
     assert float((results[0]["latent"] - reference).norm() / reference.norm()) < tolerance
     assert all(torch.equal(r["latent"], results[0]["latent"]) for r in results)
+    assert all(f"parallel mode {resolved or mode!r}" in r["artifact_refusal"] for r in results)
 
 
 def assert_same_pixels(got: torch.Tensor, expected: torch.Tensor) -> None:

@@ -162,9 +162,15 @@ class Engine:
     def use_artifact(self, path: str | Path) -> "Engine":
         """Denoise with an exported STDiT forward (an AOTInductor package, or a TensorRT engine) in
         place of the eager model, which still provides the dtype and the null caption. The artifact
-        holds its own weights; steps run without CUDA graphs (capture of artifact calls is untested)."""
+        holds its own weights; steps run without CUDA graphs (capture of artifact calls is untested).
+        An artifact is the whole forward on one device, so a parallel engine refuses it rather than
+        quietly giving up its split (each rank would compute everything)."""
         from ..export.artifact import load_artifact
 
+        if self.parallel is not None:
+            raise ConfigError(f"an exported artifact runs the whole STDiT forward on one device and cannot share "
+                              f"it in parallel mode {self.parallel.mode!r}: build this engine with parallel='none' "
+                              "(and run one process) to use it")
         self.denoiser = GuidedDenoiser(load_artifact(path, self.stdit, self.device), use_cuda_graphs=False)
         return self
 
