@@ -190,8 +190,9 @@ def test_row_ops_reject_mismatched_modulation():
         (gated_residual_ln_modulate_triton, lambda: (rows(2, 5, 144, torch.float32), *modulation(2, 144, torch.float32)[:1],
                                                      rows(2, 5, 144, torch.float32), *modulation(2, 144, torch.float32)[1:3], EPS)),
         (temporal_attention_triton, lambda: tuple(frame_qkv_views(2, 3, 5, 144, 2, torch.float32))),
+        (cross_attention_triton, lambda: caption_views(2, 5, 7, 144, 2, torch.float32)),
     ],
-    ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "temporal_attention"],
+    ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "temporal_attention", "cross_attention"],
 )
 def test_custom_op_registration(op, make_args):
     """Schema, fake (meta) implementation and tracing agree with the kernel: what torch.compile,
