@@ -5,7 +5,7 @@ import torch
 
 from stdit_engine import Engine
 from stdit_engine.engine.live_memory import LiveTensorPeak
-from stdit_engine.engine.memory import estimate_memory
+from stdit_engine.engine.memory import StageStats, estimate_memory
 
 CPU = torch.device("cpu")
 MIB = 2**20
@@ -63,3 +63,8 @@ def test_estimate_is_within_15_percent_of_the_measured_peaks_on_tiny():
     assert predicted == pytest.approx(measured, rel=0.15)
     assert estimate.peak == pytest.approx(max(measured.values()), rel=0.15)
     assert max(measured, key=measured.get) == "decode" == max(predicted, key=predicted.get)
+
+
+def test_stage_report_uses_mib_below_a_gib():
+    stats = StageStats("decode", 0.5, peak_allocated=17 * MIB + MIB // 2, peak_reserved=3 * 2**30)
+    assert stats.describe(CPU).endswith("peak 17.5 MiB of tensors / process peak RSS 3.00 GiB")

@@ -25,6 +25,11 @@ from .live_memory import LiveTensorPeak
 GIB = 1024**3
 
 
+def format_bytes(n: int) -> str:
+    """GiB, or MiB below one GiB (the tiny preset's stages hold a few MiB)."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
 @dataclass
 class StageStats:
     name: str
@@ -34,9 +39,9 @@ class StageStats:
 
     def describe(self, device: torch.device) -> str:
         if device.type == "cuda":
-            mem = f"peak {self.peak_allocated / GIB:.2f} GiB allocated / {self.peak_reserved / GIB:.2f} GiB reserved"
+            mem = f"peak {format_bytes(self.peak_allocated)} allocated / {format_bytes(self.peak_reserved)} reserved"
         else:
-            mem = f"peak {self.peak_allocated / GIB:.2f} GiB of tensors / process peak RSS {self.peak_reserved / GIB:.2f} GiB"
+            mem = f"peak {format_bytes(self.peak_allocated)} of tensors / process peak RSS {format_bytes(self.peak_reserved)}"
         return f"{self.name:<8} {self.seconds:8.2f} s   {mem}"
 
 
