@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 MAX_LEN = 64  # the whole T x T score tile lives in registers: longer sequences want a flash kernel
+NUM_WARPS = 4  # benchmarks/launch_sweep.py times the alternatives
 
 
 @triton.jit
@@ -66,7 +67,7 @@ def temporal_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
             *q.stride(), *k.stride(), *v.stride(), *out.permute(0, 2, 3, 1, 4).stride(),
             BLOCK_T=max(16, triton.next_power_of_2(t)), BLOCK_D=max(16, triton.next_power_of_2(d)),
             UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",  # CPU tensors: the interpreter
-            num_warps=4,
+            num_warps=NUM_WARPS,
         )
     return out
 

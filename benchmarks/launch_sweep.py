@@ -1,0 +1,90 @@
+"""Times our Triton kernels over their launch constants at the STDiT forward's shapes, on this GPU,
+and prints each configuration's time and its error against the backend's reference op; the module
+constants (the kernels' defaults) are the winners of the last sweep on an H200. Run it on a new card
+before trusting those defaults there:
+
+    python benchmarks/launch_sweep.py [--only temporal|cross|ln]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+from workloads import graphed_time_ms, median
+
+from stdit_engine.kernels import cross_attention_triton, ln_modulate_triton, temporal_attention_triton
+from stdit_engine.kernels.attention import cross_attention_sdpa, temporal_attention_sdpa
+from stdit_engine.kernels.ln_modulate import ln_modulate_ref
+
+DTYPE = torch.bfloat16
+HIDDEN, HEADS = 1152, 16
+# (name, samples, frames, spatial positions): the guidance batch of 16x256x256 (2 prompts) and of
+# 64x512x512 (1 prompt).
+SHAPES = [("16x256x256 batch 4", 4, 16, 256), ("64x512x512 batch 2", 2, 64, 1024)]
+
+
+def tokens(b: int, t: int, s: int, width: int) -> torch.Tensor:
+    return torch.randn(b, t, s, width, device="cuda", dtype=DTYPE)
+
+
+def temporal_case(b, t, s):
+    qkv = tokens(b, t, s, 3 * HIDDEN).view(b, t, s, 3, HEADS, HIDDEN // HEADS).permute(3, 0, 2, 4, 1, 5)
+    return (lambda: temporal_attention_triton.temporal_attention_triton(*qkv)), (lambda: temporal_attention_sdpa(*qkv))
+
+
+def cross_case(b, t, s, caption_tokens=120, used=24):
+    q = tokens(b, t, s, HIDDEN).view(b, t * s, HEADS, HIDDEN // HEADS).transpose(1, 2)
+    k, v = torch.randn(b, caption_tokens, 2, HEADS, HIDDEN // HEADS, device="cuda", dtype=DTYPE).permute(2, 0, 3, 1, 4)
+    lengths = torch.full((b,), used, device="cuda")
+    return (lambda: cross_attention_triton.cross_attention_triton(q, k, v, lengths)), \
+        (lambda: cross_attention_sdpa(q, k, v, lengths))
+
+
+def ln_case(b, t, s):
+    x = tokens(b, t, s, HIDDEN).view(b, t * s, HIDDEN)
+    shift, scale = torch.randn(2, b, HIDDEN, device="cuda", dtype=DTYPE)
+    return (lambda: ln_modulate_triton.ln_modulate_triton(x, shift, scale, 1e-6)), \
+        (lambda: ln_modulate_ref(x, shift, scale, 1e-6))
+
+
+# kernel: (module, {constant: values}, case)
+SWEEPS = {
+    "temporal": (temporal_attention_triton, {"NUM_WARPS": [1, 2, 4, 8]}, temporal_case),
+    "cross": (cross_attention_triton, {"BLOCK_N": [64, 128], "BLOCK_L": [16, 32, 64], "NUM_WARPS": [4, 8]}, cross_case),
+    "ln": (ln_modulate_triton, {"LN_BLOCK_ROWS": [1, 2, 4], "LN_WARPS": [1, 2, 4, 8]}, ln_case),
+}
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.float().reshape(ref.shape), ref.float()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def sweep(name: str) -> None:
+    module, space, make_case = SWEEPS[name]
+    defaults = {k: getattr(module, k) for k in space}
+    try:
+        for label, *shape in SHAPES:
+            run, reference = make_case(*shape)
+            with torch.inference_mode():
+                expected = reference()
+                print(f"{name}, {label}: reference {median(graphed_time_ms(reference, calls=20)) * 1e3:.1f} us")
+                for values in itertools.product(*space.values()):
+                    config = dict(zip(space, values))
+                    for key, value in config.items():
+                        setattr(module, key, value)
+                    error = relative_error(run(), expected)
+                    us = median(graphed_time_ms(run, calls=20)) * 1e3
+                    mark = "  (default)" if config == defaults else ""
+                    print(f"  {config}: {us:8.1f} us, relative error {error:.1e}{mark}", flush=True)
+    finally:
+        for key, value in defaults.items():
+            setattr(module, key, value)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=list(SWEEPS), action="append")
+    for kernel in parser.parse_args().only or list(SWEEPS):
+        sweep(kernel)
