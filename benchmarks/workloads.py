@@ -7,6 +7,7 @@ import torch
 
 from stdit_engine.configs import get_preset
 from stdit_engine.models.stdit import STDiT
+from stdit_engine.parallel.plan import token_grid
 
 # SPEC section 6: the reference on one H100 80GB, PyTorch 2.11, fp16, SDPA attention.
 REFERENCE_FORWARD_MS = {("16x256x256", 4): 103.0, ("64x512x512", 2): 765.0}
@@ -21,9 +22,10 @@ def peak_tflops(device_name: str) -> float | None:
 
 def stdit_forward_flops(preset_name: str, batch: int) -> float:
     """FLOPs of one STDiT forward (multiply-add = 2): the linears and the three attentions."""
-    cfg = get_preset(preset_name).stdit
-    frames, rows, cols = (s // p for s, p in zip(cfg.input_size, cfg.patch_size))
-    positions, c, caption = rows * cols, cfg.hidden_size, cfg.model_max_length
+    preset = get_preset(preset_name)
+    cfg = preset.stdit
+    frames, positions = token_grid(preset)
+    c, caption = cfg.hidden_size, cfg.model_max_length
     mlp = int(c * cfg.mlp_ratio)
     # qkv+proj twice (spatial, temporal), cross q+proj, fc1+fc2: multiply-adds per token.
     linear_macs = 2 * (3 * c * c + c * c) + 2 * c * c + 2 * c * mlp

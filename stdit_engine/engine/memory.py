@@ -20,6 +20,7 @@ from torch import nn
 
 from ..configs import VAEConfig
 from ..kernels.registry import backend_name
+from ..parallel.plan import token_grid
 from .live_memory import LiveTensorPeak
 
 GIB = 1024**3
@@ -170,8 +171,8 @@ def stdit_activation_bytes(preset, batch: int, dtype: torch.dtype, device: torch
     """Denoise activations of `batch` samples (a guidance batch of twice as many)."""
     cfg = preset.stdit
     rows = 2 * batch
-    frames, height, width = (s // p for s, p in zip(cfg.input_size, cfg.patch_size))
-    tokens = rows * frames * height * width
+    frames, positions = token_grid(preset)
+    tokens = rows * frames * positions
     gelu_in_fc1 = _is_cuda(device) and backend_name(backend, device) == "triton"
     at_gelu = STDIT_TOKEN_TENSORS + (1 if gelu_in_fc1 else 2) * cfg.mlp_ratio
     at_fc2 = STDIT_TOKEN_TENSORS + cfg.mlp_ratio + 1
