@@ -50,7 +50,7 @@ def ln_case(b, t, s):
 
 # kernel: (module, {constant: values}, case)
 SWEEPS = {
-    "temporal": (temporal_attention_triton, {"NUM_WARPS": [1, 2, 4, 8]}, temporal_case),
+    "temporal": (temporal_attention_triton, {"WARPS_BY_TILE": [dict.fromkeys((16, 32, 64), w) for w in (1, 2, 4, 8)]}, temporal_case),
     "cross": (cross_attention_triton, {"BLOCK_N": [64, 128], "BLOCK_L": [16, 32, 64], "NUM_WARPS": [4, 8]}, cross_case),
     "ln": (ln_modulate_triton, {"LN_BLOCK_ROWS": [1, 2, 4], "LN_WARPS": [1, 2, 4, 8]}, ln_case),
 }

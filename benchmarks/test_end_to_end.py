@@ -9,30 +9,32 @@ import torch
 from stdit_engine import Engine
 from stdit_engine.bench import run_end_to_end
 
-RUNS = [  # (preset, placement, CUDA graphs)
-    ("16x256x256", "resident", True),
-    ("16x256x256", "offload", True),
-    ("16x256x256", "sequential", True),
-    ("16x512x512", "sequential", True),
-    ("64x512x512", "sequential", True),
+FP16, BF16 = torch.float16, torch.bfloat16
+RUNS = [  # (preset, placement, CUDA graphs, STDiT/VAE dtype): fp16 is the reference script's
+    ("16x256x256", "resident", True, FP16),
+    ("16x256x256", "resident", True, BF16),
+    ("16x256x256", "offload", True, FP16),
+    ("16x256x256", "sequential", True, FP16),
+    ("16x512x512", "sequential", True, FP16),
+    ("64x512x512", "sequential", True, FP16),
 ]
 _engines: dict = {}
 
 
-def engine_for(preset: str, placement: str) -> Engine:
-    if (preset, placement) not in _engines:
+def engine_for(preset: str, placement: str, dtype: torch.dtype) -> Engine:
+    if (preset, placement, dtype) not in _engines:
         _engines.clear()  # one engine at a time: the previous one's memory must not count
         gc.collect()
         torch.cuda.empty_cache()
-        _engines[preset, placement] = Engine.from_random_weights(preset, device="cuda", dtype=torch.float16,
-                                                                placement=placement)
-    return _engines[preset, placement]
+        _engines[preset, placement, dtype] = Engine.from_random_weights(preset, device="cuda", dtype=dtype,
+                                                                       placement=placement)
+    return _engines[preset, placement, dtype]
 
 
-@pytest.mark.parametrize("preset, placement, cuda_graphs", RUNS,
-                         ids=[f"{p}-{m}-{'graphs' if g else 'no-graphs'}" for p, m, g in RUNS])
-def test_end_to_end(benchmark, preset, placement, cuda_graphs):
-    engine = engine_for(preset, placement)
+@pytest.mark.parametrize("preset, placement, cuda_graphs, dtype", RUNS,
+                         ids=[f"{p}-{m}-{'graphs' if g else 'no-graphs'}-{str(d)[6:]}" for p, m, g, d in RUNS])
+def test_end_to_end(benchmark, preset, placement, cuda_graphs, dtype):
+    engine = engine_for(preset, placement, dtype)
     engine.denoiser.use_cuda_graphs = cuda_graphs
     engine.denoiser.clear()
     record = benchmark.pedantic(lambda: run_end_to_end(engine), rounds=1, iterations=1)

@@ -6,8 +6,10 @@ on small shapes only; with one they run on CUDA, and `pytest -m gpu` adds STDiT'
 import pytest
 import torch
 
-from stdit_engine.kernels.attention import cross_attention_ref, temporal_attention_ref
+from stdit_engine.kernels import self_attention_triton as spatial
+from stdit_engine.kernels.attention import cross_attention_ref, self_attention_ref, temporal_attention_ref
 from stdit_engine.kernels.cross_attention_triton import BLOCK_L, cross_attention_triton
+from stdit_engine.kernels.flash_attention_triton import head_split
 from stdit_engine.kernels.gated_residual import gated_residual_ref
 from stdit_engine.kernels.gated_residual_triton import (
     gated_residual_ln_modulate_ref,
@@ -54,6 +56,18 @@ CROSS_ATTENTION_SHAPES = [
     pytest.param((4, 16 * 256, 120, 1152, 16), marks=gpu),
     pytest.param((2, 64 * 1024, 120, 1152, 16), marks=gpu),
     pytest.param((3, 1000, 77, 1152, 16), marks=gpu),
+]
+# (frames x samples, heads, spatial positions, head_dim): one key tile and several, a partial last
+# tile, head_dim 72 (a 64 + 16 split) and others that split differently (8, 64, 100).
+SPATIAL_SHAPES = [
+    (2, 2, 15, 72),
+    (1, 2, 2 * spatial.BLOCK_L + 3, 72),
+    (3, 1, 20, 8),
+    (1, 2, 33, 64),
+    (1, 1, 17, 100),
+    pytest.param((64, 16, 256, 72), marks=gpu),  # 16x256x256, 2 prompts x guidance
+    pytest.param((128, 16, 1024, 72), marks=gpu),  # 64x512x512, 1 prompt x guidance
+    pytest.param((5, 16, 999, 72), marks=gpu),
 ]
 
 
@@ -162,6 +176,27 @@ def test_cross_attention(shape, dtype):
     assert out.is_contiguous()  # [B, N, H, D]: the output projection reads it without a copy
 
 
+def spatial_qkv_views(frames, heads, positions, d, dtype):
+    """q, k, v [B, H, S, D] as SelfAttention makes them: permuted views of the qkv projection."""
+    qkv = torch.randn(frames, positions, 3 * heads * d, device=DEVICE).to(dtype)
+    return qkv.view(frames, positions, 3, heads, d).permute(2, 0, 3, 1, 4)
+
+
+@pytest.mark.parametrize("shape", SPATIAL_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_self_attention(shape, dtype):
+    inputs = tuple(spatial_qkv_views(*shape, dtype))
+    out = spatial.self_attention_triton(*inputs)
+    assert_close_to_reference(out, self_attention_ref, inputs)
+    assert out.transpose(1, 2).is_contiguous()  # token order: the output projection reads it without a copy
+
+
+@pytest.mark.parametrize("d, split", [(8, (16, 0)), (16, (16, 0)), (64, (64, 0)), (72, (64, 16)), (80, (64, 16)),
+                                      (100, (128, 0)), (128, (128, 0))])
+def test_head_split_covers_the_head_with_little_padding(d, split):
+    assert head_split(d) == split
+
+
 def test_cross_attention_ignores_caption_padding():
     q, k, v, lengths = caption_views(2, 5, 6, 144, 2, torch.float32)
     padded_k, padded_v = k.clone(), v.clone()
@@ -191,8 +226,10 @@ def test_row_ops_reject_mismatched_modulation():
                                                      rows(2, 5, 144, torch.float32), *modulation(2, 144, torch.float32)[1:3], EPS)),
         (temporal_attention_triton, lambda: tuple(frame_qkv_views(2, 3, 5, 144, 2, torch.float32))),
         (cross_attention_triton, lambda: caption_views(2, 5, 7, 144, 2, torch.float32)),
+        (spatial.self_attention_tokens, lambda: tuple(spatial_qkv_views(2, 2, 9, 72, torch.float32))),
     ],
-    ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "temporal_attention", "cross_attention"],
+    ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "temporal_attention", "cross_attention",
+         "self_attention"],
 )
 def test_custom_op_registration(op, make_args):
     """Schema, fake (meta) implementation and tracing agree with the kernel: what torch.compile,
