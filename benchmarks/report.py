@@ -29,6 +29,10 @@ def rows(records: list[dict]) -> list[list[str]]:
             table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
                           f"{info['kernel_us']:.1f} us", rate, "-", "-"])
             continue
+        if "decode_ms" in info:
+            table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
+                          f"{info['decode_ms']:.1f} ms", f"{info['frames_per_s']:.0f} frames/s", "-", "-"])
+            continue
         if "export_s" in info:
             table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
                           f"export {info['export_s']:.0f} s", f"{info['size_gib']:.2f} GiB in {info['files']} file(s)",

@@ -10,7 +10,7 @@ from workloads import build_stdit, stdit_inputs
 # First match wins; names of cuBLAS / cuDNN / PyTorch / our Triton kernels on Hopper.
 KINDS = [
     ("temporal attention (Triton)", r"_temporal_attention_kernel"),
-    ("cross-attention (Triton)", r"_cross_attention_kernel"),
+    ("flash attention (Triton: cross-attention, spatial where chosen)", r"_flash_attention_kernel"),
     ("LN-modulate and gated residual (Triton)", r"_ln_modulate_kernel|_gated_residual_kernel"),
     ("attention (cuDNN / SDPA)", r"cudnn|fmha|flash|attention|sdpa"),
     ("matmul (cuBLAS)", r"gemm|nvjet|xmma|cutlass|sm90_|sm100_"),

@@ -9,7 +9,7 @@ import torch
 from stdit_engine.kernels import self_attention_triton as spatial
 from stdit_engine.kernels.attention import cross_attention_ref, self_attention_ref, temporal_attention_ref
 from stdit_engine.kernels.cross_attention_triton import BLOCK_L, cross_attention_triton
-from stdit_engine.kernels.flash_attention_triton import head_split
+from stdit_engine.kernels.flash_attention_triton import flash_attention, head_split
 from stdit_engine.kernels.gated_residual import gated_residual_ref
 from stdit_engine.kernels.gated_residual_triton import (
     gated_residual_ln_modulate_ref,
@@ -195,6 +195,20 @@ def test_self_attention(shape, dtype):
                                       (100, (128, 0)), (128, (128, 0))])
 def test_head_split_covers_the_head_with_little_padding(d, split):
     assert head_split(d) == split
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flash_attention_with_padded_head(dtype):
+    """The head dimension padded to a power of two instead of split: key tiles of 64 allowed."""
+    inputs = tuple(spatial_qkv_views(1, 2, 70, 72, dtype))
+    out = flash_attention(*inputs, None, block_n=32, block_l=64, num_warps=4, split_head=False).transpose(1, 2)
+    assert_close_to_reference(out, self_attention_ref, inputs)
+
+
+def test_flash_attention_refuses_unsafe_key_tiles():
+    q, k, v = spatial_qkv_views(1, 2, 9, 72, torch.float32)
+    with pytest.raises(ValueError, match="at most 32"):
+        flash_attention(q, k, v, None, block_n=16, block_l=64, num_warps=4)
 
 
 def test_cross_attention_ignores_caption_padding():

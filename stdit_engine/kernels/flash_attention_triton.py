@@ -24,6 +24,9 @@ import triton.language as tl
 
 LOG2_E = 1.4426950408889634
 TAIL = 16  # the least tile tl.dot takes
+# With the tail tile, key tiles of 64 made an illegal memory access on an H200 (triton 3.6,
+# 2026-11-29, not yet understood; 16 and 32 ran and matched): the launcher refuses them.
+MAX_BLOCK_L_WITH_TAIL = 32
 
 
 def head_split(d: int) -> tuple[int, int]:
@@ -105,8 +108,10 @@ def _flash_attention_kernel(
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor | None, *,
-                    block_n: int, block_l: int, num_warps: int, num_stages: int | None = None) -> torch.Tensor:
-    """q [B, H, N, D] over k, v [B, H, L, D] (the first kv_lengths[b] keys, if given); a contiguous [B, N, H, D]."""
+                    block_n: int, block_l: int, num_warps: int, num_stages: int | None = None,
+                    split_head: bool = True) -> torch.Tensor:
+    """q [B, H, N, D] over k, v [B, H, L, D] (the first kv_lengths[b] keys, if given); a contiguous [B, N, H, D].
+    `split_head=False` pads the head dimension to a power of two instead of splitting it."""
     if not (q.dim() == k.dim() == v.dim() == 4 and k.shape == v.shape and q.shape[:2] == k.shape[:2]
             and q.shape[3] == k.shape[3]):
         raise ValueError(f"expected q [B, H, N, D] and k, v [B, H, L, D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -114,9 +119,12 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_length
     if kv_lengths is not None and kv_lengths.shape != q.shape[:1]:
         raise ValueError(f"expected kv_lengths [B] = [{q.shape[0]}], got {tuple(kv_lengths.shape)}")
     b, h, n, d = q.shape
+    block_d, block_tail = head_split(d) if split_head else (max(TAIL, triton.next_power_of_2(d)), 0)
+    if block_tail and block_l > MAX_BLOCK_L_WITH_TAIL:
+        raise ValueError(f"key tiles of {block_l} with head_dim {d} (a {block_d} + {block_tail} split) are not safe: "
+                         f"use at most {MAX_BLOCK_L_WITH_TAIL}")
     out = torch.empty((b, n, h, d), dtype=q.dtype, device=q.device)
     if out.numel():
-        block_d, block_tail = head_split(d)
         extra = {} if num_stages is None else {"num_stages": num_stages}
         _flash_attention_kernel[(triton.cdiv(n, block_n), b * h)](
             q, k, v, q if kv_lengths is None else kv_lengths, out, n, k.shape[2], h, d, d**-0.5 * LOG2_E,
