@@ -22,10 +22,6 @@ logger = logging.getLogger(__name__)
 
 
 class VideoVAE(WrappedModel):
-    # On GPUs the decoder runs channels-last (weights and activations NHWC), where cuDNN's
-    # convolutions are fastest; benchmarks/test_vae_decode.py times the alternative.
-    CUDA_MEMORY_FORMAT = torch.channels_last
-
     @classmethod
     def from_pretrained(cls, path_or_id: str, *, device, dtype: torch.dtype = torch.float32) -> VideoVAE:
         """Load a diffusers-format folder (config.json + diffusion_pytorch_model.safetensors or .bin)
@@ -87,9 +83,6 @@ class VideoVAE(WrappedModel):
         n, _, frames = z.shape[:3]
         with torch.inference_mode():
             images = z.to(self.device, self.dtype).transpose(1, 2).flatten(0, 1) / VAE_SCALE_FACTOR
-            if images.is_cuda:  # the weights' layout too (a no-op once converted; moves keep it)
-                self.model.to(memory_format=self.CUDA_MEMORY_FORMAT)
-                images = images.contiguous(memory_format=self.CUDA_MEMORY_FORMAT)
             step = chunk_frames or len(images)
             video, start = None, 0
             while start < len(images):

@@ -1,0 +1,49 @@
+"""Where a sampling step's time goes beyond the STDiT forward: one resident `generate()` of 20 steps
+under the profiler; prints the denoise stage's wall time per step, the GPU kernel time per step
+(all kernels of the call, by kind, divided by the steps), and the costliest kernels by name.
+
+    python benchmarks/profile_sampling.py [--preset 16x256x256] [--dtype bf16|fp16] [--steps 20]
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter, defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from stdit_engine import Engine
+from stdit_engine.bench import PROMPTS
+from test_forward_breakdown import kind_of
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="16x256x256")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    engine = Engine.from_random_weights(args.preset, device="cuda", dtype=DTYPES[args.dtype], placement="resident")
+    engine.generate(PROMPTS, seed=42, num_steps=2, progress=False)  # capture the graph, pick the kernels
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.generate(PROMPTS, seed=42, num_steps=args.steps, progress=False)
+    stages = {s.name: s.seconds for s in engine.last_stats}
+    by_kind, by_name, calls = defaultdict(float), defaultdict(float), Counter()
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            by_kind[kind_of(event.name)] += event.device_time / 1e3
+            by_name[event.name] += event.device_time / 1e3
+            calls[event.name] += 1
+    print(f"{args.preset} {args.dtype}, {args.steps} steps: stages {stages}")
+    print(f"denoise wall per step {stages['denoise'] / args.steps * 1e3:.2f} ms; GPU kernel time of the whole call "
+          f"per step {sum(by_kind.values()) / args.steps:.2f} ms (encode and decode included)")
+    for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"  {kind}: {ms / args.steps:.3f} ms per step")
+    for name, ms in sorted(by_name.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"  {ms:9.2f} ms  {calls[name]:6d} calls  {name[:110]}")
+
+
+if __name__ == "__main__":
+    main()
