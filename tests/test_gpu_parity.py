@@ -1,5 +1,6 @@
 """Full-size parity on the GPU: each backend in half precision against the fp32 eager reference."""
 import copy
+import functools
 
 import pytest
 import torch
@@ -13,27 +14,46 @@ from stdit_engine.schedulers.iddpm import IDDPM
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(scope="module")
-def reference_model():
+# (preset, batch): the guidance batch of the preset's reference workload (2 prompts, or 1 at 64 frames).
+PRESET_BATCHES = {"16x256x256": 4, "16x512x512": 4, "64x512x512": 2}
+# Every backend at the smallest preset; the fast path (triton) at all three.
+CASES = [("16x256x256", backend) for backend in ("eager", "sdpa")] + [(p, "triton") for p in PRESET_BATCHES]
+
+
+@functools.lru_cache(maxsize=1)  # one fp32 reference model at a time: the presets take turns
+def fp32_model(preset: str) -> STDiT:
     with torch.device("cuda"):
         torch.manual_seed(0)
-        return STDiT(**PRESETS["16x256x256"].stdit.to_kwargs(), backend="eager").eval()
+        return STDiT(**PRESETS[preset].stdit.to_kwargs(), backend="eager").eval()
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("backend", ["eager", "sdpa", "triton"])
-def test_half_precision_backend_matches_fp32_eager(reference_model, backend, dtype):
+@pytest.fixture(scope="module")
+def reference_model():
+    return fp32_model("16x256x256")
+
+
+def forward_inputs(preset: str, batch: int):
+    """Latents, timesteps, captions and a mask of two caption lengths for the guidance batch."""
+    model = fp32_model(preset)
     g = torch.Generator("cuda").manual_seed(1)
-    x = torch.randn(4, 4, 16, 32, 32, device="cuda", generator=g)
-    y = torch.randn(4, 1, 120, 4096, device="cuda", generator=g)
-    t = torch.tensor([999.0, 500.0, 999.0, 500.0], device="cuda")
+    x = torch.randn(batch, model.in_channels, *model.input_size, device="cuda", generator=g)
+    y = torch.randn(batch, 1, 120, 4096, device="cuda", generator=g)
+    t = torch.tensor([999.0, 500.0] * (batch // 2), device="cuda")
     mask = torch.zeros(2, 120, dtype=torch.long, device="cuda")
     mask[0, :7], mask[1, :60] = 1, 1
+    return x, t, y, mask  # the mask's 2 rows repeat over the batch
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("preset, backend", CASES, ids=[f"{p}-{b}" for p, b in CASES])
+def test_half_precision_backend_matches_fp32_eager(preset, backend, dtype):
+    inputs = forward_inputs(preset, PRESET_BATCHES[preset])
     with torch.inference_mode():
-        expected = reference_model(x, t, y, mask)
-        half_model = copy.deepcopy(reference_model).to(dtype)
-        eager_half = half_model(x, t, y, mask)
-        fast = half_model.set_backend(backend)(x, t, y, mask)
+        expected = fp32_model(preset)(*inputs)
+        half_model = copy.deepcopy(fp32_model(preset)).to(dtype)
+        eager_half = half_model(*inputs)
+        fast = half_model.set_backend(backend)(*inputs)
+    del half_model
     assert torch.isfinite(fast).all()
     # Judged as the kernels are (DESIGN principle 2): against the fp32 reference, within twice the
     # error of the eager reference run in the same precision; and close to that eager run itself.
