@@ -16,9 +16,10 @@ import triton
 import triton.language as tl
 
 MAX_LEN = 64  # the whole T x T score tile lives in registers: longer sequences want a flash kernel
-# Warps per program by the padded frame count: few frames leave 4 warps idle, 64 keep 8 busy
-# (H200, benchmarks/launch_sweep.py: 66 vs 75 us at T=16, 737 vs 798 us at T=64; 32 not timed).
-WARPS_BY_TILE = {16: 2, 32: 4, 64: 8}
+# Warps per program by the padded frame count: 16 frames keep one warp busy, 64 keep eight
+# (H200, benchmarks/launch_sweep.py, 1 / 2 / 4 / 8 warps: 62 / 66 / 75 / 122 us at T=16 and
+# 4021 / 970 / 798 / 737 us at T=64; T=32 not timed).
+WARPS_BY_TILE = {16: 1, 32: 4, 64: 8}
 
 
 @triton.jit
