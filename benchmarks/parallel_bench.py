@@ -10,21 +10,28 @@ the median step time (CUDA events around each step of a timed generate(), after 
 call), the end-to-end seconds of that call (encode, denoise, and decode with --decode), and per
 rank the peak allocated / reserved GiB of both calls and the GiB held by the weights before them.
 Every mode runs its steps from CUDA graphs (collectives included), as the engine does by default.
+With --profile the timed call runs under the profiler and each record also carries every rank's
+GPU kernel time per step by kind (NCCL apart), to tell compute from exchange and waiting; the
+profiler slows the steps, so their times are then not the figures to quote.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import statistics
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's package, installed or not
+from test_forward_breakdown import kind_of  # noqa: E402  (benchmarks/ is on the path: this file's folder)
 
 from stdit_engine import Engine  # noqa: E402
 from stdit_engine.engine.memory import GIB  # noqa: E402
@@ -63,6 +70,16 @@ class StepTimer:
         return [a.elapsed_time(b) for a, b in zip(self.events, self.events[1:])]
 
 
+def kernel_time_by_kind(prof, steps: int) -> dict[str, float]:
+    """GPU kernel ms per step of the profiled call by kind (encode and decode included), NCCL apart."""
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kind = "NCCL" if "nccl" in event.name.lower() else kind_of(event.name)
+            totals[kind] += event.device_time / 1e3 / steps
+    return {kind: round(ms, 2) for kind, ms in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+
 def measure(mode: str, args: argparse.Namespace) -> dict:
     parallel, cuda = dist.is_initialized(), args.device == "cuda"
     engine = Engine.from_random_weights(args.preset, parallel=mode, device=args.device, dtype=DTYPES[args.dtype],
@@ -80,13 +97,16 @@ def measure(mode: str, args: argparse.Namespace) -> dict:
         dist.barrier()
     timer = StepTimer(cuda)
     start = time.perf_counter()
-    result = engine.generate([PROMPT], seed=42, num_steps=args.steps, output=output, progress=timer)
-    sync()
+    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU  # CPU: the dry run has no kernels
+    with profile(activities=[activity]) if args.profile else contextlib.nullcontext() as prof:
+        result = engine.generate([PROMPT], seed=42, num_steps=args.steps, output=output, progress=timer)
+        sync()
     end_to_end = time.perf_counter() - start
     stages += engine.last_stats
     mine = dict(peak_allocated_gib=max(s.peak_allocated for s in stages) / GIB if cuda else 0.0,
                 peak_reserved_gib=max(s.peak_reserved for s in stages) / GIB if cuda else 0.0,
-                weights_gib=weights / GIB, step_ms=timer.step_ms())
+                weights_gib=weights / GIB, step_ms=timer.step_ms(),
+                kernel_ms_per_step=kernel_time_by_kind(prof, args.steps) if args.profile else None)
     ranks = [mine]
     if parallel:
         ranks = [None] * dist.get_world_size()
@@ -103,6 +123,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict:
         peak_reserved_gib=[round(r["peak_reserved_gib"], 2) for r in ranks],
         weights_gib=[round(r["weights_gib"], 2) for r in ranks],
         device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__, latent_file=None,
+        kernel_ms_per_step=[r["kernel_ms_per_step"] for r in ranks],
     )
     if args.latents and output == "latent" and (not parallel or dist.get_rank() == 0):
         # Every rank holds the same latent; the summary compares it with the one-GPU run's.
@@ -147,6 +168,7 @@ def main() -> None:
     parser.add_argument("--decode", action="store_true", help="include the VAE decode (output videos)")
     parser.add_argument("--dtype", default="fp16", choices=list(DTYPES))
     parser.add_argument("--t5-dtype", default="bf16", choices=list(DTYPES))
+    parser.add_argument("--profile", action="store_true", help="GPU kernel time per step by kind, per rank")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: a dry run of this script")
     parser.add_argument("--latents", type=Path, help="save each run's final latent here (without --decode), "
                         "so that --summary can compare the parallel runs with the one-GPU run")
