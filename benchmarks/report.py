@@ -29,6 +29,11 @@ def rows(records: list[dict]) -> list[list[str]]:
             table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
                           f"{info['kernel_us']:.1f} us", rate, "-", "-"])
             continue
+        if "forward_ms" in info:  # a forward variant with its compile time
+            compiled = f"compile {info['compile_s']:.0f} s" if info.get("compile_s") else "no compile"
+            table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
+                          f"{info['forward_ms']:.1f} ms graphed", compiled, "-", "-"])
+            continue
         if "decode_ms" in info:
             table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
                           f"{info['decode_ms']:.1f} ms", f"{info['frames_per_s']:.0f} frames/s", "-", "-"])
