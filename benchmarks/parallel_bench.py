@@ -23,7 +23,6 @@ import json
 import statistics
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's package, installed or not
-from test_forward_breakdown import kind_of  # noqa: E402  (benchmarks/ is on the path: this file's folder)
+from workloads import kernel_time_ms  # noqa: E402  (benchmarks/ is on the path: this file's folder)
 
 from stdit_engine import Engine  # noqa: E402
 from stdit_engine.engine.memory import GIB  # noqa: E402
@@ -70,16 +69,6 @@ class StepTimer:
         return [a.elapsed_time(b) for a, b in zip(self.events, self.events[1:])]
 
 
-def kernel_time_by_kind(prof, steps: int) -> dict[str, float]:
-    """GPU kernel ms per step of the profiled call by kind (encode and decode included), NCCL apart."""
-    totals: dict[str, float] = defaultdict(float)
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            kind = "NCCL" if "nccl" in event.name.lower() else kind_of(event.name)
-            totals[kind] += event.device_time / 1e3 / steps
-    return {kind: round(ms, 2) for kind, ms in sorted(totals.items(), key=lambda kv: -kv[1])}
-
-
 def measure(mode: str, args: argparse.Namespace) -> dict:
     parallel, cuda = dist.is_initialized(), args.device == "cuda"
     engine = Engine.from_random_weights(args.preset, parallel=mode, device=args.device, dtype=DTYPES[args.dtype],
@@ -106,7 +95,9 @@ def measure(mode: str, args: argparse.Namespace) -> dict:
     mine = dict(peak_allocated_gib=max(s.peak_allocated for s in stages) / GIB if cuda else 0.0,
                 peak_reserved_gib=max(s.peak_reserved for s in stages) / GIB if cuda else 0.0,
                 weights_gib=weights / GIB, step_ms=timer.step_ms(),
-                kernel_ms_per_step=kernel_time_by_kind(prof, args.steps) if args.profile else None)
+                # GPU kernel ms per step by kind (encode and decode included), NCCL apart
+                kernel_ms_per_step={kind: round(ms, 2) for kind, ms in kernel_time_ms(prof, per=args.steps)[0].items()}
+                if args.profile else None)
     ranks = [mine]
     if parallel:
         ranks = [None] * dist.get_world_size()

@@ -7,14 +7,13 @@ under the profiler; prints the denoise stage's wall time per step, the GPU kerne
 from __future__ import annotations
 
 import argparse
-from collections import Counter, defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from workloads import kernel_time_ms
 
 from stdit_engine import Engine
 from stdit_engine.bench import PROMPTS
-from test_forward_breakdown import kind_of
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -30,19 +29,14 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         engine.generate(PROMPTS, seed=42, num_steps=args.steps, progress=False)
     stages = {s.name: s.seconds for s in engine.last_stats}
-    by_kind, by_name, calls = defaultdict(float), defaultdict(float), Counter()
-    for event in prof.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            by_kind[kind_of(event.name)] += event.device_time / 1e3
-            by_name[event.name] += event.device_time / 1e3
-            calls[event.name] += 1
+    by_kind, by_kernel = kernel_time_ms(prof, per=args.steps)
     print(f"{args.preset} {args.dtype}, {args.steps} steps: stages {stages}")
     print(f"denoise wall per step {stages['denoise'] / args.steps * 1e3:.2f} ms; GPU kernel time of the whole call "
-          f"per step {sum(by_kind.values()) / args.steps:.2f} ms (encode and decode included)")
-    for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
-        print(f"  {kind}: {ms / args.steps:.3f} ms per step")
-    for name, ms in sorted(by_name.items(), key=lambda kv: -kv[1])[:15]:
-        print(f"  {ms:9.2f} ms  {calls[name]:6d} calls  {name[:110]}")
+          f"per step {sum(by_kind.values()):.2f} ms (encode and decode included)")
+    for kind, ms in by_kind.items():
+        print(f"  {kind}: {ms:.3f} ms per step")
+    for name, (ms, calls) in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:15]:
+        print(f"  {ms * args.steps:9.2f} ms  {calls:6d} calls  {name[:110]}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """What the benchmark suites run, and the arithmetic to judge them by (SPEC section 6)."""
 from __future__ import annotations
 
+import re
 import statistics
 
 import torch
@@ -14,6 +15,37 @@ REFERENCE_FORWARD_MS = {("16x256x256", 4): 103.0, ("64x512x512", 2): 765.0}
 REFERENCE_COMPILED_MS = {("16x256x256", 4): 61.7, ("64x512x512", 2): 460.0}
 # Dense fp16/bf16 tensor-core peak of the card's datasheet, for model FLOP utilisation.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
+
+
+# First match wins; names of NCCL / cuBLAS / cuDNN / PyTorch / our Triton kernels on Hopper.
+KERNEL_KINDS = [
+    ("NCCL (exchange between ranks)", r"nccl"),  # ncclDevKernel_*, ncclKernel_*
+    ("temporal attention (Triton)", r"_temporal_attention_kernel"),
+    ("flash attention (Triton: cross-attention, spatial where chosen)", r"_flash_attention_kernel"),
+    ("LN-modulate and gated residual (Triton)", r"_ln_modulate_kernel|_gated_residual_kernel"),
+    ("attention (cuDNN / SDPA)", r"cudnn|fmha|flash|attention|sdpa"),
+    ("matmul (cuBLAS)", r"gemm|nvjet|xmma|cutlass|sm90_|sm100_"),
+    ("GELU", r"[Gg]elu"),
+    ("copies (layout changes)", r"copy|transpose|cat"),
+]
+
+
+def kind_of(kernel_name: str) -> str:
+    return next((kind for kind, pattern in KERNEL_KINDS if re.search(pattern, kernel_name)), "other elementwise")
+
+
+def kernel_time_ms(prof, per: int = 1) -> tuple[dict[str, float], dict[str, tuple[float, int]]]:
+    """GPU kernel time of a torch.profiler run divided by `per` (forwards, steps): ms by kind, costliest
+    first, and (ms, calls) by kernel name."""
+    by_kind: dict[str, float] = {}
+    by_kernel: dict[str, tuple[float, int]] = {}
+    for event in prof.key_averages():
+        device_ms = event.self_device_time_total / 1e3 / per
+        if device_ms > 0:
+            kind = kind_of(event.key)
+            by_kind[kind] = by_kind.get(kind, 0.0) + device_ms
+            by_kernel[event.key] = (device_ms, event.count)
+    return dict(sorted(by_kind.items(), key=lambda kv: -kv[1])), by_kernel
 
 
 def peak_tflops(device_name: str) -> float | None:

@@ -4,9 +4,9 @@ Meaning: `cross_attention_ref` in attention.py, on q [B, H, N, D] and k, v [B, H
 views) over the first kv_lengths[b] caption tokens only -> out [B, N, H, D] in token order. The
 kernel is flash_attention_triton's, stopping at each sample's length on the device: a typical
 prompt (~20 of T5's 120 tokens) costs one tile and padding is never loaded. PyTorch's SDPA takes
-these lengths only as a dense mask over all 120 tokens. Alone, the two run at about the same speed
-(80 us at 16x256x256, H200); inside the forward, this one saves 2.1 ms of 49.4 (bf16, same
-process, 2026-11-28).
+these lengths only as a dense mask over all 120 tokens. Alone, at 16x256x256 batch 4 (bf16, H200,
+2026-11-29), this one takes 66.7 us against SDPA's 81.7 us; at 64x512x512 batch 2 the two are level
+(533 vs 527 us).
 """
 from __future__ import annotations
 
