@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from stdit_engine.kernels import self_attention_triton as spatial
+from stdit_engine.kernels.alignment import element_alignment
 from stdit_engine.kernels.attention import cross_attention_ref, self_attention_ref, temporal_attention_ref
 from stdit_engine.kernels.cross_attention_triton import BLOCK_L, cross_attention_triton
 from stdit_engine.kernels.flash_attention_triton import flash_attention, head_split
@@ -217,6 +218,28 @@ def test_cross_attention_ignores_caption_padding():
     padded_k[0, :, lengths[0]:], padded_v[0, :, lengths[0]:] = 1e4, float("nan")
     torch.testing.assert_close(cross_attention_triton(q, padded_k, padded_v, lengths),
                                cross_attention_triton(q, k, v, lengths))
+
+
+def test_element_alignment_vouches_only_for_what_every_view_guarantees():
+    qkv = torch.zeros(2, 16, 3 * 1152, dtype=torch.bfloat16)
+    q, k, v = qkv.view(2, 16, 3, 16, 72).permute(2, 0, 3, 1, 4)  # per-head offsets of 72 elements
+    assert element_alignment(q, k, v) == 8  # 16 bytes of bf16
+    assert element_alignment(q.float()) == 4  # 16 bytes of fp32
+    shifted = qkv.view(-1)[1:1 + 2 * 16 * 1152].view(2, 16, 16, 72)  # starts one element in
+    assert element_alignment(q, shifted) == 1
+    assert element_alignment(qkv.view(2, 16, 3, 1152)[..., 4:76]) == 4  # strides fine, start 4 elements in
+    assert element_alignment(q.transpose(-1, -2)) == 1  # the head dimension itself strided
+
+
+def test_attention_kernels_take_views_at_any_offset():
+    """Views that start off the 16-byte grid take the unvectorized path, which must still be right
+    (on a GPU a wrongly vouched alignment would fault or read wrong rows)."""
+    base = torch.randn(1 + 2 * 3 * 16 * 3 * 144, device=DEVICE).to(torch.bfloat16)
+    q, k, v = base[1:].view(2, 16, 3, 3 * 144).view(2, 16, 3, 3, 2, 72).permute(3, 0, 2, 4, 1, 5)
+    assert element_alignment(q, k, v) == 1
+    assert_close_to_reference(temporal_attention_triton(q, k, v), temporal_attention_ref, (q, k, v))
+    sq, sk, sv = (t.permute(0, 3, 2, 1, 4).flatten(0, 1) for t in (q, k, v))  # [B*T, H, S, D] views
+    assert_close_to_reference(spatial.self_attention_triton(sq, sk, sv), self_attention_ref, (sq, sk, sv))
 
 
 def test_temporal_attention_rejects_long_sequences():

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .alignment import element_alignment
+
 LOG2_E = 1.4426950408889634
 TAIL = 16  # the least tile tl.dot takes
 # With the tail tile, key tiles of 64 made an illegal memory access on an H200 (triton 3.6,
@@ -42,7 +44,7 @@ def head_split(d: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _load_rows(ptr, rows, row_ok, row_stride, dim, d_stride, D, UPCAST: tl.constexpr):
+def _load_rows(ptr, rows, row_ok, row_stride, dim, d_stride, D: tl.constexpr, UPCAST: tl.constexpr):
     """A [rows, dims] tile; rows past the end and dims >= D read as 0."""
     tile = tl.load(ptr + rows[:, None] * row_stride + dim[None, :] * d_stride,
                    mask=row_ok[:, None] & (dim < D)[None, :], other=0.0)
@@ -53,10 +55,10 @@ def _load_rows(ptr, rows, row_ok, row_stride, dim, d_stride, D, UPCAST: tl.const
 
 @triton.jit
 def _flash_attention_kernel(
-    q_ptr, k_ptr, v_ptr, lengths_ptr, o_ptr, N, L, H, D, qk_scale,
+    q_ptr, k_ptr, v_ptr, lengths_ptr, o_ptr, N, L, H, qk_scale,
     sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d, so_b, so_h, so_n, so_d,
-    HAS_LENGTHS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_TAIL: tl.constexpr, UPCAST: tl.constexpr,
+    D: tl.constexpr, ALIGN: tl.constexpr, HAS_LENGTHS: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_TAIL: tl.constexpr, UPCAST: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     sample_head = tl.program_id(1).to(tl.int64)
@@ -64,9 +66,11 @@ def _flash_attention_kernel(
     h = sample_head % H
     n_ok = n < N
     length = tl.load(lengths_ptr + b) if HAS_LENGTHS else L
-    q_ptr += b * sq_b + h * sq_h
-    k_ptr += b * sk_b + h * sk_h
-    v_ptr += b * sv_b + h * sv_h
+    # ALIGN (alignment.py) lets the rows be read 16 bytes at a time; D constexpr makes the masks
+    # of the head dimension provably constant over those 16 bytes.
+    q_ptr += tl.multiple_of(b * sq_b + h * sq_h, ALIGN)
+    k_ptr += tl.multiple_of(b * sk_b + h * sk_h, ALIGN)
+    v_ptr += tl.multiple_of(b * sv_b + h * sv_h, ALIGN)
     dim = tl.arange(0, BLOCK_D)
     q = _load_rows(q_ptr, n, n_ok, sq_n, dim, sq_d, D, UPCAST)
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -98,7 +102,7 @@ def _flash_attention_kernel(
             v_tail = _load_rows(v_ptr, j, j_ok, sv_l, tail, sv_d, D, UPCAST)
             acc_tail = acc_tail * rescale[:, None] + tl.dot(p.to(v_tail.dtype), v_tail, input_precision="ieee")
 
-    o_ptr += b * so_b + h * so_h
+    o_ptr += tl.multiple_of(b * so_b + h * so_h, ALIGN)
     out_mask = n_ok[:, None] & (dim < D)[None, :]
     tl.store(o_ptr + n[:, None] * so_n + dim[None, :] * so_d, (acc / row_sum[:, None]).to(o_ptr.dtype.element_ty),
              mask=out_mask)
@@ -127,9 +131,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_length
     if out.numel():
         extra = {} if num_stages is None else {"num_stages": num_stages}
         _flash_attention_kernel[(triton.cdiv(n, block_n), b * h)](
-            q, k, v, q if kv_lengths is None else kv_lengths, out, n, k.shape[2], h, d, d**-0.5 * LOG2_E,
+            q, k, v, q if kv_lengths is None else kv_lengths, out, n, k.shape[2], h, d**-0.5 * LOG2_E,
             *q.stride(), *k.stride(), *v.stride(), *out.transpose(1, 2).stride(),
-            HAS_LENGTHS=kv_lengths is not None, BLOCK_N=block_n, BLOCK_L=block_l, BLOCK_D=block_d,
+            D=d, ALIGN=element_alignment(q, k, v, out), HAS_LENGTHS=kv_lengths is not None, BLOCK_N=block_n, BLOCK_L=block_l, BLOCK_D=block_d,
             BLOCK_TAIL=block_tail,
             UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",  # CPU tensors: the interpreter
             num_warps=num_warps, **extra,

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .alignment import element_alignment
+
 MAX_LEN = 64  # the whole T x T score tile lives in registers: longer sequences want a flash kernel
 # Warps per program by the padded frame count: 16 frames keep one warp busy, 64 keep eight
 # (H200, benchmarks/launch_sweep.py, 1 / 2 / 4 / 8 warps: 62 / 66 / 75 / 122 us at T=16 and
@@ -24,10 +26,10 @@ WARPS_BY_TILE = {16: 1, 32: 4, 64: 8}
 
 @triton.jit
 def _temporal_attention_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, S, H, T, D, sm_scale,
+    q_ptr, k_ptr, v_ptr, o_ptr, S, H, T, sm_scale,
     sq_b, sq_s, sq_h, sq_t, sq_d, sk_b, sk_s, sk_h, sk_t, sk_d,
     sv_b, sv_s, sv_h, sv_t, sv_d, so_b, so_s, so_h, so_t, so_d,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+    D: tl.constexpr, ALIGN: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     b = pid // (S * H)
@@ -37,9 +39,14 @@ def _temporal_attention_kernel(
     dim = tl.arange(0, BLOCK_D)
     t_ok = t < T
     mask = t_ok[:, None] & (dim < D)[None, :]
-    q = tl.load(q_ptr + b * sq_b + s * sq_s + h * sq_h + t[:, None] * sq_t + dim[None, :] * sq_d, mask=mask, other=0.0)
-    k = tl.load(k_ptr + b * sk_b + s * sk_s + h * sk_h + t[:, None] * sk_t + dim[None, :] * sk_d, mask=mask, other=0.0)
-    v = tl.load(v_ptr + b * sv_b + s * sv_s + h * sv_h + t[:, None] * sv_t + dim[None, :] * sv_d, mask=mask, other=0.0)
+    # ALIGN (alignment.py) lets the rows be read 16 bytes at a time; D constexpr makes the mask
+    # provably constant over those 16 bytes.
+    q_ptr += tl.multiple_of(b * sq_b + s * sq_s + h * sq_h, ALIGN)
+    k_ptr += tl.multiple_of(b * sk_b + s * sk_s + h * sk_h, ALIGN)
+    v_ptr += tl.multiple_of(b * sv_b + s * sv_s + h * sv_h, ALIGN)
+    q = tl.load(q_ptr + t[:, None] * sq_t + dim[None, :] * sq_d, mask=mask, other=0.0)
+    k = tl.load(k_ptr + t[:, None] * sk_t + dim[None, :] * sk_d, mask=mask, other=0.0)
+    v = tl.load(v_ptr + t[:, None] * sv_t + dim[None, :] * sv_d, mask=mask, other=0.0)
     if UPCAST:  # Triton's interpreter computes a bf16 tl.dot on the raw bits (triton-lang/triton#11584)
         q, k, v = q.to(tl.float32), k.to(tl.float32), v.to(tl.float32)
 
@@ -48,8 +55,9 @@ def _temporal_attention_kernel(
     scores = tl.where(t_ok[None, :], scores, float("-inf"))  # padded keys get no weight
     p = tl.exp(scores - tl.max(scores, axis=1)[:, None])  # padded query rows stay finite: never stored
     o = tl.dot(p.to(v.dtype), v, input_precision="ieee") / tl.sum(p, axis=1)[:, None]
+    o_ptr += tl.multiple_of(b * so_b + s * so_s + h * so_h, ALIGN)
     tl.store(
-        o_ptr + b * so_b + s * so_s + h * so_h + t[:, None] * so_t + dim[None, :] * so_d,
+        o_ptr + t[:, None] * so_t + dim[None, :] * so_d,
         o.to(o_ptr.dtype.element_ty), mask=mask,
     )
 
@@ -67,9 +75,9 @@ def temporal_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
     block_t = max(16, triton.next_power_of_2(t))
     if out.numel():
         _temporal_attention_kernel[(b * s * h,)](
-            q, k, v, out, s, h, t, d, d**-0.5,
+            q, k, v, out, s, h, t, d**-0.5,
             *q.stride(), *k.stride(), *v.stride(), *out.permute(0, 2, 3, 1, 4).stride(),
-            BLOCK_T=block_t, BLOCK_D=max(16, triton.next_power_of_2(d)),
+            D=d, ALIGN=element_alignment(q, k, v, out), BLOCK_T=block_t, BLOCK_D=max(16, triton.next_power_of_2(d)),
             UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",  # CPU tensors: the interpreter
             num_warps=WARPS_BY_TILE[block_t],
         )
