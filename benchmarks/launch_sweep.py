@@ -3,7 +3,7 @@ and prints each configuration's time and its error against the backend's referen
 constants (the kernels' defaults) are the winners of the last sweep on an H200. Run it on a new card
 before trusting those defaults there:
 
-    python benchmarks/launch_sweep.py [--only temporal|cross|spatial|ln]
+    python benchmarks/launch_sweep.py [--only temporal|cross|spatial|ln|residual_ln]
 """
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import itertools
 import torch
 from workloads import graphed_time_ms, median
 
-from stdit_engine.kernels import cross_attention_triton, ln_modulate_triton, self_attention_triton, temporal_attention_triton
+from stdit_engine.kernels import (cross_attention_triton, gated_residual_triton, ln_modulate_triton, self_attention_triton,
+                                  temporal_attention_triton)
 from stdit_engine.kernels.attention import cross_attention_sdpa, self_attention_cudnn, temporal_attention_sdpa
+from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref
 from stdit_engine.kernels.ln_modulate import ln_modulate_ref
 
 DTYPE = torch.bfloat16
@@ -53,6 +55,14 @@ def ln_case(b, t, s):
         (lambda: ln_modulate_ref(x, shift, scale, 1e-6))
 
 
+def residual_ln_case(b, t, s):
+    """The fused residual + norm, judged on the norm (the output that depends on the launch)."""
+    x, y = (tokens(b, t, s, HIDDEN).view(b, t * s, HIDDEN) for _ in range(2))
+    gate, shift, scale = torch.randn(3, b, HIDDEN, device="cuda", dtype=DTYPE)
+    return (lambda: gated_residual_triton.gated_residual_ln_modulate_triton(x, gate, y, shift, scale, 1e-6)[1]), \
+        (lambda: gated_residual_ln_modulate_ref(x, gate, y, shift, scale, 1e-6)[1])
+
+
 # kernel: (module, {constant: values}, case)
 SWEEPS = {
     "temporal": (temporal_attention_triton, {"WARPS_BY_TILE": [dict.fromkeys((16, 32, 64), w) for w in (1, 2, 4, 8)]}, temporal_case),
@@ -60,6 +70,7 @@ SWEEPS = {
     "spatial": (self_attention_triton, {"SPLIT_HEAD": [True, False], "BLOCK_N": [128], "BLOCK_L": [32, 64, 128],
                                         "NUM_WARPS": [4, 8], "NUM_STAGES": [2, 3]}, spatial_case),
     "ln": (ln_modulate_triton, {"LN_BLOCK_ROWS": [1, 2, 4], "LN_WARPS": [1, 2, 4, 8]}, ln_case),
+    "residual_ln": (gated_residual_triton, {"FUSED_BLOCK_ROWS": [1, 2, 4, 8], "FUSED_WARPS": [2, 4, 8]}, residual_ln_case),
 }
 
 

@@ -81,8 +81,7 @@ def test_gated_residual(benchmark, preset, batch, backend):
     elif backend == "triton":
         fn, passes = (lambda: triton_ops().gated_residual(x, gate, y)), 3
     else:
-        from stdit_engine.kernels.gated_residual_triton import gated_residual_ln_modulate_triton
-        fn, passes = (lambda: gated_residual_ln_modulate_triton(x, gate, y, shift, scale, 1e-6)), 4
+        fn, passes = (lambda: triton_ops().gated_residual_ln_modulate(x, gate, y, shift, scale, 1e-6)), 4
     ms = time_op(benchmark, fn)
     record_memory_bound(benchmark, f"gated_residual {preset} batch {batch}", backend, ms, passes * x.numel() * x.element_size())
 

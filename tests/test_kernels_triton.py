@@ -11,12 +11,8 @@ from stdit_engine.kernels.alignment import element_alignment
 from stdit_engine.kernels.attention import cross_attention_ref, self_attention_ref, temporal_attention_ref
 from stdit_engine.kernels.cross_attention_triton import BLOCK_L, cross_attention_triton
 from stdit_engine.kernels.flash_attention_triton import flash_attention, head_split
-from stdit_engine.kernels.gated_residual import gated_residual_ref
-from stdit_engine.kernels.gated_residual_triton import (
-    gated_residual_ln_modulate_ref,
-    gated_residual_ln_modulate_triton,
-    gated_residual_triton,
-)
+from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
+from stdit_engine.kernels.gated_residual_triton import gated_residual_ln_modulate_triton, gated_residual_triton
 from stdit_engine.kernels.ln_modulate import ln_modulate_ref
 from stdit_engine.kernels.ln_modulate_triton import ln_modulate_triton
 from stdit_engine.kernels.temporal_attention_triton import MAX_LEN, temporal_attention_triton
@@ -128,14 +124,18 @@ def test_gated_residual(shape, dtype):
 
 @pytest.mark.parametrize("shape", ROW_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gated_residual_ln_modulate(shape, dtype):
+@pytest.mark.parametrize("gated", [True, False], ids=["gated", "plain sum"])
+def test_gated_residual_ln_modulate(shape, dtype, gated):
     shift, scale, gate = modulation(shape[0], shape[2], dtype)[3:]
-    inputs = (rows(*shape, dtype), gate, rows(*shape, dtype), shift, scale, EPS)
+    x, y = rows(*shape, dtype), rows(*shape, dtype)
+    inputs = (x, gate if gated else None, y, shift, scale, EPS)
     new_x, ln = gated_residual_ln_modulate_triton(*inputs)
     assert_close_to_reference((new_x, ln), gated_residual_ln_modulate_ref, inputs)
-    # The fused LayerNorm reads new_x as stored: the same as the two ops one after the other, up to
-    # the order of the row sums (the two kernels spread a row over different warps on a GPU).
-    assert torch.equal(new_x, gated_residual_triton(*inputs[:3]))
+    # new_x is what the unfused kernel stores (a gate of ones for the plain sum: the interpreter
+    # rounds to bf16 its own way), and the fused LayerNorm reads it as stored: the same as the two
+    # ops one after the other, up to the order of the row sums (the two kernels spread a row over
+    # different warps on a GPU).
+    assert torch.equal(new_x, gated_residual_triton(x, gate if gated else torch.ones_like(gate), y))
     torch.testing.assert_close(ln, ln_modulate_triton(new_x, shift, scale, EPS))
 
 
@@ -261,11 +261,13 @@ def test_row_ops_reject_mismatched_modulation():
                                          rows(2, 5, 144, torch.float32))),
         (gated_residual_ln_modulate_triton, lambda: (rows(2, 5, 144, torch.float32), *modulation(2, 144, torch.float32)[:1],
                                                      rows(2, 5, 144, torch.float32), *modulation(2, 144, torch.float32)[1:3], EPS)),
+        (gated_residual_ln_modulate_triton, lambda: (rows(2, 5, 144, torch.float32), None, rows(2, 5, 144, torch.float32),
+                                                     *modulation(2, 144, torch.float32)[1:3], EPS)),
         (temporal_attention_triton, lambda: tuple(frame_qkv_views(2, 3, 5, 144, 2, torch.float32))),
         (cross_attention_triton, lambda: caption_views(2, 5, 7, 144, 2, torch.float32)),
         (spatial.self_attention_tokens, lambda: tuple(spatial_qkv_views(2, 2, 9, 72, torch.float32))),
     ],
-    ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "temporal_attention", "cross_attention",
+    ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "residual_ln_modulate_without_gate", "temporal_attention", "cross_attention",
          "self_attention"],
 )
 def test_custom_op_registration(op, make_args):

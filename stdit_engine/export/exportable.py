@@ -52,7 +52,8 @@ class ExportableBlock(nn.Module):
 
     def forward(self, x, t0, caption_k, caption_v, caption_lengths):
         temporal_pos = None if self.temporal_pos is None else self.temporal_pos.to(x.dtype)
-        return self.block(x, t0, (caption_k, caption_v), caption_lengths, self.grid, self.ops, temporal_pos)
+        x, (gate, y) = self.block(x, t0, (caption_k, caption_v), caption_lengths, self.grid, self.ops, temporal_pos)
+        return self.ops.gated_residual(x, gate, y)  # the residual the block leaves for the next one
 
 
 def batch_range(batch: int, max_batch: int | None) -> tuple[int, int, int]:

@@ -3,10 +3,11 @@
 Backends:
   eager   the plain-PyTorch reference of every op (parity tests and exports use it)
   sdpa    eager, with attention through torch's fused scaled_dot_product_attention
-  triton  our Triton kernels for the modulated LayerNorm, the gated residual, the temporal and
-          the caption cross-attention, cuDNN's fused attention within frames (2.5x faster than our
-          Triton flash kernel for it, self_attention_triton.py, on an H200), GELU in the fc1
-          matmul's epilogue (cuBLASLt); on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
+  triton  our Triton kernels for the modulated LayerNorm, the gated residual (fused with the norm
+          that follows it where one does), the temporal and the caption cross-attention, cuDNN's
+          fused attention within frames (faster than our Triton flash kernel for it,
+          self_attention_triton.py, on an H200), GELU in the fc1 matmul's epilogue (cuBLASLt); on
+          CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
   auto    triton on CUDA (measured fastest: BENCHMARKS.md), eager elsewhere
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from ..errors import ConfigError
 from .attention import (cross_attention_ref, cross_attention_sdpa, self_attention_cudnn, self_attention_ref,
                         self_attention_sdpa, temporal_attention_ref, temporal_attention_sdpa)
-from .gated_residual import gated_residual_ref
+from .gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
 from .gelu import linear_gelu_cublaslt, linear_gelu_ref
 from .ln_modulate import ln_modulate_ref
 
@@ -31,6 +32,8 @@ class Ops:
     name: str
     ln_modulate: Callable[..., torch.Tensor]
     gated_residual: Callable[..., torch.Tensor]
+    # (x + gate * y, or x + y if gate is None, then its modulated norm): the residual and the norm after it
+    gated_residual_ln_modulate: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     linear_gelu: Callable[..., torch.Tensor]  # gelu_tanh(x @ W^T + b)
     self_attention: Callable[..., torch.Tensor]  # spatial: within each frame
     temporal_attention: Callable[..., torch.Tensor]  # within each spatial position, over frames (attention.py)
@@ -41,6 +44,7 @@ EAGER = Ops(
     name="eager",
     ln_modulate=ln_modulate_ref,
     gated_residual=gated_residual_ref,
+    gated_residual_ln_modulate=gated_residual_ln_modulate_ref,
     linear_gelu=linear_gelu_ref,
     self_attention=self_attention_ref,
     temporal_attention=temporal_attention_ref,
@@ -56,12 +60,13 @@ def _triton_ops() -> Ops:
     kernels' torch.library ops."""
     try:
         from .cross_attention_triton import cross_attention_triton
-        from .gated_residual_triton import gated_residual_triton
+        from .gated_residual_triton import gated_residual_ln_modulate_triton, gated_residual_triton
         from .ln_modulate_triton import ln_modulate_triton
         from .temporal_attention_triton import temporal_attention_triton
     except ImportError as err:
         raise ConfigError(f"kernel backend 'triton' needs the triton package ({err}); use backend='sdpa'") from None
     return replace(SDPA, name="triton", ln_modulate=ln_modulate_triton, gated_residual=gated_residual_triton,
+                   gated_residual_ln_modulate=gated_residual_ln_modulate_triton,
                    self_attention=self_attention_cudnn, temporal_attention=temporal_attention_triton,
                    cross_attention=cross_attention_triton, linear_gelu=linear_gelu_cublaslt)
 

@@ -13,13 +13,14 @@ import torch
 
 from .flash_attention_triton import flash_attention
 
-# Launch shape, the fastest in a sweep on an H200 (BLOCK_N 64 / 128, BLOCK_L 16 / 32, 4 / 8 warps,
-# 2-4 stages): 203 us at 16x256x256 and 4.93 ms at 64x512x512, against cuDNN's 78 us and 1.92 ms,
-# so the registry keeps cuDNN. Key tiles of 64 are refused (flash_attention_triton.py).
+# Launch shape, the fastest in a sweep on an H200 with the vector loads (BLOCK_N 128, BLOCK_L
+# 32 / 64 / 128, 4 / 8 warps, 2-3 stages, split or padded head): 104 us at 16x256x256 and 2.36 ms
+# at 64x512x512, against cuDNN's 79 us and 1.96 ms, so the registry keeps cuDNN. Key tiles of 64
+# are refused with the split head (flash_attention_triton.py).
 BLOCK_N = 128  # queries per program
 BLOCK_L = 32  # keys per tile
 NUM_WARPS = 4
-NUM_STAGES = 2
+NUM_STAGES = 3
 SPLIT_HEAD = True  # head_dim 72 as 64 + 16, or padded to 128 (which allows longer key tiles)
 
 

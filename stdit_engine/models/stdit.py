@@ -152,6 +152,14 @@ class LocalTokens:
         return h.reshape(b, frames * positions, h.shape[-1])
 
 
+def add_and_norm(x, pending, shift, scale, ops: Ops) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x plus the pending gated residual (gate, y) if any, the modulated norm of that sum): one
+    fused op when a residual is pending, so the sum is not read back for the norm."""
+    if pending is None:
+        return x, ops.ln_modulate(x, shift, scale, LN_EPS)
+    return ops.gated_residual_ln_modulate(x, *pending, shift, scale, LN_EPS)
+
+
 class STDiTBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
         super().__init__()
@@ -162,9 +170,14 @@ class STDiTBlock(nn.Module):
         self.mlp = GeluMLP(dim, int(dim * mlp_ratio))
 
     def forward(self, x, t0, caption_kv, kv_lengths, grid: tuple[int, int], ops: Ops, temporal_pos=None,
-                tokens=LocalTokens):
+                tokens=LocalTokens, pending=None):
         """x [B, T*S, C] (token = t*S + s), t0 [B, 6C]; `tokens` regroups x for temporal attention
-        (T is this device's frames when the sequence is sharded, see parallel/exchange.py)."""
+        (T is this device's frames when the sequence is sharded, see parallel/exchange.py).
+
+        A residual is added in the same pass as the norm that reads the sum (add_and_norm). The
+        block's last residual has no norm of its own after it, so it is returned pending, as
+        (gate, y), for the next block's first norm or the final layer's; `pending` is the previous
+        block's. Returns (x, pending): the block's output is x + gate * y."""
         b, n, c = x.shape
         frames, positions = grid
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
@@ -172,7 +185,7 @@ class STDiTBlock(nn.Module):
         ).unbind(1)
 
         # Spatial attention within each frame, on the modulated norm of x.
-        h = ops.ln_modulate(x, shift_msa, scale_msa, LN_EPS)
+        x, h = add_and_norm(x, pending, shift_msa, scale_msa, ops)
         h = self.attn(h.reshape(b * frames, positions, c), ops.self_attention).reshape(b, n, c)
         x = ops.gated_residual(x, gate_msa, h)
 
@@ -184,10 +197,10 @@ class STDiTBlock(nn.Module):
         h = tokens.from_temporal(self.attn_temp.over_frames(h, ops.temporal_attention), b, frames, positions)
         x = ops.gated_residual(x, gate_msa, h)
 
-        x = x + self.cross_attn(x, caption_kv, kv_lengths, ops)
-
-        h = ops.ln_modulate(x, shift_mlp, scale_mlp, LN_EPS)
-        return ops.gated_residual(x, gate_mlp, self.mlp(h, ops))
+        # Cross-attention's residual is ungated.
+        x, h = ops.gated_residual_ln_modulate(x, None, self.cross_attn(x, caption_kv, kv_lengths, ops),
+                                              shift_mlp, scale_mlp, LN_EPS)
+        return x, (gate_mlp, self.mlp(h, ops))
 
 
 class FinalLayer(nn.Module):
@@ -196,9 +209,10 @@ class FinalLayer(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
         self.linear = nn.Linear(dim, out_features)
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor, ops: Ops) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, temb: torch.Tensor, ops: Ops, pending=None) -> torch.Tensor:
+        """`pending`: the last block's residual (STDiTBlock.forward), added before the norm."""
         shift, scale = (self.scale_shift_table[None] + temb[:, None]).unbind(1)
-        return self.linear(ops.ln_modulate(x, shift, scale, LN_EPS))
+        return self.linear(add_and_norm(x, pending, shift, scale, ops)[1])
 
 
 # ---------------------------------------------------------------- the model
@@ -289,10 +303,11 @@ class STDiT(nn.Module):
         h = h.flatten(2).transpose(1, 2).view(b, frames, positions, self.hidden_size)
         h = (h + self.pos_embed.to(h.dtype)).view(b, frames * positions, self.hidden_size)
         temporal_pos = self.pos_embed_temporal.to(h.dtype)
+        pending = None
         for i, block in enumerate(self.blocks):
-            h = block(h, t0, caption_kv[i], kv_lengths, (frames, positions), self.ops,
-                      temporal_pos if i == 0 else None, self.tokens)
-        return self.unpatchify(self.final_layer(h, temb, self.ops))
+            h, pending = block(h, t0, caption_kv[i], kv_lengths, (frames, positions), self.ops,
+                               temporal_pos if i == 0 else None, self.tokens, pending)
+        return self.unpatchify(self.final_layer(h, temb, self.ops, pending))
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C_in, T, H, W], timestep [B], y [B, 1, L, Cc], mask [n, L] with n | B -> [B, C_out, T, H, W]."""
