@@ -18,10 +18,10 @@ import triton.language as tl
 from .alignment import element_alignment
 
 MAX_LEN = 64  # the whole T x T score tile lives in registers: longer sequences want a flash kernel
-# Warps per program by the padded frame count: 16 frames keep one warp busy, 64 keep eight
-# (H200, benchmarks/launch_sweep.py, 1 / 2 / 4 / 8 warps: 62 / 66 / 75 / 122 us at T=16 and
-# 4021 / 970 / 798 / 737 us at T=64; T=32 not timed).
-WARPS_BY_TILE = {16: 1, 32: 4, 64: 8}
+# Warps per program by the padded frame count (H200, benchmarks/launch_sweep.py with the vector
+# loads, 1 / 2 / 4 / 8 warps: 47 / 51 / 63 / 102 us at T=16, 898 / 522 / 391 / 509 us at T=64;
+# T=32 not timed).
+WARPS_BY_TILE = {16: 1, 32: 2, 64: 4}
 
 
 @triton.jit

@@ -298,7 +298,9 @@ class STDiT(nn.Module):
         b = x.shape[0]
         _, rows, cols = self.grid
         positions = rows * cols
-        h = self.x_embedder.proj(x.to(self.dtype))  # [B, C, T', H', W']
+        # Channels-last in and out of the patch convolution: the [B, tokens, C] view below is then
+        # contiguous (cuDNN computes it channels-last anyway, and would otherwise transpose back).
+        h = self.x_embedder.proj(x.to(self.dtype).contiguous(memory_format=torch.channels_last_3d))  # [B, C, T', H', W']
         frames = h.shape[2]
         h = h.flatten(2).transpose(1, 2).view(b, frames, positions, self.hidden_size)
         h = (h + self.pos_embed.to(h.dtype)).view(b, frames * positions, self.hidden_size)
