@@ -9,6 +9,8 @@ tl.multiple_of on its per-(sample, head) offsets.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 VECTOR_BYTES = 16  # the widest global load a GPU thread issues
@@ -20,11 +22,8 @@ def element_alignment(*tensors: torch.Tensor) -> int:
     not contiguous (the rows are then gathered element by element anyway)."""
     n = VECTOR_BYTES // max(t.element_size() for t in tensors)
     for t in tensors:
-        if t.stride(-1) != 1:
+        if t.stride(-1) != 1 or t.data_ptr() % t.element_size():
             return 1
-        offsets = [t.data_ptr() // t.element_size(), *t.stride()[:-1]]
-        if t.data_ptr() % t.element_size():
-            return 1
-        while n > 1 and any(o % n for o in offsets):
-            n //= 2
+        # n stays a power of two: its gcd with anything is the largest power of two dividing both.
+        n = math.gcd(n, t.data_ptr() // t.element_size(), *t.stride()[:-1])
     return n
