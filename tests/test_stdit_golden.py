@@ -1,4 +1,7 @@
 """The eager STDiT against the reference implementation's outputs (fp32, relative error < 1e-5)."""
+import collections
+import dataclasses
+
 import pytest
 import torch
 from golden import load_golden, rel_error
@@ -60,3 +63,26 @@ def test_mask_rows_must_divide_batch():
     mask = torch.ones(3, golden["y"].shape[2], dtype=torch.long)
     with pytest.raises(ConfigError, match="does not divide"):
         model(golden["x"], golden["timestep"], golden["y"], mask)
+
+
+def test_each_residual_is_added_in_the_pass_of_the_norm_after_it():
+    """The fast backend saves a pass over the tokens per fusion: the forward must call the fused
+    residual+norm for the cross-attention's sum and for every MLP residual (the last one with the
+    final layer's norm), leaving the plain norm to block 0 alone; and still match the reference."""
+    golden = load_golden("stdit_tiny_16x256.pt")
+    model = golden_model(golden)
+    calls = collections.Counter()
+
+    def counted(name, op):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return op(*args, **kwargs)
+        return wrapper
+
+    names = ("ln_modulate", "gated_residual", "gated_residual_ln_modulate")
+    model.ops = dataclasses.replace(model.ops, **{n: counted(n, getattr(model.ops, n)) for n in names})
+    with torch.no_grad():
+        out = model(golden["x"], golden["timestep"], golden["y"], golden["mask"])
+    depth = len(model.blocks)
+    assert calls == {"ln_modulate": 1, "gated_residual": 2 * depth, "gated_residual_ln_modulate": 2 * depth}
+    assert rel_error(out, golden["out"]) < 1e-5
