@@ -23,7 +23,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import nn
-from workloads import build_stdit, graphed_time_ms, median, stdit_inputs
+from workloads import build_stdit, graphed_time_ms, median, relative_error, stdit_inputs
 
 from stdit_engine.configs import get_preset
 from stdit_engine.parallel.plan import token_grid
@@ -68,10 +68,6 @@ def to_fp8(model: nn.Module) -> nn.Module:
     return model
 
 
-def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-
-
 def fidelity(preset: str, batch: int, depth: int | None, device: str) -> None:
     reference = build_stdit(preset, torch.float32, "eager", device)
     if depth is not None:
@@ -84,13 +80,13 @@ def fidelity(preset: str, batch: int, depth: int | None, device: str) -> None:
         bf16 = half(*inputs)
         fp8 = to_fp8(half)(*inputs)
     print(f"fidelity, {preset} batch {batch}, {len(reference.blocks)} blocks, random weights, {backend}: "
-          f"bf16 vs fp32 {rel_error(bf16, expected):.2e}; FP8 linears vs fp32 {rel_error(fp8, expected):.2e}, "
-          f"vs bf16 {rel_error(fp8, bf16):.2e}")
+          f"bf16 vs fp32 {relative_error(bf16, expected):.2e}; FP8 linears vs fp32 {relative_error(fp8, expected):.2e}, "
+          f"vs bf16 {relative_error(fp8, bf16):.2e}")
 
 
 def speed(preset: str, batch: int) -> None:
-    cfg = get_preset(preset).stdit
-    frames, positions = token_grid(get_preset(preset))
+    spec = get_preset(preset)
+    cfg, (frames, positions) = spec.stdit, token_grid(spec)
     c, mlp, tokens = cfg.hidden_size, int(cfg.hidden_size * cfg.mlp_ratio), batch * frames * positions
     # (name, in, out, calls per block)
     linears = [("qkv", c, 3 * c, 2), ("proj / q / cross proj", c, c, 4), ("fc1", c, mlp, 1), ("fc2", mlp, c, 1)]

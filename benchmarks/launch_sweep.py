@@ -11,7 +11,7 @@ import argparse
 import itertools
 
 import torch
-from workloads import graphed_time_ms, median
+from workloads import graphed_time_ms, median, relative_error
 
 from stdit_engine.kernels import (cross_attention_triton, gated_residual_triton, ln_modulate_triton, self_attention_triton,
                                   temporal_attention_triton)
@@ -72,11 +72,6 @@ SWEEPS = {
     "ln": (ln_modulate_triton, {"LN_BLOCK_ROWS": [1, 2, 4], "LN_WARPS": [1, 2, 4, 8]}, ln_case),
     "residual_ln": (gated_residual_triton, {"FUSED_BLOCK_ROWS": [1, 2, 4, 8], "FUSED_WARPS": [2, 4, 8]}, residual_ln_case),
 }
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.float().reshape(ref.shape), ref.float()
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 def sweep(name: str) -> None:

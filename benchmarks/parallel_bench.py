@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's package, installed or not
-from workloads import kernel_time_ms  # noqa: E402  (benchmarks/ is on the path: this file's folder)
+from workloads import kernel_time_ms, relative_error  # noqa: E402  (benchmarks/ is on the path: this file's folder)
 
 from stdit_engine import Engine  # noqa: E402
 from stdit_engine.engine.memory import GIB  # noqa: E402
@@ -140,7 +140,7 @@ def summarise(path: Path) -> None:
         agreement = ""
         if r["latent_file"] and one["latent_file"]:
             mine, reference = torch.load(r["latent_file"]), torch.load(one["latent_file"])
-            error = float((mine - reference).norm() / reference.norm())
+            error = relative_error(mine, reference)
             agreement = f"; final latent relative error vs one GPU {error:.2e}"
         one_activation = one["peak_allocated_gib"][0] - one["weights_gib"][0]
         print(f"{r['preset']} {r['mode']} on {r['world_size']} GPUs: step {r['step_ms_median']:.1f} ms vs "

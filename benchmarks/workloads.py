@@ -116,3 +116,9 @@ def graphed_time_ms(fn, calls: int = 10, reps: int = 10) -> list[float]:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in fp32, out read in ref's shape."""
+    out, ref = out.float().reshape(ref.shape), ref.float()
+    return ((out - ref).norm() / ref.norm()).item()

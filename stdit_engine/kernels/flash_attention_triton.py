@@ -133,8 +133,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_length
         _flash_attention_kernel[(triton.cdiv(n, block_n), b * h)](
             q, k, v, q if kv_lengths is None else kv_lengths, out, n, k.shape[2], h, d**-0.5 * LOG2_E,
             *q.stride(), *k.stride(), *v.stride(), *out.transpose(1, 2).stride(),
-            D=d, ALIGN=element_alignment(q, k, v, out), HAS_LENGTHS=kv_lengths is not None, BLOCK_N=block_n, BLOCK_L=block_l, BLOCK_D=block_d,
-            BLOCK_TAIL=block_tail,
+            D=d, ALIGN=element_alignment(q, k, v, out), HAS_LENGTHS=kv_lengths is not None,
+            BLOCK_N=block_n, BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_TAIL=block_tail,
             UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",  # CPU tensors: the interpreter
             num_warps=num_warps, **extra,
         )

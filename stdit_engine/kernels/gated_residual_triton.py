@@ -56,7 +56,7 @@ def _launch(x, gate, y, shift=None, scale=None, eps=0.0):
     cfg = row_launch_config(x, *modulations, **(dict(rows=FUSED_BLOCK_ROWS, warps=FUSED_WARPS) if with_ln else {}))
     b, n, c = x.shape
     out = torch.empty((b, n, c), dtype=x.dtype, device=x.device)
-    ln = torch.empty_like(out) if with_ln else out
+    ln = torch.empty_like(out) if with_ln else out  # without LN the kernel never writes it
     # What the kernel never reads (no gate, no LN) is passed as x's first token: the pointers need a tensor.
     gate, shift, scale = (x[:, 0] if m is None else m for m in (gate, shift, scale))
     if out.numel():
