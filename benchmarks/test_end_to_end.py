@@ -10,31 +10,34 @@ from stdit_engine import Engine
 from stdit_engine.bench import run_end_to_end
 
 FP16, BF16 = torch.float16, torch.bfloat16
-RUNS = [  # (preset, placement, CUDA graphs, STDiT/VAE dtype): fp16 is the reference script's
-    ("16x256x256", "resident", True, FP16),
-    ("16x256x256", "resident", True, BF16),
-    ("16x256x256", "offload", True, FP16),
-    ("16x256x256", "sequential", True, FP16),
-    ("16x512x512", "sequential", True, FP16),
-    ("64x512x512", "sequential", True, FP16),
+RUNS = [  # (preset, placement, CUDA graphs, STDiT/VAE dtype, FP8 block linears): fp16 is the reference script's
+    ("16x256x256", "resident", True, FP16, False),
+    ("16x256x256", "resident", True, BF16, False),
+    ("16x256x256", "resident", True, FP16, True),
+    ("16x256x256", "resident", True, BF16, True),
+    ("16x256x256", "offload", True, FP16, False),
+    ("16x256x256", "sequential", True, FP16, False),
+    ("16x512x512", "sequential", True, FP16, False),
+    ("64x512x512", "sequential", True, FP16, False),
 ]
 _engines: dict = {}
 
 
-def engine_for(preset: str, placement: str, dtype: torch.dtype) -> Engine:
-    if (preset, placement, dtype) not in _engines:
+def engine_for(preset: str, placement: str, dtype: torch.dtype, fp8: bool) -> Engine:
+    key = preset, placement, dtype, fp8
+    if key not in _engines:
         _engines.clear()  # one engine at a time: the previous one's memory must not count
         gc.collect()
         torch.cuda.empty_cache()
-        _engines[preset, placement, dtype] = Engine.from_random_weights(preset, device="cuda", dtype=dtype,
-                                                                       placement=placement)
-    return _engines[preset, placement, dtype]
+        _engines[key] = Engine.from_random_weights(preset, device="cuda", dtype=dtype, placement=placement, fp8=fp8)
+    return _engines[key]
 
 
-@pytest.mark.parametrize("preset, placement, cuda_graphs, dtype", RUNS,
-                         ids=[f"{p}-{m}-{'graphs' if g else 'no-graphs'}-{str(d)[6:]}" for p, m, g, d in RUNS])
-def test_end_to_end(benchmark, preset, placement, cuda_graphs, dtype):
-    engine = engine_for(preset, placement, dtype)
+@pytest.mark.parametrize("preset, placement, cuda_graphs, dtype, fp8", RUNS,
+                         ids=[f"{p}-{m}-{'graphs' if g else 'no-graphs'}-{str(d)[6:]}{'-fp8' if f else ''}"
+                              for p, m, g, d, f in RUNS])
+def test_end_to_end(benchmark, preset, placement, cuda_graphs, dtype, fp8):
+    engine = engine_for(preset, placement, dtype, fp8)
     engine.denoiser.use_cuda_graphs = cuda_graphs
     engine.denoiser.clear()
     record = benchmark.pedantic(lambda: run_end_to_end(engine), rounds=1, iterations=1)

@@ -8,14 +8,18 @@ from workloads import (REFERENCE_COMPILED_MS, REFERENCE_FORWARD_MS, build_stdit,
 # tells compute from exchange in the 2-GPU step (BENCHMARKS.md, issue 6).
 WORKLOADS = [("16x256x256", 4), ("16x512x512", 4), ("64x512x512", 2), ("64x512x512", 1)]
 # fp16 is the reference's precision (its figures are fp16); bf16 is what the targets are set in.
-BACKENDS = [("eager", torch.float16), ("sdpa", torch.float16), ("eager", torch.bfloat16), ("sdpa", torch.bfloat16),
-            ("triton", torch.float16), ("triton", torch.bfloat16)]
+# (backend, dtype, FP8 block linears)
+BACKENDS = [("eager", torch.float16, False), ("sdpa", torch.float16, False), ("eager", torch.bfloat16, False),
+            ("sdpa", torch.bfloat16, False), ("triton", torch.float16, False), ("triton", torch.bfloat16, False),
+            ("triton", torch.float16, True), ("triton", torch.bfloat16, True)]
+DTYPE_IDS = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-@pytest.mark.parametrize("backend, dtype", BACKENDS, ids=[f"{b}-{ {torch.float16: 'fp16', torch.bfloat16: 'bf16'}[d]}" for b, d in BACKENDS])
+@pytest.mark.parametrize("backend, dtype, fp8", BACKENDS,
+                         ids=[f"{b}{'+fp8' if f else ''}-{DTYPE_IDS[d]}" for b, d, f in BACKENDS])
 @pytest.mark.parametrize("preset, batch", WORKLOADS)
-def test_stdit_forward(benchmark, preset, batch, backend, dtype):
-    model = build_stdit(preset, dtype, backend)
+def test_stdit_forward(benchmark, preset, batch, backend, dtype, fp8):
+    model = build_stdit(preset, dtype, backend, fp8=fp8)
     inputs = stdit_inputs(model, batch)
     torch.cuda.empty_cache()  # reserved memory of earlier workloads must not count here
     torch.cuda.reset_peak_memory_stats()
@@ -28,7 +32,7 @@ def test_stdit_forward(benchmark, preset, batch, backend, dtype):
     flops = stdit_forward_flops(preset, batch)
     peak = peak_tflops(torch.cuda.get_device_name())
     benchmark.extra_info.update(
-        workload=f"STDiT forward {preset} batch {batch}", dtype=str(dtype), backend=backend,
+        workload=f"STDiT forward {preset} batch {batch}", dtype=str(dtype), backend=backend + (" + FP8" if fp8 else ""),
         median_ms=ms, graphed_ms=graphed_ms, tflops=flops / ms / 1e9, mfu=(flops / ms / 1e9 / peak) if peak else None,
         peak_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
         peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30,

@@ -65,10 +65,10 @@ def stdit_forward_flops(preset_name: str, batch: int) -> float:
     return 2.0 * batch * frames * positions * cfg.depth * (linear_macs + attention_macs)
 
 
-def build_stdit(preset_name: str, dtype: torch.dtype, backend: str, device: str = "cuda") -> STDiT:
+def build_stdit(preset_name: str, dtype: torch.dtype, backend: str, device: str = "cuda", fp8: bool = False) -> STDiT:
     with torch.device(device):
         model = STDiT(**get_preset(preset_name).stdit.to_kwargs(), backend=backend).to(dtype).eval()
-    return model
+    return model.quantize_fp8() if fp8 else model
 
 
 def stdit_inputs(model: STDiT, batch: int, generator_seed: int = 0):

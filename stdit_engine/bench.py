@@ -34,13 +34,14 @@ def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2) 
     stages = {s.name: s for s in engine.last_stats}
     estimate = estimate_memory(preset, prompts_n, engine.placement.mode, engine.dtype, engine.text_encoder.dtype,
                                vae_chunk_frames=engine.decode_chunk_frames(prompts_n), device=engine.device,
-                               backend=engine.stdit.ops.name)
+                               backend=engine.stdit.ops.name, fp8=engine.stdit.is_fp8)
     peak_allocated = max(s.peak_allocated for s in stages.values())  # stages reset the peaks
     graphs = engine.denoiser.use_cuda_graphs and engine.device.type == "cuda"
     return dict(
         workload=f"end to end {preset.name}, {prompts_n} prompt(s), {num_steps} steps",
         device=torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu",
-        dtype=str(engine.dtype), backend=engine.stdit.ops.name + (" + CUDA graph" if graphs else ""),
+        dtype=str(engine.dtype) + (", FP8 block linears" if engine.stdit.is_fp8 else ""),
+        backend=engine.stdit.ops.name + (" + CUDA graph" if graphs else ""),
         placement=f"{engine.placement.mode}, T5 {str(engine.text_encoder.dtype).removeprefix('torch.')}",
         stage_seconds={n: round(s.seconds, 3) for n, s in stages.items()},
         stage_peak_allocated_gib={n: round(s.peak_allocated / GIB, 3) for n, s in stages.items()},
@@ -68,7 +69,7 @@ def describe(record: dict) -> str:
 
 
 def bench_preset(preset: str, *, placement: str = "auto", num_steps: int = 100, device=None, dtype=None,
-                 cuda_graphs: bool = True) -> dict:
+                 cuda_graphs: bool = True, fp8: bool = False) -> dict:
     engine = Engine.from_random_weights(get_preset(preset), placement=placement, device=device, dtype=dtype,
-                                        cuda_graphs=cuda_graphs)
+                                        cuda_graphs=cuda_graphs, fp8=fp8)
     return run_end_to_end(engine, num_steps=num_steps)

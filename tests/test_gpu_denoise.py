@@ -10,9 +10,9 @@ pytestmark = pytest.mark.gpu
 PROMPTS = ["a sea turtle swimming over a coral reef", "a red car in the snow"]
 
 
-@pytest.fixture(scope="module")
-def engine():
-    return Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16)
+@pytest.fixture(scope="module", params=[False, True], ids=["fp16", "fp16-fp8"])
+def engine(request):
+    return Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, fp8=request.param)
 
 
 def test_graph_loop_matches_plain_loops(engine):
@@ -52,7 +52,8 @@ def test_step_loop_has_no_host_sync(engine):
 def test_placement_modes_give_the_resident_latent(engine, placement):
     kwargs = dict(seed=4, num_steps=5, output="latent", progress=False)
     resident = engine.generate(PROMPTS, **kwargs)
-    moved = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, placement=placement)
+    moved = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, placement=placement,
+                                       fp8=engine.stdit.is_fp8)
     assert moved.placement.mode == placement
     assert all(p.device.type == "cpu" for p in moved.stdit.parameters())  # off the GPU between calls
     assert torch.equal(moved.generate(PROMPTS, **kwargs), resident)

@@ -11,6 +11,8 @@ from stdit_engine.kernels.alignment import element_alignment
 from stdit_engine.kernels.attention import cross_attention_ref, self_attention_ref, temporal_attention_ref
 from stdit_engine.kernels.cross_attention_triton import BLOCK_L, cross_attention_triton
 from stdit_engine.kernels.flash_attention_triton import flash_attention, head_split
+from stdit_engine.kernels.fp8 import E4M3, quantize_rows_ref
+from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
 from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
 from stdit_engine.kernels.gated_residual_triton import gated_residual_ln_modulate_triton, gated_residual_triton
 from stdit_engine.kernels.ln_modulate import ln_modulate_ref
@@ -65,6 +67,15 @@ SPATIAL_SHAPES = [
     pytest.param((64, 16, 256, 72), marks=gpu),  # 16x256x256, 2 prompts x guidance
     pytest.param((128, 16, 1024, 72), marks=gpu),  # 64x512x512, 1 prompt x guidance
     pytest.param((5, 16, 999, 72), marks=gpu),
+]
+
+# [rows, K] of the FP8 quantizer: the block linears' inputs at hidden 144 and 1152, and the MLP's 4x.
+QUANTIZE_SHAPES = [
+    (7, 144),
+    (5, 576),
+    pytest.param((16 * 1024, 1152), marks=gpu),  # 16x256x256, 2 prompts x guidance
+    pytest.param((16 * 1024, 4608), marks=gpu),
+    pytest.param((999, 1000), marks=gpu),
 ]
 
 
@@ -192,6 +203,25 @@ def test_self_attention(shape, dtype):
     assert out.transpose(1, 2).is_contiguous()  # token order: the output projection reads it without a copy
 
 
+@pytest.mark.parametrize("gelu", [False, True], ids=["plain", "gelu"])
+@pytest.mark.parametrize("shape", QUANTIZE_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES[1:])
+def test_quantize_rows_fp8(shape, dtype, gelu):
+    n, k = shape
+    wide = (torch.randn(n, k + 32, device=DEVICE) * 3).to(dtype)
+    x = wide[:, :k]  # rows with a stride wider than K, as a slice gives them
+    q, scale = quantize_rows_fp8_triton(x, gelu)
+    q_ref, scale_ref = quantize_rows_ref(x, gelu)
+    assert q.dtype == E4M3 and q.shape == (n, k) and scale.shape == (n, 1)
+    torch.testing.assert_close(scale, scale_ref, rtol=1e-6, atol=0)
+    # A value on an e4m3 rounding midpoint may round the other way now and then: the kernel's fp32
+    # division and GELU (x * sigmoid(2u)) differ from PyTorch's in the last bits. One step at most.
+    differ = q.float() != q_ref.float()
+    assert differ.float().mean() <= (2e-3 if gelu else 1e-5)
+    step = (q.float() - q_ref.float()).abs()[differ]
+    assert (step <= 2.0**-3 * q_ref.float().abs()[differ] + 2.0**-9).all()  # an e4m3 ulp; 2^-9: its least subnormal
+
+
 @pytest.mark.parametrize("d, split", [(8, (16, 0)), (16, (16, 0)), (64, (64, 0)), (72, (64, 16)), (80, (64, 16)),
                                       (100, (128, 0)), (128, (128, 0))])
 def test_head_split_covers_the_head_with_little_padding(d, split):
@@ -266,9 +296,10 @@ def test_row_ops_reject_mismatched_modulation():
         (temporal_attention_triton, lambda: tuple(frame_qkv_views(2, 3, 5, 144, 2, torch.float32))),
         (cross_attention_triton, lambda: caption_views(2, 5, 7, 144, 2, torch.float32)),
         (spatial.self_attention_tokens, lambda: tuple(spatial_qkv_views(2, 2, 9, 72, torch.float32))),
+        (quantize_rows_fp8_triton, lambda: (torch.randn(5, 144, device=DEVICE).to(torch.bfloat16), True)),
     ],
     ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "residual_ln_modulate_without_gate", "temporal_attention", "cross_attention",
-         "self_attention"],
+         "self_attention", "quantize_rows_fp8"],
 )
 def test_custom_op_registration(op, make_args):
     """Schema, fake (meta) implementation and tracing agree with the kernel: what torch.compile,

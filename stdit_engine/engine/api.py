@@ -9,6 +9,7 @@ import torch
 
 from ..configs import Preset, get_preset
 from ..errors import ConfigError, DeviceError
+from ..kernels.fp8 import check_fp8_supported
 from ..kernels.registry import resolve_backend
 from ..models.caption import clean_prompt
 from ..models.checkpoint import load_stdit_checkpoint
@@ -54,14 +55,17 @@ def _seeded(seed: int, device: torch.device):
 
 
 def build_stdit(preset: Preset, device: torch.device, dtype: torch.dtype, backend: str = "eager",
-                checkpoint: str | None = None, seed: int = 0) -> STDiT:
-    """The preset's STDiT with the weights of the local file `checkpoint`, or random ones from `seed`."""
+                checkpoint: str | None = None, seed: int = 0, fp8: bool = False) -> STDiT:
+    """The preset's STDiT with the weights of the local file `checkpoint`, or random ones from `seed`;
+    with `fp8`, its block linears then converted (STDiT.quantize_fp8)."""
     if checkpoint is None:
         with _seeded(seed, device), torch.device(device):
-            return STDiT(**preset.stdit.to_kwargs(), backend=backend).to(dtype)
-    with torch.device("meta"):  # no random init of 724 M parameters that are overwritten next
-        model = STDiT(**preset.stdit.to_kwargs(), backend=backend)
-    return load_stdit_checkpoint(model, checkpoint).to(device=device, dtype=dtype)
+            model = STDiT(**preset.stdit.to_kwargs(), backend=backend).to(dtype)
+    else:
+        with torch.device("meta"):  # no random init of 724 M parameters that are overwritten next
+            model = STDiT(**preset.stdit.to_kwargs(), backend=backend)
+        model = load_stdit_checkpoint(model, checkpoint).to(device=device, dtype=dtype)
+    return model.quantize_fp8() if fp8 else model
 
 
 class Engine:
@@ -104,7 +108,7 @@ class Engine:
                         vae: str | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
                         backend: str = "auto", cuda_graphs: bool = True, placement: str = "auto",
-                        parallel: str = "auto") -> "Engine":
+                        parallel: str = "auto", fp8: bool = False) -> "Engine":
         """Loads each part from a local path or a hub id; defaults are the released weights of SPEC section 1.
 
         `stdit` is a .pth/.safetensors file or a hub repo id (the preset's file is taken from it).
@@ -112,13 +116,17 @@ class Engine:
         `placement`: "resident", "offload", "sequential" or "auto" (engine/placement.py).
         `parallel`: inside an initialised process group, how the ranks share the work: "cfg", "dsp",
         "cfg+dsp" or "auto" (parallel/plan.py); every rank calls this, and uses cuda:LOCAL_RANK.
+        `fp8`: the STDiT block linears in FP8 (Ada / Hopper GPUs; kernels/fp8.py): faster, and as far
+        from fp32 as bf16 is, but not the reference's fp16 rounding.
         """
         preset = get_preset(preset)
         plan, device = setup_parallel(parallel, preset, device)
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)  # fail on a bad backend before loading anything
-        placement = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name)
+        if fp8:
+            check_fp8_supported(device)
+        placement = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name, fp8)
         stdit_source = stdit or preset.stdit_hub_id
         t5_source = t5 or preset.text.hub_id
         vae_source = vae or preset.vae.hub_id
@@ -129,7 +137,7 @@ class Engine:
         # Off the GPU unless resident: Placement brings each part in for its stage.
         load_device = device if placement == "resident" else torch.device("cpu")
         stdit_file = resolve_model_file(stdit_source, preset.stdit_filename, what="STDiT checkpoint")
-        model = build_stdit(preset, load_device, dtype, ops.name, checkpoint=stdit_file)
+        model = build_stdit(preset, load_device, dtype, ops.name, checkpoint=stdit_file, fp8=fp8)
         text_encoder = TextEncoder.from_pretrained(t5_source, device=load_device, dtype=t5_dtype)
         video_vae = VideoVAE.from_pretrained(vae_source, device=load_device, dtype=dtype)
         return cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs, placement=placement,
@@ -139,21 +147,23 @@ class Engine:
     def from_random_weights(cls, preset: str | Preset, *, device: str | torch.device | None = None,
                             dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
                             backend: str = "auto", seed: int = 0, cuda_graphs: bool = True,
-                            placement: str = "auto", parallel: str = "auto") -> "Engine":
+                            placement: str = "auto", parallel: str = "auto", fp8: bool = False) -> "Engine":
         """The exact architectures of `preset` with random weights: for tests, demos and benchmarks.
 
         Its videos are noise-like; it exists to measure speed and memory and to exercise the code.
         Weights are drawn on `device` (fast) and then placed as `placement` says, so the load itself
         briefly holds each whole model on the device. With `parallel` (see from_pretrained), every
-        rank draws the same weights from `seed`.
+        rank draws the same weights from `seed`. `fp8`: as in from_pretrained.
         """
         preset = get_preset(preset)
         plan, device = setup_parallel(parallel, preset, device)
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)
-        placement = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name)
-        model = build_stdit(preset, device, dtype, ops.name, seed=seed)
+        if fp8:
+            check_fp8_supported(device)
+        placement = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name, fp8)
+        model = build_stdit(preset, device, dtype, ops.name, seed=seed, fp8=fp8)
         video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
         text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
         return cls(preset, model, text_encoder, video_vae, device, random_weights=True,
@@ -260,8 +270,8 @@ class Engine:
         if self.placement.mode == "resident":
             budget, _ = torch.cuda.mem_get_info(self.device)
         else:
-            budget = estimate_memory(self.preset, samples, self.placement.mode, self.dtype,
-                                     self.text_encoder.dtype, device=self.device, backend=self.stdit.ops.name).denoise // 2
+            budget = estimate_memory(self.preset, samples, self.placement.mode, self.dtype, self.text_encoder.dtype,
+                                     device=self.device, backend=self.stdit.ops.name, fp8=self.stdit.is_fp8).denoise // 2
         return choose_vae_chunk(self.preset, self.dtype, budget, samples * self.preset.num_frames,
                                 device=self.device)
 
@@ -274,7 +284,7 @@ class Engine:
 
 
 def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: torch.dtype,
-                     t5_dtype: torch.dtype, backend: str = "auto") -> str:
+                     t5_dtype: torch.dtype, backend: str = "auto", fp8: bool = False) -> str:
     """The placement to use; "auto" is the fastest whose estimated peak fits in free GPU memory.
 
     Raises before anything is loaded when even the leanest mode cannot fit.
@@ -290,7 +300,7 @@ def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: tor
     for candidate in candidates:
         estimate = estimate_memory(preset, preset.prompts_per_batch, candidate, dtype, t5_dtype,
                                    vae_chunk_frames=None if candidate == "resident" else 1, device=device,
-                                   backend=backend)
+                                   backend=backend, fp8=fp8)
         if estimate.peak * RESERVE_FACTOR <= free:
             return candidate
     raise ConfigError(

@@ -155,7 +155,8 @@ def parameter_counts(preset) -> dict[str, int]:
         t5 = TextEncoder.build_model(preset.text)
         vae = VideoVAE.build_model(preset.vae)
     largest_t5_block = max(count(block) for block in t5.encoder.block)
-    return {"stdit": count(stdit), "t5": count(t5), "t5_block": largest_t5_block, "vae": count(vae)}
+    return {"stdit": count(stdit), "stdit_fp8_weights": stdit.fp8_weight_count(), "t5": count(t5),
+            "t5_block": largest_t5_block, "vae": count(vae)}
 
 
 def t5_activation_bytes(preset, batch: int, t5_dtype: torch.dtype) -> int:
@@ -204,14 +205,15 @@ def vae_frame_bytes(preset, dtype: torch.dtype, device: torch.device | str = "cu
 def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.float16,
                     t5_dtype: torch.dtype = torch.float32, batch_size: int | None = None,
                     vae_chunk_frames: int | None = None, device: torch.device | str = "cuda",
-                    backend: str = "auto") -> MemoryEstimate:
+                    backend: str = "auto", fp8: bool = False) -> MemoryEstimate:
     """Predicted peak allocated memory of `generate()` on `device` in placement `mode` with the
-    STDiT kernel `backend`, before loading."""
+    STDiT kernel `backend` (and FP8 block linears, whose weights take a byte each), before loading."""
     from ..configs import get_preset
 
     preset = get_preset(preset)
     counts = parameter_counts(preset)
-    weights = {"stdit": counts["stdit"] * _bytes(dtype), "t5": counts["t5"] * _bytes(t5_dtype),
+    stdit_weights = counts["stdit"] * _bytes(dtype) - fp8 * counts["stdit_fp8_weights"] * (_bytes(dtype) - 1)
+    weights = {"stdit": stdit_weights, "t5": counts["t5"] * _bytes(t5_dtype),
                "vae": counts["vae"] * _bytes(dtype)}
     batch = min(prompts, batch_size or preset.prompts_per_batch)
     denoise_act = stdit_activation_bytes(preset, batch, dtype, device, backend)

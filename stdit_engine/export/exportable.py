@@ -21,6 +21,9 @@ from .spec import BATCH_AXIS, ExportSpec, TensorSpec, dtype_name, torch_dtype
 
 
 def check_eager(model: STDiT) -> None:
+    if model.is_fp8:
+        raise ConfigError("exports take the bf16 / fp16 model: its FP8 linears (torch._scaled_mm with per-token "
+                          "scales) have no ONNX or TensorRT form here; build it without fp8")
     if model.ops.name != "eager":
         raise ConfigError(f"exports trace the eager reference; this model uses backend {model.ops.name!r}: "
                           "build it with backend='eager'")

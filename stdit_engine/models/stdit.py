@@ -13,10 +13,16 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..kernels.fp8 import FP8GeluMLP, FP8Linear, check_fp8_supported
 from ..kernels.registry import Ops, resolve_backend
 
 LN_EPS = 1e-6
 TIMESTEP_FREQ_DIM = 256
+# The linears of each block that an FP8 model computes in e4m3 (with the MLP's two): all but the
+# caption K/V projection, which runs once per generate(). The embedders and the final layer,
+# outside the blocks, are small and stay in the model dtype.
+FP8_BLOCK_LINEARS = (("attn", "qkv"), ("attn", "proj"), ("attn_temp", "qkv"), ("attn_temp", "proj"),
+                     ("cross_attn", "q_linear"), ("cross_attn", "proj"), ("mlp", "fc1"), ("mlp", "fc2"))
 
 
 # ---------------------------------------------------------------- fixed embeddings (not learned)
@@ -270,7 +276,42 @@ class STDiT(nn.Module):
 
     def set_backend(self, backend: str) -> "STDiT":
         self.ops = resolve_backend(backend, self.pos_embed.device)
+        self._bind_fp8_quantizer()
         return self
+
+    def quantize_fp8(self) -> "STDiT":
+        """Converts the block linears (FP8_BLOCK_LINEARS and the MLPs) to FP8 in place, on the device
+        they are on: e4m3 weights, activations quantized per token by this backend's kernel.
+        Halves those weights' memory; the output moves about as far from fp32 as bf16's own
+        rounding does (kernels/fp8.py). Call it once the weights are loaded, in bf16 or fp16."""
+        if self.dtype not in (torch.bfloat16, torch.float16):
+            raise ConfigError(f"FP8 linears take bf16 or fp16 activations; this model is {self.dtype}: "
+                              "build it with dtype=torch.bfloat16 (--dtype bf16) or float16")
+        check_fp8_supported(self.x_embedder.proj.weight.device)
+        if self.is_fp8:
+            return self
+        for block in self.blocks:
+            for parent, name in FP8_BLOCK_LINEARS:
+                if parent != "mlp":  # the MLP is converted whole: its GELU moves (FP8GeluMLP)
+                    module = getattr(block, parent)
+                    setattr(module, name, FP8Linear(getattr(module, name)))
+            block.mlp = FP8GeluMLP(block.mlp)
+        self._bind_fp8_quantizer()
+        return self
+
+    def fp8_weight_count(self) -> int:
+        """Weights of the linears that quantize_fp8 stores in e4m3 (one byte each)."""
+        linears = (getattr(getattr(block, parent), name) for block in self.blocks for parent, name in FP8_BLOCK_LINEARS)
+        return sum(linear.in_features * linear.out_features for linear in linears)
+
+    @property
+    def is_fp8(self) -> bool:
+        return any(isinstance(m, FP8Linear) for m in self.modules())
+
+    def _bind_fp8_quantizer(self) -> None:
+        for module in self.modules():
+            if isinstance(module, FP8Linear):
+                module.quantize = self.ops.quantize_rows_fp8
 
     @property
     def dtype(self) -> torch.dtype:
