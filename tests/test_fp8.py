@@ -15,7 +15,7 @@ from stdit_engine.export.exportable import check_eager
 from stdit_engine.kernels.fp8 import E4M3, E4M3_MAX, MIN_SCALE, FP8GeluMLP, FP8Linear, quantize_rows_ref
 from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
 from stdit_engine.models.stdit import FP8_BLOCK_LINEARS
-from test_stdit_golden import golden_model
+from test_stdit_golden import count_op_calls, golden_model
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # e4m3 keeps 3 mantissa bits: rounding to nearest is off by at most 2^-4 of the value (normal range).
@@ -93,6 +93,19 @@ def test_quantize_fp8_converts_every_block_linear_but_the_caption_kv(golden):
     bytes_after = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     assert bytes_after == bytes_before - fp8_weights + scales  # a byte a weight, not two
     assert model.is_fp8 and model.quantize_fp8() is model  # converting twice changes nothing
+
+
+def test_norms_hand_their_fp8_linears_quantized_rows(golden):
+    """Where a norm feeds an FP8 linear (spatial qkv, fc1) it emits the e4m3 rows itself; the other
+    six linears of a block quantize their input; the final layer's linear stays in bf16."""
+    model = golden_model(golden).to(torch.bfloat16).quantize_fp8()
+    calls = count_op_calls(model, ("quantize_rows_fp8", "ln_modulate", "ln_modulate_fp8", "gated_residual_ln_modulate",
+                                   "gated_residual_ln_modulate_fp8"))
+    with torch.no_grad():
+        model(*golden_inputs(golden))
+    depth = len(model.blocks)
+    assert calls == {"quantize_rows_fp8": 6 * depth, "ln_modulate_fp8": 1, "gated_residual_ln_modulate_fp8": 2 * depth - 1,
+                     "gated_residual_ln_modulate": 1}
 
 
 @pytest.mark.parametrize("backend", ["eager", "triton"])

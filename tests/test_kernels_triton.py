@@ -11,12 +11,13 @@ from stdit_engine.kernels.alignment import element_alignment
 from stdit_engine.kernels.attention import cross_attention_ref, self_attention_ref, temporal_attention_ref
 from stdit_engine.kernels.cross_attention_triton import BLOCK_L, cross_attention_triton
 from stdit_engine.kernels.flash_attention_triton import flash_attention, head_split
-from stdit_engine.kernels.fp8 import E4M3, quantize_rows_ref
+from stdit_engine.kernels.fp8 import E4M3, gated_residual_ln_modulate_fp8_ref, ln_modulate_fp8_ref, quantize_rows_ref
 from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
 from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
-from stdit_engine.kernels.gated_residual_triton import gated_residual_ln_modulate_triton, gated_residual_triton
+from stdit_engine.kernels.gated_residual_triton import (gated_residual_ln_modulate_fp8_triton,
+                                                        gated_residual_ln_modulate_triton, gated_residual_triton)
 from stdit_engine.kernels.ln_modulate import ln_modulate_ref
-from stdit_engine.kernels.ln_modulate_triton import ln_modulate_triton
+from stdit_engine.kernels.ln_modulate_triton import ln_modulate_fp8_triton, ln_modulate_triton
 from stdit_engine.kernels.temporal_attention_triton import MAX_LEN, temporal_attention_triton
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -222,6 +223,34 @@ def test_quantize_rows_fp8(shape, dtype, gelu):
     assert (step <= 2.0**-3 * q_ref.float().abs()[differ] + 2.0**-9).all()  # an e4m3 ulp; 2^-9: its least subnormal
 
 
+@pytest.mark.parametrize("residual", ["none", "gated", "sum"])
+@pytest.mark.parametrize("shape", ROW_SHAPES, ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES[1:])
+def test_norms_quantized_for_fp8(shape, dtype, residual):
+    """The norm kernels' e4m3 output against the reference (the norm rounded to the dtype, then
+    quantize_rows): as close to the fp32 norm of the same sum as the reference's quantization is."""
+    x, y = rows(*shape, dtype), rows(*shape, dtype)
+    gate, shift, scale = modulation(shape[0], shape[2], dtype)[:3]
+    if residual == "none":
+        (q, q_scale), (q_ref, q_scale_ref) = (op(x, shift, scale, EPS) for op in (ln_modulate_fp8_triton,
+                                                                                   ln_modulate_fp8_ref))
+        new_x = x
+    else:
+        gate = gate if residual == "gated" else None
+        new_x, q, q_scale = gated_residual_ln_modulate_fp8_triton(x, gate, y, shift, scale, EPS)
+        _, q_ref, q_scale_ref = gated_residual_ln_modulate_fp8_ref(x, gate, y, shift, scale, EPS)
+        assert torch.equal(new_x, gated_residual_ln_modulate_triton(x, gate, y, shift, scale, EPS)[0])
+    assert q.dtype == E4M3 and q.shape == shape and q_scale.shape == (shape[0] * shape[1], 1)
+    # Row scales: the amaxes a rounding or two apart (on the CPU, the interpreter truncates to bf16).
+    torch.testing.assert_close(q_scale, q_scale_ref, rtol=2e-2, atol=0)
+    exact = ln_modulate_ref(new_x.float(), shift.float(), scale.float(), EPS).reshape(-1, shape[2])
+
+    def error(values, row_scale):
+        return ((values.reshape(-1, shape[2]).float() * row_scale - exact).norm() / exact.norm()).item()
+
+    assert error(q, q_scale) <= 1.1 * error(q_ref, q_scale_ref)
+
+
 @pytest.mark.parametrize("d, split", [(8, (16, 0)), (16, (16, 0)), (64, (64, 0)), (72, (64, 16)), (80, (64, 16)),
                                       (100, (128, 0)), (128, (128, 0))])
 def test_head_split_covers_the_head_with_little_padding(d, split):
@@ -297,9 +326,14 @@ def test_row_ops_reject_mismatched_modulation():
         (cross_attention_triton, lambda: caption_views(2, 5, 7, 144, 2, torch.float32)),
         (spatial.self_attention_tokens, lambda: tuple(spatial_qkv_views(2, 2, 9, 72, torch.float32))),
         (quantize_rows_fp8_triton, lambda: (torch.randn(5, 144, device=DEVICE).to(torch.bfloat16), True)),
+        (ln_modulate_fp8_triton, lambda: (rows(2, 5, 144, torch.bfloat16), *modulation(2, 144, torch.bfloat16)[:2], EPS)),
+        (gated_residual_ln_modulate_fp8_triton, lambda: (rows(2, 5, 144, torch.bfloat16),
+                                                         *modulation(2, 144, torch.bfloat16)[:1],
+                                                         rows(2, 5, 144, torch.bfloat16),
+                                                         *modulation(2, 144, torch.bfloat16)[1:3], EPS)),
     ],
     ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "residual_ln_modulate_without_gate", "temporal_attention", "cross_attention",
-         "self_attention", "quantize_rows_fp8"],
+         "self_attention", "quantize_rows_fp8", "ln_modulate_fp8", "gated_residual_ln_modulate_fp8"],
 )
 def test_custom_op_registration(op, make_args):
     """Schema, fake (meta) implementation and tracing agree with the kernel: what torch.compile,

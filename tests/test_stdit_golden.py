@@ -65,12 +65,8 @@ def test_mask_rows_must_divide_batch():
         model(golden["x"], golden["timestep"], golden["y"], mask)
 
 
-def test_each_residual_is_added_in_the_pass_of_the_norm_after_it():
-    """The fast backend saves a pass over the tokens per fusion: the forward must call the fused
-    residual+norm for the cross-attention's sum and for every MLP residual (the last one with the
-    final layer's norm), leaving the plain norm to block 0 alone; and still match the reference."""
-    golden = load_golden("stdit_tiny_16x256.pt")
-    model = golden_model(golden)
+def count_op_calls(model: STDiT, names) -> collections.Counter:
+    """Makes `model` count its calls of the named ops (in the returned Counter)."""
     calls = collections.Counter()
 
     def counted(name, op):
@@ -79,8 +75,18 @@ def test_each_residual_is_added_in_the_pass_of_the_norm_after_it():
             return op(*args, **kwargs)
         return wrapper
 
-    names = ("ln_modulate", "gated_residual", "gated_residual_ln_modulate")
     model.ops = dataclasses.replace(model.ops, **{n: counted(n, getattr(model.ops, n)) for n in names})
+    model._bind_fp8_quantizer()
+    return calls
+
+
+def test_each_residual_is_added_in_the_pass_of_the_norm_after_it():
+    """The fast backend saves a pass over the tokens per fusion: the forward must call the fused
+    residual+norm for the cross-attention's sum and for every MLP residual (the last one with the
+    final layer's norm), leaving the plain norm to block 0 alone; and still match the reference."""
+    golden = load_golden("stdit_tiny_16x256.pt")
+    model = golden_model(golden)
+    calls = count_op_calls(model, ("ln_modulate", "gated_residual", "gated_residual_ln_modulate"))
     with torch.no_grad():
         out = model(golden["x"], golden["timestep"], golden["y"], golden["mask"])
     depth = len(model.blocks)

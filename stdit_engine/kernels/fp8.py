@@ -10,14 +10,21 @@ forward (random weights) went from 2.12e-2 (bf16) to 2.32e-2.
 `quantize_rows_ref` is the meaning of the quantizer (the Triton kernel in fp8_quantize_triton.py
 is the fast one); `FP8Linear` replaces an `nn.Linear`, `FP8GeluMLP` the STDiT MLP, whose GELU
 moves from fc1's matmul epilogue (which `_scaled_mm` lacks) into the quantization of fc2's input.
+The norms in front of the qkv and fc1 linears hand them their input already quantized
+(`QuantizedRows`, from the `*_fp8` ops whose meanings are below): the row is in registers there,
+so its scale costs nothing and the separate quantization pass is saved.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DeviceError
+from .gated_residual import gated_residual_ln_modulate_ref
+from .ln_modulate import ln_modulate_ref
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
@@ -34,6 +41,46 @@ def quantize_rows_ref(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor
         x = F.gelu(x, approximate="tanh")
     scale = x.abs().amax(dim=1, keepdim=True).clamp_min(MIN_SCALE * E4M3_MAX) / E4M3_MAX
     return (x / scale).to(E4M3), scale
+
+
+def _quantize_tokens(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """h [B, N, C] -> (e4m3 [B, N, C], scale [B*N, 1])."""
+    values, scale = quantize_rows_ref(h.reshape(-1, h.shape[-1]))
+    return values.view(h.shape), scale
+
+
+def ln_modulate_fp8_ref(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                        eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """ln_modulate's output, rounded to x's dtype as it would be stored, quantized per token."""
+    return _quantize_tokens(ln_modulate_ref(x, shift, scale, eps))
+
+
+def gated_residual_ln_modulate_fp8_ref(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor, shift: torch.Tensor,
+                                       scale: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, ...]:
+    """(new_x, and its modulated norm as ln_modulate_fp8_ref quantizes it: e4m3, scale)."""
+    new_x, h = gated_residual_ln_modulate_ref(x, gate, y, shift, scale, eps)
+    return new_x, *_quantize_tokens(h)
+
+
+@dataclass(frozen=True)
+class QuantizedRows:
+    """An activation already quantized for an FP8 linear: e4m3 `values` [..., K] with one fp32
+    `scale` per row of K ([rows, 1]), and the `dtype` the activation had (the linear's output
+    dtype). Reshapes that keep the last axis keep the rows, hence the scales."""
+    values: torch.Tensor
+    scale: torch.Tensor
+    dtype: torch.dtype
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    def reshape(self, *shape) -> "QuantizedRows":
+        values = self.values.reshape(*shape)
+        if values.shape[-1] != self.values.shape[-1]:
+            raise ValueError(f"a reshape of quantized rows must keep the last axis ({self.values.shape[-1]}); "
+                             f"got {tuple(values.shape)}")
+        return replace(self, values=values)
 
 
 def check_fp8_supported(device: torch.device | str) -> None:
@@ -82,9 +129,13 @@ class FP8Linear(nn.Module):
         """The weight the matmul uses, in fp32 [N, K]."""
         return self.weight_bits.view(E4M3).float() * self.scale_bits.view(torch.float32).t()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        x8, x_scale = self.quantize(rows if rows.stride(-1) == 1 else rows.contiguous(), self.gelu_input)
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
+        """x [..., K], or already quantized by its producer (not for a `gelu_input` linear)."""
+        if isinstance(x, QuantizedRows):
+            x8, x_scale = x.values.reshape(-1, self.in_features), x.scale
+        else:
+            rows = x.reshape(-1, self.in_features)
+            x8, x_scale = self.quantize(rows if rows.stride(-1) == 1 else rows.contiguous(), self.gelu_input)
         out = torch._scaled_mm(x8, self.weight_bits.view(E4M3).t(), scale_a=x_scale,
                                scale_b=self.scale_bits.view(torch.float32), bias=self.bias, out_dtype=x.dtype)
         return out.view(*x.shape[:-1], self.out_features)
@@ -102,5 +153,5 @@ class FP8GeluMLP(nn.Module):
         self.fc1 = FP8Linear(mlp.fc1)
         self.fc2 = FP8Linear(mlp.fc2, gelu_input=True)
 
-    def forward(self, x: torch.Tensor, ops=None) -> torch.Tensor:  # `ops`: GeluMLP's signature
+    def forward(self, x: torch.Tensor | QuantizedRows, ops=None) -> torch.Tensor:  # `ops`: GeluMLP's signature
         return self.fc2(self.fc1(x))

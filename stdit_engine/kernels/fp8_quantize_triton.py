@@ -5,7 +5,8 @@ with unit stride along K -> (e4m3 [rows, K], fp32 scale [rows, 1]); GELU-tanh is
 `gelu` (the FP8 MLP's fc2 input). One program holds a whole row in registers, so the row's
 largest magnitude, the scale and the quantized row come from a single read. Plain PyTorch takes
 five passes for the same (abs, amax, divide, cast, and GELU): the FP8 forward was 2.4x slower than
-bf16 with it and 12% faster with this kernel (H200, BENCHMARKS.md).
+bf16 with it and 12% faster with this kernel (H200, BENCHMARKS.md). `quantize_tile` is the same
+quantization for the norm kernels that emit their output in e4m3 (the `*_fp8` ops).
 """
 from __future__ import annotations
 
@@ -19,17 +20,39 @@ from .fp8 import E4M3, E4M3_MAX, MIN_SCALE
 
 
 @triton.jit
+def quantize_tile(x, min_scale, fp8_max):
+    """The rows of the fp32 tile x [M, K] (masked-off entries 0) scaled for e4m3: (x / scale, scale
+    [M]), each row's largest magnitude at fp8_max. Divisions are IEEE, as PyTorch's: the default
+    fast one is off by up to 2 ulp, which flips values sitting near an e4m3 rounding midpoint
+    (~1.5e-5 of them with fp16 inputs, measured on an H200)."""
+    scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), min_scale * fp8_max), fp8_max)
+    return tl.math.div_rn(x, scale[:, None]), scale
+
+
+@triton.jit
 def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, K, stride_row, min_scale, fp8_max,
                           GELU: tl.constexpr, BLOCK_K: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_K)
+    cols = tl.arange(0, BLOCK_K)[None, :]
     mask = cols < K
     x = tl.load(x_ptr + row * stride_row + cols, mask=mask, other=0.0).to(tl.float32)
     if GELU:  # 0.5 x (1 + tanh(u)) = x sigmoid(2u); exp written out: tl.sigmoid fails in the interpreter
         x = x / (1.0 + tl.exp(-1.5957691216057308 * (x + 0.044715 * x * x * x)))  # 2 sqrt(2 / pi)
-    scale = tl.maximum(tl.max(tl.abs(x), axis=0), min_scale * fp8_max) / fp8_max
-    tl.store(out_ptr + row * K + cols, (x / scale).to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(scale_ptr + row, scale)
+    x, scale = quantize_tile(x, min_scale, fp8_max)
+    tl.store(out_ptr + row * K + cols, x.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr + row + tl.arange(0, 1), scale)
+
+
+def e4m3_buffer(shape, device: torch.device) -> torch.Tensor:
+    """Where a kernel writes e4m3 values; read it through `as_e4m3`. The interpreter's fp32 -> e4m3
+    conversion drops the mantissa's carry into the exponent (126.2 becomes 64, not 128; triton
+    3.x), so under it the kernels store the scaled values in fp32 and PyTorch rounds them."""
+    return torch.empty(shape, dtype=torch.float32 if os.environ.get("TRITON_INTERPRET") == "1" else E4M3,
+                       device=device)
+
+
+def as_e4m3(buffer: torch.Tensor) -> torch.Tensor:
+    return buffer if buffer.dtype == E4M3 else buffer.to(E4M3)
 
 
 @torch.library.custom_op("stdit_engine::quantize_rows_fp8", mutates_args=())
@@ -38,17 +61,13 @@ def quantize_rows_fp8_triton(x: torch.Tensor, gelu: bool = False) -> tuple[torch
         raise ValueError(f"quantize_rows_fp8 takes [rows, K] with unit stride along K; got shape {tuple(x.shape)}, "
                          f"strides {x.stride()}")
     rows, k = x.shape
-    # The interpreter's fp32 -> e4m3 conversion drops the mantissa's carry into the exponent
-    # (126.2 becomes 64, not 128; triton 3.x): under it the kernel stores the scaled values in
-    # fp32 and PyTorch rounds them. On GPUs the kernel writes e4m3 itself.
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    out = torch.empty((rows, k), dtype=torch.float32 if interpreted else E4M3, device=x.device)
+    out = e4m3_buffer((rows, k), x.device)
     scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
     if rows:
         block_k = triton.next_power_of_2(k)
         _quantize_rows_kernel[(rows,)](x, out, scale, k, x.stride(0), MIN_SCALE, E4M3_MAX, GELU=gelu,
                                        BLOCK_K=block_k, num_warps=4 if block_k <= 2048 else 8)
-    return (out.to(E4M3) if interpreted else out), scale
+    return as_e4m3(out), scale
 
 
 @quantize_rows_fp8_triton.register_fake

@@ -8,6 +8,7 @@ op `stdit_engine::gated_residual_ln_modulate`; gate None is a plain sum x + y (t
 residual). Its LayerNorm reads new_x as stored, rounded to x's dtype, so its second output is what
 ln_modulate would compute from the first. Fused, the pair costs 4 passes over the tokens instead
 of 5, and the norm runs at the residual kernel's bandwidth instead of its own lower one.
+`gated_residual_ln_modulate_fp8_triton` emits that norm quantized for an FP8 linear.
 
 x and y are [B, N, C], gate / shift / scale [B, C], all with any strides; the [B, C] rows are read
 by sample index inside the kernel. Math in fp32; outputs contiguous, in x's dtype.
@@ -18,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .ln_modulate_triton import _modulated_ln, _row_tile, row_launch_config
+from .fp8 import E4M3, E4M3_MAX, MIN_SCALE
+from .fp8_quantize_triton import as_e4m3, e4m3_buffer
+from .ln_modulate_triton import _modulated_ln, _row_tile, row_launch_config, store_norm
 
 
 # Launch of the fused kernel (tokens per program, warps): like the norm alone, one token and 2
@@ -29,9 +32,10 @@ FUSED_BLOCK_ROWS, FUSED_WARPS = 1, 2
 
 @triton.jit
 def _gated_residual_kernel(
-    x_ptr, gate_ptr, y_ptr, out_ptr, shift_ptr, scale_ptr, ln_ptr, n_rows, N, C, eps,
+    x_ptr, gate_ptr, y_ptr, out_ptr, shift_ptr, scale_ptr, ln_ptr, ln_scale_ptr, n_rows, N, C, eps, min_scale, fp8_max,
     sx_b, sx_n, sx_c, sg_b, sg_c, sy_b, sy_n, sy_c, ssh_b, ssh_c, ssc_b, ssc_c,
-    HAS_GATE: tl.constexpr, WITH_LN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_GATE: tl.constexpr, WITH_LN: tl.constexpr, QUANTIZE: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     row, b, n, col, mask = _row_tile(n_rows, N, C, BLOCK_M, BLOCK_C)
     x = tl.load(x_ptr + b * sx_b + n * sx_n + col * sx_c, mask=mask, other=0.0).to(tl.float32)
@@ -44,11 +48,12 @@ def _gated_residual_kernel(
         shift = tl.load(shift_ptr + b * ssh_b + col * ssh_c, mask=mask, other=0.0).to(tl.float32)
         scale = tl.load(scale_ptr + b * ssc_b + col * ssc_c, mask=mask, other=0.0).to(tl.float32)
         ln = _modulated_ln(new_x.to(tl.float32), shift, scale, mask, C, eps)
-        tl.store(ln_ptr + row * C + col, ln.to(ln_ptr.dtype.element_ty), mask=mask)
+        store_norm(ln, ln_ptr, ln_scale_ptr, row, col, mask, n_rows, C, min_scale, fp8_max, out_ptr.dtype.element_ty,
+                   QUANTIZE)
 
 
-def _launch(x, gate, y, shift=None, scale=None, eps=0.0):
-    """new_x, and LN-modulated new_x if shift and scale are given."""
+def _launch(x, gate, y, shift=None, scale=None, eps=0.0, quantize=False):
+    """new_x, and LN-modulated new_x if shift and scale are given (quantized: e4m3 and row scales)."""
     with_ln, has_gate = shift is not None, gate is not None
     if y.shape != x.shape:
         raise ValueError(f"y of shape {tuple(y.shape)} does not match x {tuple(x.shape)}")
@@ -56,16 +61,18 @@ def _launch(x, gate, y, shift=None, scale=None, eps=0.0):
     cfg = row_launch_config(x, *modulations, **(dict(rows=FUSED_BLOCK_ROWS, warps=FUSED_WARPS) if with_ln else {}))
     b, n, c = x.shape
     out = torch.empty((b, n, c), dtype=x.dtype, device=x.device)
-    ln = torch.empty_like(out) if with_ln else out  # without LN the kernel never writes it
+    ln = (e4m3_buffer((b, n, c), x.device) if quantize else torch.empty_like(out)) if with_ln else out
+    ln_scale = torch.empty((b * n, 1), dtype=torch.float32, device=x.device) if quantize else out
+    # Without LN the kernel never writes ln, without quantize never ln_scale.
     # What the kernel never reads (no gate, no LN) is passed as x's first token: the pointers need a tensor.
     gate, shift, scale = (x[:, 0] if m is None else m for m in (gate, shift, scale))
     if out.numel():
         _gated_residual_kernel[cfg.pop("grid")](
-            x, gate, y, out, shift, scale, ln, b * n, n, c, eps,
+            x, gate, y, out, shift, scale, ln, ln_scale, b * n, n, c, eps, MIN_SCALE, E4M3_MAX,
             *x.stride(), *gate.stride(), *y.stride(), *shift.stride(), *scale.stride(),
-            HAS_GATE=has_gate, WITH_LN=with_ln, **cfg,
+            HAS_GATE=has_gate, WITH_LN=with_ln, QUANTIZE=quantize, **cfg,
         )
-    return out, ln
+    return (out, as_e4m3(ln), ln_scale) if quantize else (out, ln)
 
 
 @torch.library.custom_op("stdit_engine::gated_residual", mutates_args=())
@@ -88,3 +95,18 @@ def gated_residual_ln_modulate_triton(
 @gated_residual_ln_modulate_triton.register_fake
 def _(x, gate, y, shift, scale, eps=1e-6):
     return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+@torch.library.custom_op("stdit_engine::gated_residual_ln_modulate_fp8", mutates_args=())
+def gated_residual_ln_modulate_fp8_triton(
+    x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(new_x, its norm quantized for an FP8 linear: e4m3, row scales); meaning:
+    `gated_residual_ln_modulate_fp8_ref`."""
+    return _launch(x, gate, y, shift, scale, eps, quantize=True)
+
+
+@gated_residual_ln_modulate_fp8_triton.register_fake
+def _(x, gate, y, shift, scale, eps=1e-6):
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=E4M3), x.new_empty((x.shape[0] * x.shape[1], 1),
+                                                                                dtype=torch.float32)

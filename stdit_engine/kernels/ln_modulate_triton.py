@@ -3,13 +3,17 @@
 x is [B, N, C] with any strides; shift and scale are [B, C] (any strides, e.g. the rows that
 `unbind` takes out of [B, 6, C]) and are read by sample index row // N inside the kernel, never
 expanded per token. Math in fp32; output contiguous, in x's dtype. `ln_modulate_triton` is the
-torch.library custom op `stdit_engine::ln_modulate`.
+torch.library custom op `stdit_engine::ln_modulate`; `ln_modulate_fp8_triton`
+(`stdit_engine::ln_modulate_fp8`) emits the same norm quantized for an FP8 linear.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from .fp8 import E4M3, E4M3_MAX, MIN_SCALE
+from .fp8_quantize_triton import as_e4m3, e4m3_buffer, quantize_tile
 
 BLOCK_ROWS = 4  # tokens per program of the residual kernels: a [4, next_pow2(C)] tile (4 x 2048 at C = 1152)
 # The norm alone runs best with one token per program and 2 warps: 2645 / 2972 GB/s at the
@@ -41,17 +45,29 @@ def _modulated_ln(x, shift, scale, mask, C, eps):
 
 
 @triton.jit
+def store_norm(out, out_ptr, out_scale_ptr, row, col, mask, n_rows, C, min_scale, fp8_max, x_dtype: tl.constexpr,
+               QUANTIZE: tl.constexpr):
+    """Stores the norm tile `out` (fp32) at out_ptr, rounded to x's dtype; with QUANTIZE, that
+    rounded norm in e4m3 with its row scales at out_scale_ptr, as quantize_rows would make it."""
+    if QUANTIZE:
+        out, out_scale = quantize_tile(out.to(x_dtype).to(tl.float32), min_scale, fp8_max)
+        tl.store(out_scale_ptr + row, out_scale[:, None], mask=row < n_rows)
+    tl.store(out_ptr + row * C + col, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _ln_modulate_kernel(
-    x_ptr, shift_ptr, scale_ptr, out_ptr, n_rows, N, C, eps,
+    x_ptr, shift_ptr, scale_ptr, out_ptr, out_scale_ptr, n_rows, N, C, eps, min_scale, fp8_max,
     sx_b, sx_n, sx_c, ssh_b, ssh_c, ssc_b, ssc_c,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+    QUANTIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     row, b, n, col, mask = _row_tile(n_rows, N, C, BLOCK_M, BLOCK_C)
     x = tl.load(x_ptr + b * sx_b + n * sx_n + col * sx_c, mask=mask, other=0.0).to(tl.float32)
     shift = tl.load(shift_ptr + b * ssh_b + col * ssh_c, mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + b * ssc_b + col * ssc_c, mask=mask, other=0.0).to(tl.float32)
     out = _modulated_ln(x, shift, scale, mask, C, eps)
-    tl.store(out_ptr + row * C + col, out.to(out_ptr.dtype.element_ty), mask=mask)
+    store_norm(out, out_ptr, out_scale_ptr, row, col, mask, n_rows, C, min_scale, fp8_max, x_ptr.dtype.element_ty,
+               QUANTIZE)
 
 
 def row_launch_config(x: torch.Tensor, *modulations: torch.Tensor, rows: int = BLOCK_ROWS,
@@ -69,18 +85,37 @@ def row_launch_config(x: torch.Tensor, *modulations: torch.Tensor, rows: int = B
     )
 
 
-@torch.library.custom_op("stdit_engine::ln_modulate", mutates_args=())
-def ln_modulate_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def _launch(x, shift, scale, eps, quantize: bool):
     cfg = row_launch_config(x, shift, scale, rows=LN_BLOCK_ROWS, warps=LN_WARPS)
     b, n, c = x.shape
-    out = torch.empty((b, n, c), dtype=x.dtype, device=x.device)
+    out = e4m3_buffer((b, n, c), x.device) if quantize else torch.empty((b, n, c), dtype=x.dtype, device=x.device)
+    out_scale = torch.empty((b * n, 1), dtype=torch.float32, device=x.device) if quantize else out
     if out.numel():
         _ln_modulate_kernel[cfg.pop("grid")](
-            x, shift, scale, out, b * n, n, c, eps, *x.stride(), *shift.stride(), *scale.stride(), **cfg
+            x, shift, scale, out, out_scale, b * n, n, c, eps, MIN_SCALE, E4M3_MAX,
+            *x.stride(), *shift.stride(), *scale.stride(),
+            QUANTIZE=quantize, **cfg
         )
-    return out
+    return (as_e4m3(out), out_scale) if quantize else out
+
+
+@torch.library.custom_op("stdit_engine::ln_modulate", mutates_args=())
+def ln_modulate_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return _launch(x, shift, scale, eps, quantize=False)
 
 
 @ln_modulate_triton.register_fake
 def _(x, shift, scale, eps=1e-6):
     return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("stdit_engine::ln_modulate_fp8", mutates_args=())
+def ln_modulate_fp8_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                           eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The modulated norm quantized for an FP8 linear (meaning: `ln_modulate_fp8_ref`)."""
+    return _launch(x, shift, scale, eps, quantize=True)
+
+
+@ln_modulate_fp8_triton.register_fake
+def _(x, shift, scale, eps=1e-6):
+    return x.new_empty(x.shape, dtype=E4M3), x.new_empty((x.shape[0] * x.shape[1], 1), dtype=torch.float32)

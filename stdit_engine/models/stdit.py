@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..kernels.fp8 import FP8GeluMLP, FP8Linear, check_fp8_supported
+from ..kernels.fp8 import FP8GeluMLP, FP8Linear, QuantizedRows, check_fp8_supported
 from ..kernels.registry import Ops, resolve_backend
 
 LN_EPS = 1e-6
@@ -158,9 +158,16 @@ class LocalTokens:
         return h.reshape(b, frames * positions, h.shape[-1])
 
 
-def add_and_norm(x, pending, shift, scale, ops: Ops) -> tuple[torch.Tensor, torch.Tensor]:
+def add_and_norm(x, pending, shift, scale, ops: Ops, for_linear: nn.Module | None = None):
     """(x plus the pending gated residual (gate, y) if any, the modulated norm of that sum): one
-    fused op when a residual is pending, so the sum is not read back for the norm."""
+    fused op when a residual is pending, so the sum is not read back for the norm. When the norm
+    feeds `for_linear` and that is an FP8 linear, the norm comes quantized for it (QuantizedRows),
+    from the same pass."""
+    if isinstance(for_linear, FP8Linear):
+        if pending is None:
+            return x, QuantizedRows(*ops.ln_modulate_fp8(x, shift, scale, LN_EPS), x.dtype)
+        x, values, row_scale = ops.gated_residual_ln_modulate_fp8(x, *pending, shift, scale, LN_EPS)
+        return x, QuantizedRows(values, row_scale, x.dtype)
     if pending is None:
         return x, ops.ln_modulate(x, shift, scale, LN_EPS)
     return ops.gated_residual_ln_modulate(x, *pending, shift, scale, LN_EPS)
@@ -191,7 +198,7 @@ class STDiTBlock(nn.Module):
         ).unbind(1)
 
         # Spatial attention within each frame, on the modulated norm of x.
-        x, h = add_and_norm(x, pending, shift_msa, scale_msa, ops)
+        x, h = add_and_norm(x, pending, shift_msa, scale_msa, ops, self.attn.qkv)
         h = self.attn(h.reshape(b * frames, positions, c), ops.self_attention).reshape(b, n, c)
         x = ops.gated_residual(x, gate_msa, h)
 
@@ -204,8 +211,8 @@ class STDiTBlock(nn.Module):
         x = ops.gated_residual(x, gate_msa, h)
 
         # Cross-attention's residual is ungated.
-        x, h = ops.gated_residual_ln_modulate(x, None, self.cross_attn(x, caption_kv, kv_lengths, ops),
-                                              shift_mlp, scale_mlp, LN_EPS)
+        x, h = add_and_norm(x, (None, self.cross_attn(x, caption_kv, kv_lengths, ops)), shift_mlp, scale_mlp, ops,
+                            self.mlp.fc1)
         return x, (gate_mlp, self.mlp(h, ops))
 
 
