@@ -23,6 +23,7 @@ KERNEL_KINDS = [
     ("temporal attention (Triton)", r"_temporal_attention_kernel"),
     ("flash attention (Triton: cross-attention, spatial where chosen)", r"_flash_attention_kernel"),
     ("LN-modulate and gated residual (Triton)", r"_ln_modulate_kernel|_gated_residual_kernel"),
+    ("FP8 quantization (Triton)", r"_quantize_rows_kernel"),
     ("attention (cuDNN / SDPA)", r"cudnn|fmha|flash|attention|sdpa"),
     ("matmul (cuBLAS)", r"gemm|nvjet|xmma|cutlass|sm90_|sm100_"),
     ("GELU", r"[Gg]elu"),

@@ -35,12 +35,14 @@ FP8_DIM_MULTIPLE = 16
 
 def quantize_rows_ref(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """x [rows, K] (GELU-tanh applied first if `gelu`) -> (e4m3 [rows, K], fp32 scale [rows, 1]) with
-    x ~ e4m3 * scale: each row's largest magnitude maps to e4m3's largest finite value, 448."""
+    x ~ e4m3 * scale: each row's largest magnitude maps to (about) e4m3's largest finite value, 448."""
     x = x.float()
     if gelu:
         x = F.gelu(x, approximate="tanh")
     scale = x.abs().amax(dim=1, keepdim=True).clamp_min(MIN_SCALE * E4M3_MAX) / E4M3_MAX
-    return (x / scale).to(E4M3), scale
+    # Times the reciprocal, not divided by the scale: a kernel computes the reciprocal once per row
+    # and then rounds exactly as this does (a division per element would cost it IEEE divisions).
+    return (x * (1.0 / scale)).to(E4M3), scale
 
 
 def _quantize_tokens(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
