@@ -24,7 +24,7 @@ from torch import nn
 from workloads import build_stdit, graphed_time_ms, median, relative_error, stdit_inputs
 
 from stdit_engine.configs import get_preset
-from stdit_engine.kernels.fp8 import E4M3, FP8Linear, quantize_rows_ref
+from stdit_engine.kernels.fp8 import E4M3, FP8GeluMLP, FP8Linear, quantize_rows_ref
 from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
 from stdit_engine.parallel.plan import token_grid
 
@@ -59,9 +59,21 @@ def linear_speed(preset: str, batch: int) -> None:
     print("  per forward (block linears, ms): " + ", ".join(f"{k} {v:.1f}" for k, v in total.items()))
 
 
+def fp8_where_norms_feed(model):
+    """Only the linears after a norm or GELU-heavy (qkv of both attentions, the MLP) in FP8: the
+    candidate subset if quantizing the attention outputs and the cross-attention's query costs
+    more than their FP8 matmuls save."""
+    for block in model.blocks:
+        block.attn.qkv, block.attn_temp.qkv = FP8Linear(block.attn.qkv), FP8Linear(block.attn_temp.qkv)
+        block.mlp = FP8GeluMLP(block.mlp)
+    model._bind_fp8_quantizer()
+    return model
+
+
 def forward_speed(preset: str, batch: int) -> None:
     variants = {"bf16": build_stdit(preset, torch.bfloat16, "triton"),
-                "bf16 + FP8": build_stdit(preset, torch.bfloat16, "triton", fp8=True)}
+                "bf16 + FP8": build_stdit(preset, torch.bfloat16, "triton", fp8=True),
+                "bf16 + FP8 qkv and MLP only": fp8_where_norms_feed(build_stdit(preset, torch.bfloat16, "triton"))}
     inputs = stdit_inputs(variants["bf16"], batch)
     frames, positions = token_grid(get_preset(preset))
     forward_ms = 45.0 * batch * frames * positions / 16384  # ~45 ms at 16x256x256 batch 4 (BENCHMARKS.md)
