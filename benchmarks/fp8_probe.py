@@ -60,9 +60,9 @@ def linear_speed(preset: str, batch: int) -> None:
 
 
 def fp8_where_norms_feed(model):
-    """Only the linears after a norm or GELU-heavy (qkv of both attentions, the MLP) in FP8: the
-    candidate subset if quantizing the attention outputs and the cross-attention's query costs
-    more than their FP8 matmuls save."""
+    """FP8 on the four largest matmuls of a block only (the two qkv projections, fc1, fc2): the
+    better choice if quantizing the inputs of the four C x C linears (the attention outputs, the
+    cross-attention's query) costs more than their FP8 matmuls save."""
     for block in model.blocks:
         block.attn.qkv, block.attn_temp.qkv = FP8Linear(block.attn.qkv), FP8Linear(block.attn_temp.qkv)
         block.mlp = FP8GeluMLP(block.mlp)
