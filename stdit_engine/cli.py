@@ -150,7 +150,8 @@ def cmd_info(_: argparse.Namespace) -> None:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            print(f"  cuda:{i} {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 1024**3:.1f} GiB")
+            fp8 = "--fp8 available" if (p.major, p.minor) >= (8, 9) else "no FP8 matmuls"
+            print(f"  cuda:{i} {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 1024**3:.1f} GiB, {fp8}")
     else:
         print("  no CUDA GPU visible: everything runs on the CPU")
     print("kernel backends: auto, " + ", ".join(BACKENDS))

@@ -56,6 +56,17 @@ def test_info(capsys):
     assert "torch" in printed and "kernel backends: auto, eager, sdpa, triton" in printed and "onnxruntime" in printed
 
 
+def test_fp8_flag(tmp_path, capsys):
+    out = tmp_path / "fp8.mp4"
+    assert main(["generate", "--preset", "tiny", "--random-weights", "--device", "cpu", "--dtype", "bf16", "--fp8",
+                 "--steps", "2", "--prompt", DEMO_PROMPT, "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and "bfloat16 with FP8 block linears" in capsys.readouterr().out
+    # FP8 takes half-precision activations; the CPU default is fp32.
+    assert main(["generate", "--preset", "tiny", "--random-weights", "--device", "cpu", "--fp8",
+                 "--prompt", "x", "--out", str(out)]) == 2
+    assert "--dtype bf16" in capsys.readouterr().err
+
+
 def test_offload_placement_without_gpu_is_refused(tmp_path, capsys):
     code = main(["generate", "--preset", "tiny", "--random-weights", "--device", "cpu", "--placement", "offload",
                  "--prompt", "x", "--out", str(tmp_path / "x.mp4")])

@@ -12,7 +12,8 @@ from stdit_engine import Engine
 from stdit_engine.engine.memory import estimate_memory
 from stdit_engine.errors import ConfigError, DeviceError
 from stdit_engine.export.exportable import check_eager
-from stdit_engine.kernels.fp8 import E4M3, E4M3_MAX, MIN_SCALE, FP8GeluMLP, FP8Linear, quantize_rows_ref
+from stdit_engine.kernels.fp8 import (E4M3, E4M3_MAX, MIN_SCALE, FP8GeluMLP, FP8Linear, check_fp8_supported,
+                                      quantize_rows_ref)
 from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
 from stdit_engine.models.stdit import FP8_BLOCK_LINEARS
 from test_stdit_golden import count_op_calls, golden_model
@@ -135,11 +136,12 @@ def test_fp8_backend_switch_rebinds_the_quantizer(golden):
 def test_fp8_is_refused_where_it_cannot_run(golden, monkeypatch):
     with pytest.raises(ConfigError, match="bf16 or fp16"):
         golden_model(golden).quantize_fp8()  # fp32
+    with pytest.raises(ConfigError, match="bf16 or fp16"):  # said before anything is loaded
+        Engine.from_random_weights("16x256x256", device="cpu", fp8=True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
     with pytest.raises(DeviceError, match="8.9 or newer.*A100 is 8.0"):
-        from stdit_engine.kernels.fp8 import check_fp8_supported
-        check_fp8_supported("cuda")
+        check_fp8_supported("cuda", torch.bfloat16)
     with pytest.raises(ConfigError, match="FP8"):
         check_eager(golden_model(golden).to(torch.bfloat16).quantize_fp8())  # exports take the unquantized model
 

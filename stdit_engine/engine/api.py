@@ -124,8 +124,8 @@ class Engine:
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)  # fail on a bad backend before loading anything
-        if fp8:
-            check_fp8_supported(device)
+        if fp8:  # before loading anything
+            check_fp8_supported(device, dtype)
         placement = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name, fp8)
         stdit_source = stdit or preset.stdit_hub_id
         t5_source = t5 or preset.text.hub_id
@@ -160,8 +160,8 @@ class Engine:
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)
-        if fp8:
-            check_fp8_supported(device)
+        if fp8:  # before loading anything
+            check_fp8_supported(device, dtype)
         placement = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name, fp8)
         model = build_stdit(preset, device, dtype, ops.name, seed=seed, fp8=fp8)
         video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
@@ -277,7 +277,8 @@ class Engine:
 
     def _print_stats(self) -> None:
         note = " (random weights)" if self.random_weights else ""
-        print(f"stdit-engine {self.preset.name}{note} on {self.device}, {str(self.dtype).removeprefix('torch.')}, "
+        fp8 = " with FP8 block linears" if self.stdit.is_fp8 else ""
+        print(f"stdit-engine {self.preset.name}{note} on {self.device}, {str(self.dtype).removeprefix('torch.')}{fp8}, "
               f"placement {self.placement.mode}:")
         for stats in self.last_stats:
             print("  " + stats.describe(self.device))

@@ -85,9 +85,13 @@ class QuantizedRows:
         return replace(self, values=values)
 
 
-def check_fp8_supported(device: torch.device | str) -> None:
+def check_fp8_supported(device: torch.device | str, dtype: torch.dtype) -> None:
     """DeviceError unless `device` runs `_scaled_mm` on e4m3: NVIDIA compute capability 8.9 (Ada)
-    or newer, or the CPU (slow; for tests)."""
+    or newer, or the CPU (slow; for tests). ConfigError unless the activations, `dtype`, are bf16
+    or fp16 (the FP8 matmul's output types here)."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ConfigError(f"FP8 linears take bf16 or fp16 activations, not {dtype}: pass dtype=torch.bfloat16 "
+                          "(--dtype bf16) or torch.float16")
     device = torch.device(device)
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)

@@ -291,10 +291,7 @@ class STDiT(nn.Module):
         they are on: e4m3 weights, activations quantized per token by this backend's kernel.
         Halves those weights' memory; the output moves about as far from fp32 as bf16's own
         rounding does (kernels/fp8.py). Call it once the weights are loaded, in bf16 or fp16."""
-        if self.dtype not in (torch.bfloat16, torch.float16):
-            raise ConfigError(f"FP8 linears take bf16 or fp16 activations; this model is {self.dtype}: "
-                              "build it with dtype=torch.bfloat16 (--dtype bf16) or float16")
-        check_fp8_supported(self.x_embedder.proj.weight.device)
+        check_fp8_supported(self.x_embedder.proj.weight.device, self.dtype)
         if self.is_fp8:
             return self
         for block in self.blocks:
