@@ -15,6 +15,7 @@ from .configs import PRESETS
 from .errors import ConfigError, EngineError
 from .engine.placement import MODES as PLACEMENT_MODES
 from .export import command as export_command
+from .kernels.fp8 import FP8_MIN_CAPABILITY
 from .kernels.registry import BACKENDS
 from .parallel.plan import MODES as PARALLEL_MODES
 
@@ -150,7 +151,7 @@ def cmd_info(_: argparse.Namespace) -> None:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            fp8 = "--fp8 available" if (p.major, p.minor) >= (8, 9) else "no FP8 matmuls"
+            fp8 = "--fp8 available" if (p.major, p.minor) >= FP8_MIN_CAPABILITY else "no FP8 matmuls"
             print(f"  cuda:{i} {p.name}, sm_{p.major}{p.minor}, {p.total_memory / 1024**3:.1f} GiB, {fp8}")
     else:
         print("  no CUDA GPU visible: everything runs on the CPU")

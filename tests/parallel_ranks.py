@@ -44,13 +44,15 @@ def generate_latents(engine: Engine, prompts=PROMPTS) -> torch.Tensor:
     return engine.generate(prompts, seed=SAMPLE_SEED, num_steps=STEPS, output="latent", progress=False)
 
 
-def tiny_engine(device: str, parallel: str) -> Engine:
-    return Engine.from_random_weights("tiny", device=device, dtype=torch.float32, seed=WEIGHT_SEED, parallel=parallel)
+def tiny_engine(device: str, parallel: str, fp8: bool = False) -> Engine:
+    """fp32, or with FP8 block linears bf16 (FP8 takes half-precision activations)."""
+    return Engine.from_random_weights("tiny", device=device, dtype=torch.bfloat16 if fp8 else torch.float32,
+                                      seed=WEIGHT_SEED, parallel=parallel, fp8=fp8)
 
 
-def one_process_results(device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def one_process_results(device: str, fp8: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What `checks` computes, by one process: (latent, frames of a video, decode of odd_latent())."""
-    engine = tiny_engine(device, "none")
+    engine = tiny_engine(device, "none", fp8)
     latent = generate_latents(engine).cpu()
     videos = engine.generate(PROMPTS[:1], seed=SAMPLE_SEED, num_steps=2, progress=False)
     return latent, videos[0].frames, engine.vae.decode(odd_latent(), to_uint8=True)
@@ -66,12 +68,13 @@ def artifact_refusal(engine: Engine, folder: Path) -> str | None:
     return None
 
 
-def checks(rank: int, folder: Path, modes: tuple[str, ...], video_mode: str | None, device: str = "cpu") -> None:
+def checks(rank: int, folder: Path, modes: tuple[str, ...], video_mode: str | None, device: str = "cpu",
+           fp8: bool = False) -> None:
     """All that a test wants from one spawn of the ranks (starting processes is the slow part):
     a real exchange, the final latent per mode, and (for `video_mode`) what generate() returns as
     videos."""
     for mode in modes:
-        engine = tiny_engine(device, mode)
+        engine = tiny_engine(device, mode, fp8)
         t5_device = next(engine.text_encoder.model.parameters()).device.type
         torch.save({"latent": generate_latents(engine).cpu(), "mode": engine.parallel.mode, "t5_device": t5_device,
                     "artifact_refusal": artifact_refusal(engine, folder)}, folder / f"{mode}-{rank}.pt")
@@ -91,7 +94,7 @@ def assert_latents_match(folder: Path, mode: str, ranks: int, reference: torch.T
     results = [torch.load(folder / f"{mode}-{rank}.pt") for rank in range(ranks)]
     assert {r["mode"] for r in results} == {resolved or mode}
     assert results[0]["latent"].shape == reference.shape == (2, 4, 4, 8, 8)
-    assert float((results[0]["latent"] - reference).norm() / reference.norm()) < tolerance
+    assert float((results[0]["latent"].float() - reference.float()).norm() / reference.float().norm()) < tolerance
     assert all(torch.equal(r["latent"], results[0]["latent"]) for r in results)
     assert all(f"parallel mode {resolved or mode!r}" in r["artifact_refusal"] for r in results)
 

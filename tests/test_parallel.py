@@ -28,6 +28,13 @@ def two_ranks(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def two_ranks_fp8(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two_ranks_fp8")
+    run_ranks(2, folder, checks, folder, ("cfg", "dsp"), None, "cpu", True)
+    return folder
+
+
+@pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
     """auto on 4 ranks: two guidance halves, each sequence-parallel over 2 ranks."""
     folder = tmp_path_factory.mktemp("four_ranks")
@@ -38,6 +45,14 @@ def four_ranks(tmp_path_factory):
 @pytest.mark.parametrize("mode", ["cfg", "dsp"])
 def test_two_ranks_give_the_one_process_latent(one_process, two_ranks, mode):
     assert_latents_match(two_ranks, mode, 2, one_process[0], tolerance=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["cfg", "dsp"])
+def test_two_ranks_with_fp8_linears_give_the_one_process_latent(two_ranks_fp8, mode):
+    """The FP8 model shards as the fp32 one does (its norms hand quantized rows to local linears
+    only); on the CPU the bf16 latents come out equal."""
+    reference = one_process_results("cpu", fp8=True)[0]
+    assert_latents_match(two_ranks_fp8, mode, 2, reference, tolerance=1e-5)
 
 
 def test_split_decode_gathers_the_video_on_rank_0(one_process, two_ranks):

@@ -29,6 +29,7 @@ from .ln_modulate import ln_modulate_ref
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
 MIN_SCALE = 1e-12  # an all-zero row gets this scale instead of a division by zero
+FP8_MIN_CAPABILITY = (8, 9)  # Ada; Hopper and Blackwell after it
 # _scaled_mm's operands need both matrix dimensions divisible by 16.
 FP8_DIM_MULTIPLE = 16
 
@@ -95,7 +96,7 @@ def check_fp8_supported(device: torch.device | str, dtype: torch.dtype) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
-        if (major, minor) < (8, 9):
+        if (major, minor) < FP8_MIN_CAPABILITY:
             raise DeviceError(f"FP8 matmuls need an NVIDIA GPU of compute capability 8.9 or newer (Ada, Hopper, "
                               f"Blackwell); {torch.cuda.get_device_name(device)} is {major}.{minor}: leave fp8 off")
     elif device.type != "cpu":
