@@ -3,7 +3,7 @@ and prints each configuration's time and its error against the backend's referen
 constants (the kernels' defaults) are the winners of the last sweep on an H200. Run it on a new card
 before trusting those defaults there:
 
-    python benchmarks/launch_sweep.py [--only temporal|cross|spatial|ln|residual_ln]
+    python benchmarks/launch_sweep.py [--only temporal|cross|spatial|ln|residual_ln|quantize|quantize_gelu]
 """
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import itertools
 import torch
 from workloads import graphed_time_ms, median, relative_error
 
-from stdit_engine.kernels import (cross_attention_triton, gated_residual_triton, ln_modulate_triton, self_attention_triton,
-                                  temporal_attention_triton)
+from stdit_engine.kernels import (cross_attention_triton, fp8_quantize_triton, gated_residual_triton, ln_modulate_triton,
+                                  self_attention_triton, temporal_attention_triton)
 from stdit_engine.kernels.attention import cross_attention_sdpa, self_attention_cudnn, temporal_attention_sdpa
+from stdit_engine.kernels.fp8 import quantize_rows_ref
 from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref
 from stdit_engine.kernels.ln_modulate import ln_modulate_ref
 
@@ -63,6 +64,17 @@ def residual_ln_case(b, t, s):
         (lambda: gated_residual_ln_modulate_ref(x, gate, y, shift, scale, 1e-6)[1])
 
 
+def quantize_case(b, t, s, width=HIDDEN, gelu=False):
+    """The FP8 input quantization, judged on the dequantized rows."""
+    x = tokens(b, t, s, width).view(b * t * s, width)
+
+    def dequantized(quantize):
+        values, scale = quantize(x, gelu)
+        return values.float() * scale
+
+    return (lambda: dequantized(fp8_quantize_triton.quantize_rows_fp8_triton)), (lambda: dequantized(quantize_rows_ref))
+
+
 # kernel: (module, {constant: values}, case)
 SWEEPS = {
     "temporal": (temporal_attention_triton, {"WARPS_BY_TILE": [dict.fromkeys((16, 32, 64), w) for w in (1, 2, 4, 8)]}, temporal_case),
@@ -71,6 +83,10 @@ SWEEPS = {
                                         "NUM_WARPS": [4, 8], "NUM_STAGES": [2, 3]}, spatial_case),
     "ln": (ln_modulate_triton, {"LN_BLOCK_ROWS": [1, 2, 4], "LN_WARPS": [1, 2, 4, 8]}, ln_case),
     "residual_ln": (gated_residual_triton, {"FUSED_BLOCK_ROWS": [1, 2, 4, 8], "FUSED_WARPS": [2, 4, 8]}, residual_ln_case),
+    "quantize": (fp8_quantize_triton, {"QUANTIZE_LAUNCH_NARROW": list(itertools.product((1, 2, 4), (1, 2, 4, 8)))},
+                 quantize_case),
+    "quantize_gelu": (fp8_quantize_triton, {"QUANTIZE_LAUNCH_WIDE": list(itertools.product((1, 2), (4, 8, 16)))},
+                      lambda b, t, s: quantize_case(b, t, s, width=4 * HIDDEN, gelu=True)),
 }
 
 

@@ -12,6 +12,7 @@ from stdit_engine.kernels.attention import cross_attention_ref, self_attention_r
 from stdit_engine.kernels.cross_attention_triton import BLOCK_L, cross_attention_triton
 from stdit_engine.kernels.flash_attention_triton import flash_attention, head_split
 from stdit_engine.kernels.fp8 import E4M3, ln_modulate_fp8_ref, quantize_rows_ref
+from stdit_engine.kernels import fp8_quantize_triton
 from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
 from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
 from stdit_engine.kernels.gated_residual_triton import (gated_residual_ln_modulate_fp8_triton,
@@ -204,10 +205,13 @@ def test_self_attention(shape, dtype):
     assert out.transpose(1, 2).is_contiguous()  # token order: the output projection reads it without a copy
 
 
+@pytest.mark.parametrize("rows_per_program", [1, 4])
 @pytest.mark.parametrize("gelu", [False, True], ids=["plain", "gelu"])
 @pytest.mark.parametrize("shape", QUANTIZE_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES[1:])
-def test_quantize_rows_fp8(shape, dtype, gelu):
+def test_quantize_rows_fp8(shape, dtype, gelu, rows_per_program, monkeypatch):
+    for launch in ("QUANTIZE_LAUNCH_NARROW", "QUANTIZE_LAUNCH_WIDE"):  # a ragged last program when 4
+        monkeypatch.setattr(fp8_quantize_triton, launch, (rows_per_program, getattr(fp8_quantize_triton, launch)[1]))
     n, k = shape
     wide = (torch.randn(n, k + 32, device=DEVICE) * 3).to(dtype)
     x = wide[:, :k]  # rows with a stride wider than K, as a slice gives them
