@@ -12,8 +12,8 @@ from stdit_engine import Engine
 from stdit_engine.engine.memory import estimate_memory
 from stdit_engine.errors import ConfigError, DeviceError
 from stdit_engine.export.exportable import check_eager
-from stdit_engine.kernels.fp8 import (E4M3, E4M3_MAX, MIN_SCALE, FP8GeluMLP, FP8Linear, check_fp8_supported,
-                                      quantize_rows_ref)
+from stdit_engine.kernels.fp8 import (E4M3, E4M3_MAX, MIN_SCALE, FP8GeluMLP, FP8Linear, QuantizedRows,
+                                      check_fp8_supported, quantize_rows_ref)
 from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
 from stdit_engine.models.stdit import FP8_BLOCK_LINEARS
 from test_stdit_golden import count_op_calls, golden_model
@@ -64,6 +64,16 @@ def test_fp8_weights_survive_a_dtype_cast():
     assert fp8.weight_bits.dtype == torch.uint8 and fp8.scale_bits.dtype == torch.int32
     assert torch.equal(fp8.dequantized_weight(), weight)
     assert fp8(torch.randn(3, 144, dtype=torch.float16)).dtype == torch.float16
+
+
+def test_fp8_linear_takes_rows_quantized_by_their_producer():
+    _, fp8 = make_fp8_linear()
+    x = torch.randn(2, 10, 144, dtype=torch.bfloat16)
+    values, scale = quantize_rows_ref(x.reshape(-1, 144))
+    assert torch.equal(fp8(QuantizedRows(values.view(2, 10, 144), scale, x.dtype)), fp8(x))
+    _, gelu_first = make_fp8_linear(gelu_input=True)
+    with pytest.raises(ValueError, match="GELU"):  # its GELU would be skipped
+        gelu_first(QuantizedRows(values, scale, x.dtype))
 
 
 def test_fp8_linear_refuses_sizes_scaled_mm_cannot_take():

@@ -140,6 +140,9 @@ class FP8Linear(nn.Module):
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
         """x [..., K], or already quantized by its producer (not for a `gelu_input` linear)."""
         if isinstance(x, QuantizedRows):
+            if self.gelu_input:
+                raise ValueError("this FP8 linear applies GELU to its input as it quantizes it: pass it the "
+                                 "unquantized activation")
             x8, x_scale = x.values.reshape(-1, self.in_features), x.scale
         else:
             rows = x.reshape(-1, self.in_features)
