@@ -91,7 +91,10 @@ def measure_stage(name: str, device: torch.device, record: list[StageStats], mod
 # and fc2's: 3 + 4 + 1 = 8, the peak of the triton backend on CUDA, whose fc1 computes the GELU in
 # its epilogue (one wide tensor, not two). Plus every block's caption K/V, computed once per call.
 # The eager backend's attention scores are assumed smaller than the MLP's tensors: true of the
-# tiny preset; the CUDA backends never materialise them.
+# tiny preset; the CUDA backends never materialise them. With FP8 linears (kernels/fp8.py) fc2
+# runs while fc1's output (4 tensors wide) is still referenced, beside its e4m3 copy (half the
+# bytes: 2) and fc2's output: 3 + 4 + 2 + 1 = 10 (counted from the code, not yet fitted on a GPU;
+# the CPU reference quantizer's fp32 temporaries, a tests-only path, are not counted).
 STDIT_TOKEN_TENSORS = 3
 # The H200 fit's 0.2 GiB beyond the token-sized tensors, less the caption K/V of its 2-prompt runs
 # (0.058 GiB), now counted above: presumably workspaces and the CUDA graph's static caption K/V.
@@ -168,16 +171,19 @@ def t5_activation_bytes(preset, batch: int, t5_dtype: torch.dtype) -> int:
 
 
 def stdit_activation_bytes(preset, batch: int, dtype: torch.dtype, device: torch.device | str,
-                           backend: str = "auto") -> int:
+                           backend: str = "auto", fp8: bool = False) -> int:
     """Denoise activations of `batch` samples (a guidance batch of twice as many)."""
     cfg = preset.stdit
     rows = 2 * batch
     frames, positions = token_grid(preset)
     tokens = rows * frames * positions
-    gelu_in_fc1 = _is_cuda(device) and backend_name(backend, device) == "triton"
-    at_gelu = STDIT_TOKEN_TENSORS + (1 if gelu_in_fc1 else 2) * cfg.mlp_ratio
-    at_fc2 = STDIT_TOKEN_TENSORS + cfg.mlp_ratio + 1
-    block = max(at_gelu, at_fc2) * tokens * cfg.hidden_size
+    if fp8:
+        mlp_peak = STDIT_TOKEN_TENSORS + 1.5 * cfg.mlp_ratio + 1
+    else:
+        gelu_in_fc1 = _is_cuda(device) and backend_name(backend, device) == "triton"
+        at_gelu = STDIT_TOKEN_TENSORS + (1 if gelu_in_fc1 else 2) * cfg.mlp_ratio
+        mlp_peak = max(at_gelu, STDIT_TOKEN_TENSORS + cfg.mlp_ratio + 1)
+    block = mlp_peak * tokens * cfg.hidden_size
     caption_kv = cfg.depth * 2 * rows * cfg.model_max_length * cfg.hidden_size
     extra = STDIT_CUDA_EXTRA_BYTES if _is_cuda(device) else 0
     return int(block + caption_kv) * _bytes(dtype) + extra
@@ -207,7 +213,7 @@ def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.
                     vae_chunk_frames: int | None = None, device: torch.device | str = "cuda",
                     backend: str = "auto", fp8: bool = False) -> MemoryEstimate:
     """Predicted peak allocated memory of `generate()` on `device` in placement `mode` with the
-    STDiT kernel `backend` (and FP8 block linears, whose weights take a byte each), before loading."""
+    STDiT kernel `backend` (and FP8 block linears: a byte a weight, a wider MLP peak), before loading."""
     from ..configs import get_preset
 
     preset = get_preset(preset)
@@ -216,7 +222,7 @@ def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.
     weights = {"stdit": stdit_weights, "t5": counts["t5"] * _bytes(t5_dtype),
                "vae": counts["vae"] * _bytes(dtype)}
     batch = min(prompts, batch_size or preset.prompts_per_batch)
-    denoise_act = stdit_activation_bytes(preset, batch, dtype, device, backend)
+    denoise_act = stdit_activation_bytes(preset, batch, dtype, device, backend, fp8)
     chunk = min(vae_chunk_frames or batch * preset.num_frames, batch * preset.num_frames)
     decode_act = chunk * vae_frame_bytes(preset, dtype, device)
     encode_act = t5_activation_bytes(preset, batch, t5_dtype)
