@@ -106,16 +106,20 @@ def test_quantize_fp8_converts_every_block_linear_but_the_caption_kv(golden):
     assert model.is_fp8 and model.quantize_fp8() is model  # converting twice changes nothing
 
 
-def test_norms_hand_their_fp8_linears_quantized_rows(golden):
-    """Where a norm feeds an FP8 linear (spatial qkv, fc1) it emits the e4m3 rows itself; the other
-    six linears of a block quantize their input; the final layer's linear stays in bf16."""
+def test_producers_hand_their_fp8_linears_quantized_rows(golden):
+    """Where a norm or a residual sum feeds an FP8 linear (spatial qkv and fc1; temporal qkv, but in
+    block 0, whose temporal embedding comes first, and the cross-attention query) it emits the e4m3
+    rows itself; the attention outputs and fc2's GELU input are quantized apart; the final layer's
+    linear stays in bf16."""
     model = golden_model(golden).to(torch.bfloat16).quantize_fp8()
-    calls = count_op_calls(model, ("quantize_rows_fp8", "ln_modulate", "ln_modulate_fp8", "gated_residual_ln_modulate",
-                                   "gated_residual_ln_modulate_fp8"))
+    names = ("quantize_rows_fp8", "ln_modulate", "ln_modulate_fp8", "gated_residual", "gated_residual_fp8",
+             "gated_residual_ln_modulate", "gated_residual_ln_modulate_fp8")
+    calls = count_op_calls(model, names)
     with torch.no_grad():
         model(*golden_inputs(golden))
     depth = len(model.blocks)
-    assert calls == {"quantize_rows_fp8": 6 * depth, "ln_modulate_fp8": 1, "gated_residual_ln_modulate_fp8": 2 * depth - 1,
+    assert calls == {"quantize_rows_fp8": 4 * depth + 1, "ln_modulate_fp8": 1, "gated_residual": 1,
+                     "gated_residual_fp8": 2 * depth - 1, "gated_residual_ln_modulate_fp8": 2 * depth - 1,
                      "gated_residual_ln_modulate": 1}
 
 

@@ -15,7 +15,7 @@ from stdit_engine.kernels.fp8 import E4M3, ln_modulate_fp8_ref, quantize_rows_re
 from stdit_engine.kernels import fp8_quantize_triton
 from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
 from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
-from stdit_engine.kernels.gated_residual_triton import (gated_residual_ln_modulate_fp8_triton,
+from stdit_engine.kernels.gated_residual_triton import (gated_residual_fp8_triton, gated_residual_ln_modulate_fp8_triton,
                                                         gated_residual_ln_modulate_triton, gated_residual_triton)
 from stdit_engine.kernels.ln_modulate import ln_modulate_ref
 from stdit_engine.kernels.ln_modulate_triton import ln_modulate_fp8_triton, ln_modulate_triton
@@ -237,30 +237,36 @@ def quantization_error(values, row_scale, exact):
     return ((values.reshape(-1, k).float() * row_scale - exact).norm() / exact.norm()).item()
 
 
-@pytest.mark.parametrize("residual", ["none", "gated", "sum"])
+@pytest.mark.parametrize("producer", ["norm", "gated_residual_norm", "residual_norm", "gated_residual"])
 @pytest.mark.parametrize("shape", ROW_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES[1:])
-def test_norms_quantized_for_fp8(shape, dtype, residual):
-    """The norm kernels' e4m3 output against the reference (the norm rounded to the dtype, then
-    quantize_rows): as close to the fp32 norm of the same sum as the reference's quantization is."""
+def test_producers_quantized_for_fp8(shape, dtype, producer):
+    """The row kernels that emit their output in e4m3 for an FP8 linear, against the reference
+    (the output rounded to the dtype, then quantize_rows): as close to the fp32 output (computed from
+    the kernel's own sum) as the reference's quantization is."""
     x, y = rows(*shape, dtype), rows(*shape, dtype)
     gate, shift, scale = modulation(shape[0], shape[2], dtype)[:3]
-    if residual == "none":
+    if producer == "norm":
         (q, q_scale), (q_ref, q_scale_ref) = (op(x, shift, scale, EPS) for op in (ln_modulate_fp8_triton,
                                                                                    ln_modulate_fp8_ref))
-        new_x = x
+        exact = ln_modulate_ref(x.float(), shift.float(), scale.float(), EPS)
     else:
-        gate = gate if residual == "gated" else None
-        new_x, q, q_scale = gated_residual_ln_modulate_fp8_triton(x, gate, y, shift, scale, EPS)
-        # The sum as the plain residual kernels are judged; the norm's reference then reads the
-        # kernel's sum, so that the sum's rounding does not count twice.
+        gate = None if producer == "residual_norm" else gate
+        if producer == "gated_residual":
+            new_x, q, q_scale = gated_residual_fp8_triton(x, gate, y)
+            q_ref, q_scale_ref = quantize_rows_ref(new_x.reshape(-1, shape[2]))
+            exact = new_x.float()
+        else:
+            new_x, q, q_scale = gated_residual_ln_modulate_fp8_triton(x, gate, y, shift, scale, EPS)
+            # The norm's reference reads the kernel's sum, so that the sum's rounding does not count twice.
+            q_ref, q_scale_ref = ln_modulate_fp8_ref(new_x, shift, scale, EPS)
+            exact = ln_modulate_ref(new_x.float(), shift.float(), scale.float(), EPS)
+        # The sum as the plain residual kernels are judged.
         assert_close_to_reference(new_x, lambda a, g, b: a + b if g is None else gated_residual_ref(a, g, b),
                                   (x, gate, y))
-        q_ref, q_scale_ref = ln_modulate_fp8_ref(new_x, shift, scale, EPS)
     assert q.dtype == E4M3 and q.shape == shape and q_scale.shape == (shape[0] * shape[1], 1)
     # Row scales: the amaxes a rounding or two apart (on the CPU, the interpreter truncates to bf16).
     torch.testing.assert_close(q_scale, q_scale_ref, rtol=2e-2, atol=0)
-    exact = ln_modulate_ref(new_x.float(), shift.float(), scale.float(), EPS)
     assert quantization_error(q, q_scale, exact) <= 1.1 * quantization_error(q_ref, q_scale_ref, exact)
 
 
@@ -344,9 +350,12 @@ def test_row_ops_reject_mismatched_modulation():
                                                          *modulation(2, 144, torch.bfloat16)[:1],
                                                          rows(2, 5, 144, torch.bfloat16),
                                                          *modulation(2, 144, torch.bfloat16)[1:3], EPS)),
+        (gated_residual_fp8_triton, lambda: (rows(2, 5, 144, torch.bfloat16), modulation(2, 144, torch.bfloat16)[2],
+                                             rows(2, 5, 144, torch.bfloat16))),
     ],
     ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "residual_ln_modulate_without_gate", "temporal_attention", "cross_attention",
-         "self_attention", "quantize_rows_fp8", "ln_modulate_fp8", "gated_residual_ln_modulate_fp8"],
+         "self_attention", "quantize_rows_fp8", "ln_modulate_fp8", "gated_residual_ln_modulate_fp8",
+         "gated_residual_fp8"],
 )
 def test_custom_op_registration(op, make_args):
     """Schema, fake (meta) implementation and tracing agree with the kernel: what torch.compile,

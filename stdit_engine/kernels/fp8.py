@@ -11,9 +11,10 @@ fp16 ones, against 1.89e-2 for bf16 without FP8.
 `quantize_rows_ref` is the meaning of the quantizer (the Triton kernel in fp8_quantize_triton.py
 is the fast one); `FP8Linear` replaces an `nn.Linear`, `FP8GeluMLP` the STDiT MLP, whose GELU
 moves from fc1's matmul epilogue (which `_scaled_mm` lacks) into the quantization of fc2's input.
-The norms in front of the qkv and fc1 linears hand them their input already quantized
-(`QuantizedRows`, from the `*_fp8` ops whose meanings are below): the row is in registers there,
-so its scale costs nothing and the separate quantization pass is saved.
+The norms in front of the spatial qkv and fc1 linears, and the residual sums read by the temporal
+qkv and the cross-attention query, hand them their input already quantized (`QuantizedRows`, from
+the `*_fp8` ops whose meanings are below): the row is in registers there, so its scale costs
+nothing and the separate quantization pass is saved.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DeviceError
-from .gated_residual import gated_residual_ln_modulate_ref
+from .gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
 from .ln_modulate import ln_modulate_ref
 
 E4M3 = torch.float8_e4m3fn
@@ -66,6 +67,12 @@ def gated_residual_ln_modulate_fp8_ref(x: torch.Tensor, gate: torch.Tensor | Non
     return new_x, *_quantize_tokens(h)
 
 
+def gated_residual_fp8_ref(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(new_x = x + gate * y, and new_x quantized per token: e4m3, scale)."""
+    new_x = gated_residual_ref(x, gate, y)
+    return new_x, *_quantize_tokens(new_x)
+
+
 @dataclass(frozen=True)
 class QuantizedRows:
     """An activation already quantized for an FP8 linear: e4m3 `values` [..., K] with one fp32
@@ -85,6 +92,8 @@ class QuantizedRows:
             raise ValueError(f"a reshape of quantized rows must keep the last axis ({self.values.shape[-1]}); "
                              f"got {tuple(values.shape)}")
         return replace(self, values=values)
+
+    view = reshape  # as tensors are regrouped (models/stdit.py LocalTokens); always a view here
 
 
 def check_fp8_supported(device: torch.device | str, dtype: torch.dtype) -> None:

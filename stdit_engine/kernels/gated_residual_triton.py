@@ -8,7 +8,9 @@ op `stdit_engine::gated_residual_ln_modulate`; gate None is a plain sum x + y (t
 residual). Its LayerNorm reads new_x as stored, rounded to x's dtype, so its second output is what
 ln_modulate would compute from the first. Fused, the pair costs 4 passes over the tokens instead
 of 5, and the norm runs at the residual kernel's bandwidth instead of its own lower one.
-`gated_residual_ln_modulate_fp8_triton` emits that norm quantized for an FP8 linear.
+`gated_residual_ln_modulate_fp8_triton` emits that norm quantized for an FP8 linear, and
+`gated_residual_fp8_triton` the sum itself (for the temporal qkv and the cross-attention query,
+which read x without a norm).
 
 x and y are [B, N, C], gate / shift / scale [B, C], all with any strides; the [B, C] rows are read
 by sample index inside the kernel. Math in fp32; outputs contiguous, in x's dtype.
@@ -50,10 +52,14 @@ def _gated_residual_kernel(
         ln = _modulated_ln(new_x.to(tl.float32), shift, scale, mask, C, eps)
         store_norm(ln, ln_ptr, ln_scale_ptr, row, col, mask, n_rows, C, min_scale, fp8_max, out_ptr.dtype.element_ty,
                    QUANTIZE)
+    elif QUANTIZE:  # the sum itself, for the FP8 linear that reads it
+        store_norm(new_x.to(tl.float32), ln_ptr, ln_scale_ptr, row, col, mask, n_rows, C, min_scale, fp8_max,
+                   out_ptr.dtype.element_ty, QUANTIZE)
 
 
 def _launch(x, gate, y, shift=None, scale=None, eps=0.0, quantize=False):
-    """new_x, and LN-modulated new_x if shift and scale are given (quantized: e4m3 and row scales)."""
+    """new_x, and LN-modulated new_x if shift and scale are given; with `quantize`, that second
+    output (or new_x itself, without LN) in e4m3 and its row scales."""
     with_ln, has_gate = shift is not None, gate is not None
     if y.shape != x.shape:
         raise ValueError(f"y of shape {tuple(y.shape)} does not match x {tuple(x.shape)}")
@@ -61,9 +67,9 @@ def _launch(x, gate, y, shift=None, scale=None, eps=0.0, quantize=False):
     cfg = row_launch_config(x, *modulations, **(dict(rows=FUSED_BLOCK_ROWS, warps=FUSED_WARPS) if with_ln else {}))
     b, n, c = x.shape
     out = torch.empty((b, n, c), dtype=x.dtype, device=x.device)
-    ln = (e4m3_buffer((b, n, c), x.device) if quantize else torch.empty_like(out)) if with_ln else out
+    ln = e4m3_buffer((b, n, c), x.device) if quantize else torch.empty_like(out) if with_ln else out
     ln_scale = torch.empty((b * n, 1), dtype=torch.float32, device=x.device) if quantize else out
-    # Without LN the kernel never writes ln, without quantize never ln_scale.
+    # Without LN or quantize the kernel never writes ln, without quantize never ln_scale.
     # What the kernel never reads (no gate, no LN) is passed as x's first token: the pointers need a tensor.
     gate, shift, scale = (x[:, 0] if m is None else m for m in (gate, shift, scale))
     if out.numel():
@@ -83,6 +89,19 @@ def gated_residual_triton(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) 
 @gated_residual_triton.register_fake
 def _(x, gate, y):
     return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("stdit_engine::gated_residual_fp8", mutates_args=())
+def gated_residual_fp8_triton(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(new_x, new_x quantized for an FP8 linear: e4m3, row scales); meaning: `gated_residual_fp8_ref`."""
+    return _launch(x, gate, y, quantize=True)
+
+
+@gated_residual_fp8_triton.register_fake
+def _(x, gate, y):
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=E4M3), x.new_empty((x.shape[0] * x.shape[1], 1),
+                                                                                dtype=torch.float32)
 
 
 @torch.library.custom_op("stdit_engine::gated_residual_ln_modulate", mutates_args=())

@@ -7,8 +7,8 @@ Backends:
           that follows it where one does), the temporal and the caption cross-attention, cuDNN's
           fused attention within frames (faster than our Triton flash kernel for it,
           self_attention_triton.py, on an H200), GELU in the fc1 matmul's epilogue (cuBLASLt), the
-          FP8 linears' per-token quantization in one pass (in the norm's pass where a norm feeds
-          the linear); on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
+          FP8 linears' per-token quantization in one pass (in the norm's or residual's pass where
+          one feeds the linear); on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
   auto    triton on CUDA (measured fastest: BENCHMARKS.md), eager elsewhere
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from .attention import (cross_attention_ref, cross_attention_sdpa, self_attention_cudnn, self_attention_ref,
                         self_attention_sdpa, temporal_attention_ref, temporal_attention_sdpa)
 from .gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
-from .fp8 import gated_residual_ln_modulate_fp8_ref, ln_modulate_fp8_ref, quantize_rows_ref
+from .fp8 import gated_residual_fp8_ref, gated_residual_ln_modulate_fp8_ref, ln_modulate_fp8_ref, quantize_rows_ref
 from .gelu import linear_gelu_cublaslt, linear_gelu_ref
 from .ln_modulate import ln_modulate_ref
 
@@ -41,9 +41,11 @@ class Ops:
     temporal_attention: Callable[..., torch.Tensor]  # within each spatial position, over frames (attention.py)
     cross_attention: Callable[..., torch.Tensor]  # over each sample's caption tokens (attention.py)
     quantize_rows_fp8: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # the input of an FP8 linear (fp8.py)
-    # The norms above with their output quantized for an FP8 linear (e4m3, row scales): fp8.py
+    # The norms and the residual above with their output quantized for an FP8 linear (e4m3, row
+    # scales): fp8.py
     ln_modulate_fp8: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     gated_residual_ln_modulate_fp8: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    gated_residual_fp8: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 EAGER = Ops(
@@ -58,6 +60,7 @@ EAGER = Ops(
     quantize_rows_fp8=quantize_rows_ref,
     ln_modulate_fp8=ln_modulate_fp8_ref,
     gated_residual_ln_modulate_fp8=gated_residual_ln_modulate_fp8_ref,
+    gated_residual_fp8=gated_residual_fp8_ref,
 )
 SDPA = replace(EAGER, name="sdpa", self_attention=self_attention_sdpa, temporal_attention=temporal_attention_sdpa,
                cross_attention=cross_attention_sdpa)
@@ -70,8 +73,8 @@ def _triton_ops() -> Ops:
     try:
         from .cross_attention_triton import cross_attention_triton
         from .fp8_quantize_triton import quantize_rows_fp8_triton
-        from .gated_residual_triton import (gated_residual_ln_modulate_fp8_triton, gated_residual_ln_modulate_triton,
-                                            gated_residual_triton)
+        from .gated_residual_triton import (gated_residual_fp8_triton, gated_residual_ln_modulate_fp8_triton,
+                                            gated_residual_ln_modulate_triton, gated_residual_triton)
         from .ln_modulate_triton import ln_modulate_fp8_triton, ln_modulate_triton
         from .temporal_attention_triton import temporal_attention_triton
     except ImportError as err:
@@ -81,7 +84,8 @@ def _triton_ops() -> Ops:
                    self_attention=self_attention_cudnn, temporal_attention=temporal_attention_triton,
                    cross_attention=cross_attention_triton, linear_gelu=linear_gelu_cublaslt,
                    quantize_rows_fp8=quantize_rows_fp8_triton, ln_modulate_fp8=ln_modulate_fp8_triton,
-                   gated_residual_ln_modulate_fp8=gated_residual_ln_modulate_fp8_triton)
+                   gated_residual_ln_modulate_fp8=gated_residual_ln_modulate_fp8_triton,
+                   gated_residual_fp8=gated_residual_fp8_triton)
 
 
 BACKENDS: dict[str, Callable[[], Ops]] = {"eager": lambda: EAGER, "sdpa": lambda: SDPA, "triton": _triton_ops}

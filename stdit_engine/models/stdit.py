@@ -173,6 +173,16 @@ def add_and_norm(x, pending, shift, scale, ops: Ops, for_linear: nn.Module | Non
     return ops.gated_residual_ln_modulate(x, *pending, shift, scale, LN_EPS)
 
 
+def add_residual(x, gate, y, ops: Ops, for_linear: nn.Module | None = None):
+    """(x + gate * y, and what `for_linear` reads of that sum: the sum itself or, for an FP8 linear,
+    the sum quantized for it (QuantizedRows) in the same pass)."""
+    if isinstance(for_linear, FP8Linear):
+        x, values, row_scale = ops.gated_residual_fp8(x, gate, y)
+        return x, QuantizedRows(values, row_scale, x.dtype)
+    x = ops.gated_residual(x, gate, y)
+    return x, x
+
+
 class STDiTBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
         super().__init__()
@@ -200,18 +210,22 @@ class STDiTBlock(nn.Module):
         # Spatial attention within each frame, on the modulated norm of x.
         x, h = add_and_norm(x, pending, shift_msa, scale_msa, ops, self.attn.qkv)
         h = self.attn(h.reshape(b * frames, positions, c), ops.self_attention).reshape(b, n, c)
-        x = ops.gated_residual(x, gate_msa, h)
+        # The temporal qkv reads this sum as it is stored, unless a sequence-parallel exchange
+        # regroups it or the temporal embedding is added first (block 0): then it gets x itself.
+        same_memory = tokens is LocalTokens and temporal_pos is None
+        x, h = add_residual(x, gate_msa, h, ops, self.attn_temp.qkv if same_memory else None)
 
         # Temporal attention within each spatial position, on x itself (no norm), same gate. h is
         # [b, all frames, this device's positions, C], so the full temporal embedding applies.
-        h = tokens.to_temporal(x, b, frames, positions)
+        h = tokens.to_temporal(h, b, frames, positions)
         if temporal_pos is not None:
             h = h + temporal_pos[:, :, None]
         h = tokens.from_temporal(self.attn_temp.over_frames(h, ops.temporal_attention), b, frames, positions)
-        x = ops.gated_residual(x, gate_msa, h)
+        x, h = add_residual(x, gate_msa, h, ops, self.cross_attn.q_linear)
 
-        # Cross-attention's residual is ungated.
-        x, h = add_and_norm(x, (None, self.cross_attn(x, caption_kv, kv_lengths, ops)), shift_mlp, scale_mlp, ops,
+        # Cross-attention's residual is ungated; its query is computed from x (h: x as the query's
+        # linear takes it).
+        x, h = add_and_norm(x, (None, self.cross_attn(h, caption_kv, kv_lengths, ops)), shift_mlp, scale_mlp, ops,
                             self.mlp.fc1)
         return x, (gate_mlp, self.mlp(h, ops))
 
