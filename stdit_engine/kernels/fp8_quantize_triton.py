@@ -10,6 +10,7 @@ quantization for the norm kernels that emit their output in e4m3 (the `*_fp8` op
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -49,12 +50,20 @@ def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_rows, K, stride_row, min_
     tl.store(scale_ptr + rows, scale[:, None], mask=rows < n_rows)
 
 
-def e4m3_buffer(shape, device: torch.device) -> torch.Tensor:
-    """Where a kernel writes e4m3 values; read it through `as_e4m3`. The interpreter's fp32 -> e4m3
+def e4m3_rows(shape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a kernel writes e4m3 values of `shape` and the fp32 scales of their rows (every axis but
+    the last: [rows, 1]); read the values through `as_e4m3`. The interpreter's fp32 -> e4m3
     conversion drops the mantissa's carry into the exponent (126.2 becomes 64, not 128; triton
     3.x), so under it the kernels store the scaled values in fp32 and PyTorch rounds them."""
-    return torch.empty(shape, dtype=torch.float32 if os.environ.get("TRITON_INTERPRET") == "1" else E4M3,
-                       device=device)
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    values = torch.empty(shape, dtype=torch.float32 if interpreted else E4M3, device=device)
+    return values, torch.empty((math.prod(shape[:-1]), 1), dtype=torch.float32, device=device)
+
+
+def fake_e4m3_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the quantizing ops return for an input like x, for their fake (meta) implementations:
+    e4m3 values of x's shape and the [rows, 1] fp32 scales."""
+    return x.new_empty(x.shape, dtype=E4M3), x.new_empty((math.prod(x.shape[:-1]), 1), dtype=torch.float32)
 
 
 def as_e4m3(buffer: torch.Tensor) -> torch.Tensor:
@@ -67,8 +76,7 @@ def quantize_rows_fp8_triton(x: torch.Tensor, gelu: bool = False) -> tuple[torch
         raise ValueError(f"quantize_rows_fp8 takes [rows, K] with unit stride along K; got shape {tuple(x.shape)}, "
                          f"strides {x.stride()}")
     rows, k = x.shape
-    out = e4m3_buffer((rows, k), x.device)
-    scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+    out, scale = e4m3_rows((rows, k), x.device)
     if rows:
         block_k = triton.next_power_of_2(k)
         block_m, warps = QUANTIZE_LAUNCH_NARROW if block_k <= 2048 else QUANTIZE_LAUNCH_WIDE
@@ -80,4 +88,4 @@ def quantize_rows_fp8_triton(x: torch.Tensor, gelu: bool = False) -> tuple[torch
 
 @quantize_rows_fp8_triton.register_fake
 def _(x, gelu=False):
-    return x.new_empty(x.shape, dtype=E4M3), x.new_empty((x.shape[0], 1), dtype=torch.float32)
+    return fake_e4m3_rows(x)

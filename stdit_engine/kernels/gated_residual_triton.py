@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .fp8 import E4M3, E4M3_MAX, MIN_SCALE
-from .fp8_quantize_triton import as_e4m3, e4m3_buffer
+from .fp8 import E4M3_MAX, MIN_SCALE
+from .fp8_quantize_triton import as_e4m3, e4m3_rows, fake_e4m3_rows
 from .ln_modulate_triton import _modulated_ln, _row_tile, row_launch_config, store_norm
 
 
@@ -67,9 +67,10 @@ def _launch(x, gate, y, shift=None, scale=None, eps=0.0, quantize=False):
     cfg = row_launch_config(x, *modulations, **(dict(rows=FUSED_BLOCK_ROWS, warps=FUSED_WARPS) if with_ln else {}))
     b, n, c = x.shape
     out = torch.empty((b, n, c), dtype=x.dtype, device=x.device)
-    ln = e4m3_buffer((b, n, c), x.device) if quantize else torch.empty_like(out) if with_ln else out
-    ln_scale = torch.empty((b * n, 1), dtype=torch.float32, device=x.device) if quantize else out
-    # Without LN or quantize the kernel never writes ln, without quantize never ln_scale.
+    if quantize:
+        ln, ln_scale = e4m3_rows((b, n, c), x.device)
+    else:  # without LN the kernel never writes ln, without quantize never ln_scale
+        ln = ln_scale = torch.empty_like(out) if with_ln else out
     # What the kernel never reads (no gate, no LN) is passed as x's first token: the pointers need a tensor.
     gate, shift, scale = (x[:, 0] if m is None else m for m in (gate, shift, scale))
     if out.numel():
@@ -100,8 +101,7 @@ def gated_residual_fp8_triton(x: torch.Tensor, gate: torch.Tensor, y: torch.Tens
 
 @gated_residual_fp8_triton.register_fake
 def _(x, gate, y):
-    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=E4M3), x.new_empty((x.shape[0] * x.shape[1], 1),
-                                                                                dtype=torch.float32)
+    return x.new_empty(x.shape), *fake_e4m3_rows(x)
 
 
 @torch.library.custom_op("stdit_engine::gated_residual_ln_modulate", mutates_args=())
@@ -127,5 +127,4 @@ def gated_residual_ln_modulate_fp8_triton(
 
 @gated_residual_ln_modulate_fp8_triton.register_fake
 def _(x, gate, y, shift, scale, eps=1e-6):
-    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=E4M3), x.new_empty((x.shape[0] * x.shape[1], 1),
-                                                                                dtype=torch.float32)
+    return x.new_empty(x.shape), *fake_e4m3_rows(x)

@@ -12,8 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .fp8 import E4M3, E4M3_MAX, MIN_SCALE
-from .fp8_quantize_triton import as_e4m3, e4m3_buffer, quantize_tile
+from .fp8 import E4M3_MAX, MIN_SCALE
+from .fp8_quantize_triton import as_e4m3, e4m3_rows, fake_e4m3_rows, quantize_tile
 
 BLOCK_ROWS = 4  # tokens per program of the residual kernels: a [4, next_pow2(C)] tile (4 x 2048 at C = 1152)
 # The norm alone runs best with one token per program and 2 warps: 2645 / 2972 GB/s at the
@@ -88,8 +88,10 @@ def row_launch_config(x: torch.Tensor, *modulations: torch.Tensor, rows: int = B
 def _launch(x, shift, scale, eps, quantize: bool):
     cfg = row_launch_config(x, shift, scale, rows=LN_BLOCK_ROWS, warps=LN_WARPS)
     b, n, c = x.shape
-    out = e4m3_buffer((b, n, c), x.device) if quantize else torch.empty((b, n, c), dtype=x.dtype, device=x.device)
-    out_scale = torch.empty((b * n, 1), dtype=torch.float32, device=x.device) if quantize else out
+    if quantize:
+        out, out_scale = e4m3_rows((b, n, c), x.device)
+    else:
+        out = out_scale = torch.empty((b, n, c), dtype=x.dtype, device=x.device)  # no scales written
     if out.numel():
         _ln_modulate_kernel[cfg.pop("grid")](
             x, shift, scale, out, out_scale, b * n, n, c, eps, MIN_SCALE, E4M3_MAX,
@@ -118,4 +120,4 @@ def ln_modulate_fp8_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Te
 
 @ln_modulate_fp8_triton.register_fake
 def _(x, shift, scale, eps=1e-6):
-    return x.new_empty(x.shape, dtype=E4M3), x.new_empty((x.shape[0] * x.shape[1], 1), dtype=torch.float32)
+    return fake_e4m3_rows(x)
