@@ -1,7 +1,7 @@
 """What the FP8 block linears (STDiT.quantize_fp8, kernels/fp8.py) cost and give, three ways:
 
 1. speed of each block linear at the preset's token count: bf16 `F.linear`, the e4m3 `_scaled_mm`
-   alone, and the engine's FP8Linear (the matmul plus our per-token quantization kernel), all
+   alone (with fp32 accumulation, and with the fast one FP8Linear uses), and the engine's FP8Linear (the matmul plus our per-token quantization kernel), all
    replayed from CUDA graphs;
 2. the whole forward, bf16 against FP8, each replayed from a graph of back-to-back forwards long
    enough (~1.5 s) to reach the card's power cap as sampling does, alternated so both see the
@@ -24,7 +24,7 @@ from torch import nn
 from workloads import build_stdit, graphed_time_ms, median, relative_error, stdit_inputs
 
 from stdit_engine.configs import get_preset
-from stdit_engine.kernels.fp8 import E4M3, FP8GeluMLP, FP8Linear, quantize_rows_ref
+from stdit_engine.kernels.fp8 import E4M3, FP8Linear, quantize_rows_ref
 from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
 from stdit_engine.parallel.plan import token_grid
 
@@ -35,7 +35,7 @@ def linear_speed(preset: str, batch: int) -> None:
     c, mlp, tokens = cfg.hidden_size, int(cfg.hidden_size * cfg.mlp_ratio), batch * frames * positions
     # (name, in, out, calls per block)
     linears = [("qkv", c, 3 * c, 2), ("proj / q / cross proj", c, c, 4), ("fc1", c, mlp, 1), ("fc2", mlp, c, 1)]
-    total = {"bf16": 0.0, "fp8 matmul": 0.0, "FP8Linear": 0.0}
+    total = {"bf16": 0.0, "fp8 matmul, fp32 accumulation": 0.0, "fp8 matmul": 0.0, "FP8Linear": 0.0}
     print(f"speed, {preset} batch {batch}: {tokens} tokens, graphed us per call (TFLOP/s)")
     for name, k, n, calls in linears:
         x = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16)
@@ -46,8 +46,10 @@ def linear_speed(preset: str, batch: int) -> None:
         w8, w_scale = fp8.weight_bits.view(E4M3), fp8.scale_bits.view(torch.float32)
         runs = {
             "bf16": lambda: linear(x),
+            "fp8 matmul, fp32 accumulation": lambda: torch._scaled_mm(
+                x8, w8.t(), scale_a=x_scale, scale_b=w_scale, bias=linear.bias, out_dtype=torch.bfloat16),
             "fp8 matmul": lambda: torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, bias=linear.bias,
-                                                   out_dtype=torch.bfloat16),
+                                                   out_dtype=torch.bfloat16, use_fast_accum=True),
             "FP8Linear": lambda: fp8(x),
         }
         cells = []
@@ -59,21 +61,9 @@ def linear_speed(preset: str, batch: int) -> None:
     print("  per forward (block linears, ms): " + ", ".join(f"{k} {v:.1f}" for k, v in total.items()))
 
 
-def fp8_where_norms_feed(model):
-    """FP8 on the four largest matmuls of a block only (the two qkv projections, fc1, fc2): the
-    better choice if quantizing the inputs of the four C x C linears (the attention outputs, the
-    cross-attention's query) costs more than their FP8 matmuls save."""
-    for block in model.blocks:
-        block.attn.qkv, block.attn_temp.qkv = FP8Linear(block.attn.qkv), FP8Linear(block.attn_temp.qkv)
-        block.mlp = FP8GeluMLP(block.mlp)
-    model._bind_fp8_quantizer()
-    return model
-
-
 def forward_speed(preset: str, batch: int) -> None:
     variants = {"bf16": build_stdit(preset, torch.bfloat16, "triton"),
-                "bf16 + FP8": build_stdit(preset, torch.bfloat16, "triton", fp8=True),
-                "bf16 + FP8 qkv and MLP only": fp8_where_norms_feed(build_stdit(preset, torch.bfloat16, "triton"))}
+                "bf16 + FP8": build_stdit(preset, torch.bfloat16, "triton", fp8=True)}
     inputs = stdit_inputs(variants["bf16"], batch)
     frames, positions = token_grid(get_preset(preset))
     forward_ms = 45.0 * batch * frames * positions / 16384  # ~45 ms at 16x256x256 batch 4 (BENCHMARKS.md)

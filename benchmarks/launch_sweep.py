@@ -3,7 +3,7 @@ and prints each configuration's time and its error against the backend's referen
 constants (the kernels' defaults) are the winners of the last sweep on an H200. Run it on a new card
 before trusting those defaults there:
 
-    python benchmarks/launch_sweep.py [--only temporal|cross|spatial|ln|residual_ln|quantize|quantize_gelu]
+    python benchmarks/launch_sweep.py [--only temporal|cross|spatial|ln|residual_ln|residual|residual_fp8|quantize|quantize_gelu]
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from workloads import graphed_time_ms, median, relative_error
 from stdit_engine.kernels import (cross_attention_triton, fp8_quantize_triton, gated_residual_triton, ln_modulate_triton,
                                   self_attention_triton, temporal_attention_triton)
 from stdit_engine.kernels.attention import cross_attention_sdpa, self_attention_cudnn, temporal_attention_sdpa
-from stdit_engine.kernels.fp8 import quantize_rows_ref
-from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref
+from stdit_engine.kernels.fp8 import gated_residual_fp8_ref, quantize_rows_ref
+from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
 from stdit_engine.kernels.ln_modulate import ln_modulate_ref
 
 DTYPE = torch.bfloat16
@@ -64,15 +64,30 @@ def residual_ln_case(b, t, s):
         (lambda: gated_residual_ln_modulate_ref(x, gate, y, shift, scale, 1e-6)[1])
 
 
+def residual_case(b, t, s):
+    x, y = (tokens(b, t, s, HIDDEN).view(b, t * s, HIDDEN) for _ in range(2))
+    gate = torch.randn(b, HIDDEN, device="cuda", dtype=DTYPE)
+    return (lambda: gated_residual_triton.gated_residual_triton(x, gate, y)), (lambda: gated_residual_ref(x, gate, y))
+
+
+def residual_fp8_case(b, t, s):
+    """The residual emitting its sum quantized too, judged on the dequantized sum."""
+    x, y = (tokens(b, t, s, HIDDEN).view(b, t * s, HIDDEN) for _ in range(2))
+    gate = torch.randn(b, HIDDEN, device="cuda", dtype=DTYPE)
+    return (lambda: gated_residual_triton.gated_residual_fp8_triton(x, gate, y)[1:]), \
+        (lambda: gated_residual_fp8_ref(x, gate, y)[1:]), lambda rows: dequantized((rows[0].flatten(0, 1), rows[1]))
+
+
+def dequantized(rows: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    values, scale = rows
+    return values.float() * scale
+
+
 def quantize_case(b, t, s, width=HIDDEN, gelu=False):
-    """The FP8 input quantization, judged on the dequantized rows."""
+    """The FP8 input quantization, timed alone and judged on the dequantized rows."""
     x = tokens(b, t, s, width).view(b * t * s, width)
-
-    def dequantized(quantize):
-        values, scale = quantize(x, gelu)
-        return values.float() * scale
-
-    return (lambda: dequantized(fp8_quantize_triton.quantize_rows_fp8_triton)), (lambda: dequantized(quantize_rows_ref))
+    return (lambda: fp8_quantize_triton.quantize_rows_fp8_triton(x, gelu)), (lambda: quantize_rows_ref(x, gelu)), \
+        dequantized
 
 
 # kernel: (module, {constant: values}, case)
@@ -83,9 +98,13 @@ SWEEPS = {
                                         "NUM_WARPS": [4, 8], "NUM_STAGES": [2, 3]}, spatial_case),
     "ln": (ln_modulate_triton, {"LN_BLOCK_ROWS": [1, 2, 4], "LN_WARPS": [1, 2, 4, 8]}, ln_case),
     "residual_ln": (gated_residual_triton, {"FUSED_BLOCK_ROWS": [1, 2, 4, 8], "FUSED_WARPS": [2, 4, 8]}, residual_ln_case),
-    "quantize": (fp8_quantize_triton, {"QUANTIZE_LAUNCH_NARROW": list(itertools.product((1, 2, 4), (1, 2, 4, 8)))},
+    "residual": (gated_residual_triton, {"RESIDUAL_BLOCK_ROWS": [1, 2, 4], "RESIDUAL_WARPS": [1, 2, 4, 8]},
+                 residual_case),
+    "residual_fp8": (gated_residual_triton, {"RESIDUAL_BLOCK_ROWS": [1, 2, 4], "RESIDUAL_WARPS": [1, 2, 4, 8]},
+                     residual_fp8_case),
+    "quantize": (fp8_quantize_triton, {"QUANTIZE_LAUNCH_NARROW": list(itertools.product((1, 2, 4, 8), (1, 2, 4, 8)))},
                  quantize_case),
-    "quantize_gelu": (fp8_quantize_triton, {"QUANTIZE_LAUNCH_WIDE": list(itertools.product((1, 2), (4, 8, 16)))},
+    "quantize_gelu": (fp8_quantize_triton, {"QUANTIZE_LAUNCH_WIDE": list(itertools.product((1, 2), (2, 4, 8, 16)))},
                       lambda b, t, s: quantize_case(b, t, s, width=4 * HIDDEN, gelu=True)),
 }
 
@@ -95,16 +114,19 @@ def sweep(name: str) -> None:
     defaults = {k: getattr(module, k) for k in space}
     try:
         for label, *shape in SHAPES:
-            run, reference = make_case(*shape)
+            # A case is (run, reference) or (run, reference, readout): the readout turns an output
+            # into the tensor compared, outside the timed call.
+            run, reference, *readout = make_case(*shape)
+            comparable = readout[0] if readout else (lambda out: out)
             with torch.inference_mode():
-                expected = reference()
+                expected = comparable(reference())
                 print(f"{name}, {label}: reference {median(graphed_time_ms(reference, calls=20)) * 1e3:.1f} us")
                 for values in itertools.product(*space.values()):
                     config = dict(zip(space, values))
                     for key, value in config.items():
                         setattr(module, key, value)
                     try:
-                        error = relative_error(run(), expected)
+                        error = relative_error(comparable(run()), expected)
                     except ValueError as refused:  # a combination the launcher refuses
                         print(f"  {config}: refused ({refused})")
                         continue

@@ -13,6 +13,7 @@ from stdit_engine.kernels.cross_attention_triton import BLOCK_L, cross_attention
 from stdit_engine.kernels.flash_attention_triton import flash_attention, head_split
 from stdit_engine.kernels.fp8 import E4M3, ln_modulate_fp8_ref, quantize_rows_ref
 from stdit_engine.kernels import fp8_quantize_triton
+from stdit_engine.kernels import gated_residual_triton as gated_residual_module
 from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
 from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
 from stdit_engine.kernels.gated_residual_triton import (gated_residual_fp8_triton, gated_residual_ln_modulate_fp8_triton,
@@ -73,8 +74,10 @@ SPATIAL_SHAPES = [
 
 # [rows, K] of the FP8 quantizer: the block linears' inputs at hidden 144 and 1152, and the MLP's 4x.
 QUANTIZE_SHAPES = [
-    (7, 144),
+    (7, 144),  # a row = a power-of-two head (128) and tail (16)
     (5, 576),
+    (3, 200),  # a tail (72) padded to 128
+    (2, 256),  # no tail
     pytest.param((16 * 1024, 1152), marks=gpu),  # 16x256x256, 2 prompts x guidance
     pytest.param((16 * 1024, 4608), marks=gpu),
     pytest.param((999, 1000), marks=gpu),
@@ -128,9 +131,11 @@ def test_ln_modulate(shape, dtype):
     assert_close_to_reference(ln_modulate_triton(*inputs), ln_modulate_ref, inputs)
 
 
+@pytest.mark.parametrize("rows_per_program", [1, 4])  # 4: a ragged last program at 2 x 15 tokens
 @pytest.mark.parametrize("shape", ROW_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gated_residual(shape, dtype):
+def test_gated_residual(shape, dtype, rows_per_program, monkeypatch):
+    monkeypatch.setattr(gated_residual_module, "RESIDUAL_BLOCK_ROWS", rows_per_program)
     inputs = (rows(*shape, dtype), modulation(shape[0], shape[2], dtype)[2], rows(*shape, dtype))
     assert_close_to_reference(gated_residual_triton(*inputs), gated_residual_ref, inputs)
 

@@ -1,6 +1,12 @@
 """FP8 block linears: weights in e4m3 with one scale per output channel, activations quantized to
-e4m3 per token at each call, the product by `torch._scaled_mm` (fp32 accumulation, the scales and
-bias applied in its epilogue, output in the activation dtype).
+e4m3 per token at each call, the product by `torch._scaled_mm` (the scales and bias applied in its
+epilogue, output in the activation dtype).
+
+Its fast accumulation: Hopper's FP8 tensor cores keep partial sums in less than fp32, and cuBLAS
+by default promotes them to fp32 every few K-steps; without that the block linears run 15-19%
+faster (H200), and at these depths (K = 1152 and 4608) the forward's distance from fp32 is the same
+to three digits (2.01e-2 with bf16 activations, 8.64e-3 with fp16 ones, 16x256x256; BENCHMARKS.md):
+e4m3's own rounding dominates.
 
 Why: replayed from CUDA graphs the bf16 forward sits at the card's power cap with the matmuls
 ~75% of its time (BENCHMARKS.md); e4m3 halves their bytes and energy. Measured on an H200
@@ -157,7 +163,8 @@ class FP8Linear(nn.Module):
             rows = x.reshape(-1, self.in_features)
             x8, x_scale = self.quantize(rows if rows.stride(-1) == 1 else rows.contiguous(), self.gelu_input)
         out = torch._scaled_mm(x8, self.weight_bits.view(E4M3).t(), scale_a=x_scale,
-                               scale_b=self.scale_bits.view(torch.float32), bias=self.bias, out_dtype=x.dtype)
+                               scale_b=self.scale_bits.view(torch.float32), bias=self.bias, out_dtype=x.dtype,
+                               use_fast_accum=True)
         return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -30,6 +30,11 @@ from .ln_modulate_triton import _modulated_ln, _row_tile, row_launch_config, sto
 # warps (H200 sweep of 1-8 tokens x 2-8 warps: 42.6 / 305 us at 16x256x256 / 64x512x512 against
 # 52.0 / 383 us with the residual alone's 4 tokens x 8 warps).
 FUSED_BLOCK_ROWS, FUSED_WARPS = 1, 2
+# The residual without the norm (plain, or with its sum quantized for FP8): also one token and 2
+# warps (H200 sweeps, launch_sweep.py --only residual / residual_fp8: plain 28.4 / 207.8 us at
+# 16x256x256 / 64x512x512, the best 1-4 tokens x 1-8 warps gave 28.1 / 206.1; quantizing 33.8 /
+# 247.6 us, the best, against 40.5 / 297.7 with the 4 tokens x 8 warps used before).
+RESIDUAL_BLOCK_ROWS, RESIDUAL_WARPS = 1, 2
 
 
 @triton.jit
@@ -64,7 +69,8 @@ def _launch(x, gate, y, shift=None, scale=None, eps=0.0, quantize=False):
     if y.shape != x.shape:
         raise ValueError(f"y of shape {tuple(y.shape)} does not match x {tuple(x.shape)}")
     modulations = [m for m in (gate, shift, scale) if m is not None]
-    cfg = row_launch_config(x, *modulations, **(dict(rows=FUSED_BLOCK_ROWS, warps=FUSED_WARPS) if with_ln else {}))
+    cfg = row_launch_config(x, *modulations, rows=FUSED_BLOCK_ROWS if with_ln else RESIDUAL_BLOCK_ROWS,
+                            warps=FUSED_WARPS if with_ln else RESIDUAL_WARPS)
     b, n, c = x.shape
     out = torch.empty((b, n, c), dtype=x.dtype, device=x.device)
     if quantize:

@@ -15,7 +15,6 @@ import triton.language as tl
 from .fp8 import E4M3_MAX, MIN_SCALE
 from .fp8_quantize_triton import as_e4m3, e4m3_rows, fake_e4m3_rows, quantize_tile
 
-BLOCK_ROWS = 4  # tokens per program of the residual kernels: a [4, next_pow2(C)] tile (4 x 2048 at C = 1152)
 # The norm alone runs best with one token per program and 2 warps: 2645 / 2972 GB/s at the
 # 16x256x256 / 64x512x512 shapes on H200, against 1796 / 1976 GB/s with 4 tokens and 8 warps (a
 # sweep of 1-16 tokens x 2-16 warps, BENCHMARKS.md); its two row reductions favour small programs.
@@ -70,10 +69,9 @@ def _ln_modulate_kernel(
                QUANTIZE)
 
 
-def row_launch_config(x: torch.Tensor, *modulations: torch.Tensor, rows: int = BLOCK_ROWS,
-                      warps: int | None = None) -> dict:
-    """Grid and block sizes for a row kernel over x [B, N, C] (`rows` tokens per program, `warps`
-    by default from the tile width); checks each modulation is [B, C]."""
+def row_launch_config(x: torch.Tensor, *modulations: torch.Tensor, rows: int, warps: int) -> dict:
+    """Grid and block sizes for a row kernel over x [B, N, C] (`rows` tokens per program, a
+    [rows, next_pow2(C)] tile); checks each modulation is [B, C]."""
     b, n, c = x.shape
     for m in modulations:
         if m.shape != (b, c):
@@ -81,7 +79,7 @@ def row_launch_config(x: torch.Tensor, *modulations: torch.Tensor, rows: int = B
     block_c = triton.next_power_of_2(c)
     return dict(
         grid=(triton.cdiv(b * n, rows),),
-        BLOCK_M=rows, BLOCK_C=block_c, num_warps=warps or (4 if block_c <= 1024 else 8),
+        BLOCK_M=rows, BLOCK_C=block_c, num_warps=warps,
     )
 
 
