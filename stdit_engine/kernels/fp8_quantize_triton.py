@@ -19,59 +19,37 @@ import triton.language as tl
 
 from .fp8 import E4M3, E4M3_MAX, MIN_SCALE
 
-# (rows per program, warps) for rows up to 2048 wide (hidden 1152) and for wider ones (the MLP's
-# 4608), from launch_sweep.py --only quantize / quantize_gelu on an H200 (BENCHMARKS.md): one row a
-# program, 1 and 4 warps.
+# (rows per program, warps) for rows up to 2048 wide once padded to a power of two (hidden 1152) and
+# for wider ones (the MLP's 4608), from launch_sweep.py --only quantize / quantize_gelu on an H200:
+# one row a program, 1 and 4 warps; 105.5 and 754 us at 64x512x512 (4.3 and 2.4 TB/s), against
+# 115.3 and 796 us with 4 and 8 warps. Splitting a row into a power-of-two head and tail, so that no
+# lane is padding (1152 = 1024 + 128, 4608 = 4096 + 512), was 1-6% slower: the padded lanes cost
+# no memory traffic, and the GELU pass is not limited by their arithmetic either.
 QUANTIZE_LAUNCH_NARROW = (1, 1)
 QUANTIZE_LAUNCH_WIDE = (1, 4)
 
 
 @triton.jit
-def e4m3_scale(amax, min_scale, fp8_max):
-    """(scale, 1 / scale) of rows whose largest magnitudes are `amax`: the scale maps amax to
-    fp8_max. IEEE divisions (Triton's default one is off by up to 2 ulp, which flips values lying
-    near an e4m3 rounding midpoint), one a row; the values are then scaled by IEEE products,
-    exactly as quantize_rows_ref rounds them."""
-    scale = tl.math.div_rn(tl.maximum(amax, min_scale * fp8_max), fp8_max)
-    return scale, tl.math.div_rn(1.0, scale)
-
-
-@triton.jit
 def quantize_tile(x, min_scale, fp8_max):
     """The rows of the fp32 tile x [M, K] (masked-off entries 0) scaled for e4m3: (x * (1 / scale),
-    scale [M])."""
-    scale, inverse = e4m3_scale(tl.max(tl.abs(x), axis=1), min_scale, fp8_max)
-    return x * inverse[:, None], scale
-
-
-@triton.jit
-def _load_columns(x_ptr, rows, cols, mask, stride_row, GELU: tl.constexpr):
-    x = tl.load(x_ptr + rows * stride_row + cols, mask=mask, other=0.0).to(tl.float32)
-    if GELU:  # 0.5 x (1 + tanh(u)) = x sigmoid(2u); exp written out: tl.sigmoid fails in the interpreter
-        x = x / (1.0 + tl.exp(-1.5957691216057308 * (x + 0.044715 * x * x * x)))  # 2 sqrt(2 / pi)
-    return x
+    scale [M]), each row's largest magnitude at fp8_max, rounded exactly as quantize_rows_ref
+    rounds: IEEE divisions (Triton's default one is off by up to 2 ulp, which flips values lying
+    near an e4m3 rounding midpoint), one a row, and IEEE products."""
+    scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), min_scale * fp8_max), fp8_max)
+    return x * tl.math.div_rn(1.0, scale)[:, None], scale
 
 
 @triton.jit
 def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_rows, K, stride_row, min_scale, fp8_max,
-                          GELU: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_K: tl.constexpr, TAIL_K: tl.constexpr):
-    """A row is a head of HEAD_K columns (a power of two <= K) and, if TAIL_K, a tail tile of the
-    rest padded to TAIL_K: 1152 = 1024 + 128 and 4608 = 4096 + 512 have no padding at all, where
-    one tile padded to a power of two would compute 78% more lanes than there are values (the
-    GELU's exp and division made that tile compute-bound)."""
+                          GELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = (tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
-    head = tl.arange(0, HEAD_K)[None, :]
-    x = _load_columns(x_ptr, rows, head, rows < n_rows, stride_row, GELU)
-    amax = tl.max(tl.abs(x), axis=1)
-    if TAIL_K > 0:
-        tail = HEAD_K + tl.arange(0, TAIL_K)[None, :]
-        tail_mask = (rows < n_rows) & (tail < K)
-        x_tail = _load_columns(x_ptr, rows, tail, tail_mask, stride_row, GELU)
-        amax = tl.maximum(amax, tl.max(tl.abs(x_tail), axis=1))
-    scale, inverse = e4m3_scale(amax, min_scale, fp8_max)
-    tl.store(out_ptr + rows * K + head, (x * inverse[:, None]).to(out_ptr.dtype.element_ty), mask=rows < n_rows)
-    if TAIL_K > 0:
-        tl.store(out_ptr + rows * K + tail, (x_tail * inverse[:, None]).to(out_ptr.dtype.element_ty), mask=tail_mask)
+    cols = tl.arange(0, BLOCK_K)[None, :]
+    mask = (rows < n_rows) & (cols < K)
+    x = tl.load(x_ptr + rows * stride_row + cols, mask=mask, other=0.0).to(tl.float32)
+    if GELU:  # 0.5 x (1 + tanh(u)) = x sigmoid(2u); exp written out: tl.sigmoid fails in the interpreter
+        x = x / (1.0 + tl.exp(-1.5957691216057308 * (x + 0.044715 * x * x * x)))  # 2 sqrt(2 / pi)
+    x, scale = quantize_tile(x, min_scale, fp8_max)
+    tl.store(out_ptr + rows * K + cols, x.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + rows, scale[:, None], mask=rows < n_rows)
 
 
@@ -97,17 +75,16 @@ def as_e4m3(buffer: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("stdit_engine::quantize_rows_fp8", mutates_args=())
 def quantize_rows_fp8_triton(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    if x.dim() != 2 or x.stride(1) != 1 or x.shape[1] == 0:
-        raise ValueError(f"quantize_rows_fp8 takes [rows, K >= 1] with unit stride along K; got shape "
-                         f"{tuple(x.shape)}, strides {x.stride()}")
+    if x.dim() != 2 or x.stride(1) != 1:
+        raise ValueError(f"quantize_rows_fp8 takes [rows, K] with unit stride along K; got shape {tuple(x.shape)}, "
+                         f"strides {x.stride()}")
     rows, k = x.shape
     out, scale = e4m3_rows((rows, k), x.device)
     if rows:
-        head_k = 1 << (k.bit_length() - 1)
-        tail_k = triton.next_power_of_2(k - head_k) if k > head_k else 0
-        block_m, warps = QUANTIZE_LAUNCH_NARROW if k <= 2048 else QUANTIZE_LAUNCH_WIDE
+        block_k = triton.next_power_of_2(k)
+        block_m, warps = QUANTIZE_LAUNCH_NARROW if block_k <= 2048 else QUANTIZE_LAUNCH_WIDE
         _quantize_rows_kernel[(triton.cdiv(rows, block_m),)](x, out, scale, rows, k, x.stride(0), MIN_SCALE, E4M3_MAX,
-                                                             GELU=gelu, BLOCK_M=block_m, HEAD_K=head_k, TAIL_K=tail_k,
+                                                             GELU=gelu, BLOCK_M=block_m, BLOCK_K=block_k,
                                                              num_warps=warps)
     return as_e4m3(out), scale
 
