@@ -1,8 +1,8 @@
 """What the FP8 block linears (STDiT.quantize_fp8, kernels/fp8.py) cost and give, three ways:
 
 1. speed of each block linear at the preset's token count: bf16 `F.linear`, the e4m3 `_scaled_mm`
-   alone (with fp32 accumulation, and with the fast one FP8Linear uses), and the engine's FP8Linear (the matmul plus our per-token quantization kernel), all
-   replayed from CUDA graphs;
+   alone (with fp32 accumulation, and with the fast one FP8Linear uses), and the engine's
+   FP8Linear (the matmul plus our per-token quantization kernel), all replayed from CUDA graphs;
 2. the whole forward, bf16 against FP8, each replayed from a graph of back-to-back forwards long
    enough (~1.5 s) to reach the card's power cap as sampling does, alternated so both see the
    same clocks;

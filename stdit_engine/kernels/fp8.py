@@ -10,9 +10,9 @@ e4m3's own rounding dominates.
 
 Why: replayed from CUDA graphs the bf16 forward sits at the card's power cap with the matmuls
 ~75% of its time (BENCHMARKS.md); e4m3 halves their bytes and energy. Measured on an H200
-(BENCHMARKS.md, FP8): the sampling forward at 16x256x256 batch 4 from 46.0 to 38.9 ms; its
-distance from the fp32 forward (random weights) 2.06e-2 with bf16 activations and 8.9e-3 with
-fp16 ones, against 1.89e-2 for bf16 without FP8.
+(BENCHMARKS.md, FP8): the sampling forward at 16x256x256 batch 4 from 45.4 to 34.5 ms, at
+64x512x512 batch 2 from 392 to 304 ms; its distance from the fp32 forward (random weights)
+2.0e-2 with bf16 activations and 8.6e-3 with fp16 ones, against 1.8e-2 for bf16 without FP8.
 
 `quantize_rows_ref` is the meaning of the quantizer (the Triton kernel in fp8_quantize_triton.py
 is the fast one); `FP8Linear` replaces an `nn.Linear`, `FP8GeluMLP` the STDiT MLP, whose GELU
