@@ -104,8 +104,7 @@ SWEEPS = {
                      residual_fp8_case),
     "quantize": (fp8_quantize_triton, {"QUANTIZE_LAUNCH_NARROW": list(itertools.product((1, 2, 4, 8), (1, 2, 4, 8)))},
                  quantize_case),
-    "quantize_gelu": (fp8_quantize_triton, {"QUANTIZE_LAUNCH_WIDE": [(1, w) for w in (1, 2, 4, 8)],
-                                            "QUANTIZE_WIDE_CHUNK": [0, 512, 1024, 2048]},
+    "quantize_gelu": (fp8_quantize_triton, {"QUANTIZE_LAUNCH_WIDE": list(itertools.product((1, 2), (2, 4, 8, 16)))},
                       lambda b, t, s: quantize_case(b, t, s, width=4 * HIDDEN, gelu=True)),
 }
 

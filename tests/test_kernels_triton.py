@@ -234,19 +234,6 @@ def test_quantize_rows_fp8(shape, dtype, gelu, rows_per_program, monkeypatch):
     assert quantization_error(q, scale, exact) <= 1.01 * quantization_error(q_ref, scale_ref, exact)
 
 
-@pytest.mark.parametrize("shape", [(3, 4600), pytest.param((16 * 1024, 4608), marks=gpu)], ids=shape_id)
-@pytest.mark.parametrize("gelu", [False, True], ids=["plain", "gelu"])
-def test_quantize_wide_rows_in_chunks_as_whole_rows(shape, gelu, monkeypatch):
-    """Wide rows read in chunks (twice) give the very codes and scales of rows held whole."""
-    x = (torch.randn(*shape, device=DEVICE) * 3).to(torch.bfloat16)
-    monkeypatch.setattr(fp8_quantize_triton, "QUANTIZE_WIDE_CHUNK", 0)
-    whole = quantize_rows_fp8_triton(x, gelu)
-    monkeypatch.setattr(fp8_quantize_triton, "QUANTIZE_WIDE_CHUNK", 512)
-    chunked = quantize_rows_fp8_triton(x, gelu)
-    assert torch.equal(chunked[0].view(torch.uint8), whole[0].view(torch.uint8))
-    assert torch.equal(chunked[1], whole[1])
-
-
 def quantization_error(values, row_scale, exact):
     """||values * row_scale - exact|| / ||exact|| over rows of exact's last axis."""
     k = exact.shape[-1]

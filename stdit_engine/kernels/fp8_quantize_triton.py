@@ -27,36 +27,16 @@ from .fp8 import E4M3, E4M3_MAX, MIN_SCALE
 # no memory traffic, and the GELU pass is not limited by their arithmetic either.
 QUANTIZE_LAUNCH_NARROW = (1, 1)
 QUANTIZE_LAUNCH_WIDE = (1, 4)
-# Columns a chunk when a wide row is read in chunks, twice (largest magnitude first, then the
-# scaled values; the second read hits L2), instead of held whole in registers; 0: held whole.
-# Whole rows of 4608 take ~64 registers of values a thread, which caps the programs an SM holds.
-QUANTIZE_WIDE_CHUNK = 0
-
-
-@triton.jit
-def e4m3_scale(amax, min_scale, fp8_max):
-    """(scale, 1 / scale) for rows whose largest magnitudes are `amax`: the scale maps amax to
-    fp8_max, and the values are then scaled by IEEE products with the inverse, rounded exactly as
-    quantize_rows_ref rounds them: IEEE divisions (Triton's default one is off by up to 2 ulp,
-    which flips values lying near an e4m3 rounding midpoint), one a row."""
-    scale = tl.math.div_rn(tl.maximum(amax, min_scale * fp8_max), fp8_max)
-    return scale, tl.math.div_rn(1.0, scale)
 
 
 @triton.jit
 def quantize_tile(x, min_scale, fp8_max):
     """The rows of the fp32 tile x [M, K] (masked-off entries 0) scaled for e4m3: (x * (1 / scale),
-    scale [M]), each row's largest magnitude at fp8_max."""
-    scale, inverse = e4m3_scale(tl.max(tl.abs(x), axis=1), min_scale, fp8_max)
-    return x * inverse[:, None], scale
-
-
-@triton.jit
-def _load_rows(x_ptr, rows, cols, mask, stride_row, GELU: tl.constexpr):
-    x = tl.load(x_ptr + rows * stride_row + cols, mask=mask, other=0.0).to(tl.float32)
-    if GELU:  # 0.5 x (1 + tanh(u)) = x sigmoid(2u); exp written out: tl.sigmoid fails in the interpreter
-        x = x / (1.0 + tl.exp(-1.5957691216057308 * (x + 0.044715 * x * x * x)))  # 2 sqrt(2 / pi)
-    return x
+    scale [M]), each row's largest magnitude at fp8_max, rounded exactly as quantize_rows_ref
+    rounds: IEEE divisions (Triton's default one is off by up to 2 ulp, which flips values lying
+    near an e4m3 rounding midpoint), one a row, and IEEE products."""
+    scale = tl.math.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), min_scale * fp8_max), fp8_max)
+    return x * tl.math.div_rn(1.0, scale)[:, None], scale
 
 
 @triton.jit
@@ -65,27 +45,12 @@ def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_rows, K, stride_row, min_
     rows = (tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
     cols = tl.arange(0, BLOCK_K)[None, :]
     mask = (rows < n_rows) & (cols < K)
-    x, scale = quantize_tile(_load_rows(x_ptr, rows, cols, mask, stride_row, GELU), min_scale, fp8_max)
+    x = tl.load(x_ptr + rows * stride_row + cols, mask=mask, other=0.0).to(tl.float32)
+    if GELU:  # 0.5 x (1 + tanh(u)) = x sigmoid(2u); exp written out: tl.sigmoid fails in the interpreter
+        x = x / (1.0 + tl.exp(-1.5957691216057308 * (x + 0.044715 * x * x * x)))  # 2 sqrt(2 / pi)
+    x, scale = quantize_tile(x, min_scale, fp8_max)
     tl.store(out_ptr + rows * K + cols, x.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(scale_ptr + rows, scale[:, None], mask=rows < n_rows)
-
-
-@triton.jit
-def _quantize_row_chunks_kernel(x_ptr, out_ptr, scale_ptr, K, stride_row, min_scale, fp8_max,
-                                GELU: tl.constexpr, CHUNK: tl.constexpr):
-    """One row a program, read in chunks twice; the same values as _quantize_rows_kernel (the
-    GELU is recomputed identically in the second pass)."""
-    row = tl.program_id(0).to(tl.int64)
-    amax = tl.zeros([CHUNK], dtype=tl.float32)
-    for start in range(0, K, CHUNK):
-        cols = start + tl.arange(0, CHUNK)
-        amax = tl.maximum(amax, tl.abs(_load_rows(x_ptr, row, cols, cols < K, stride_row, GELU)))
-    scale, inverse = e4m3_scale(tl.max(amax, axis=0), min_scale, fp8_max)
-    for start in range(0, K, CHUNK):
-        cols = start + tl.arange(0, CHUNK)
-        x = _load_rows(x_ptr, row, cols, cols < K, stride_row, GELU)
-        tl.store(out_ptr + row * K + cols, (x * inverse).to(out_ptr.dtype.element_ty), mask=cols < K)
-    tl.store(scale_ptr + row, scale)
 
 
 def e4m3_rows(shape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,10 +83,6 @@ def quantize_rows_fp8_triton(x: torch.Tensor, gelu: bool = False) -> tuple[torch
     if rows:
         block_k = triton.next_power_of_2(k)
         block_m, warps = QUANTIZE_LAUNCH_NARROW if block_k <= 2048 else QUANTIZE_LAUNCH_WIDE
-        if block_k > 2048 and QUANTIZE_WIDE_CHUNK:
-            _quantize_row_chunks_kernel[(rows,)](x, out, scale, k, x.stride(0), MIN_SCALE, E4M3_MAX, GELU=gelu,
-                                                 CHUNK=QUANTIZE_WIDE_CHUNK, num_warps=warps)
-            return as_e4m3(out), scale
         _quantize_rows_kernel[(triton.cdiv(rows, block_m),)](x, out, scale, rows, k, x.stride(0), MIN_SCALE, E4M3_MAX,
                                                              GELU=gelu, BLOCK_M=block_m, BLOCK_K=block_k,
                                                              num_warps=warps)
