@@ -3,10 +3,10 @@ e4m3 per token at each call, the product by `torch._scaled_mm` (the scales and b
 epilogue, output in the activation dtype).
 
 Its fast accumulation: Hopper's FP8 tensor cores keep partial sums in less than fp32, and cuBLAS
-by default promotes them to fp32 every few K-steps; without that the block linears run 15-19%
-faster (H200), and at these depths (K = 1152 and 4608) the forward's distance from fp32 is the same
-to three digits (2.01e-2 with bf16 activations, 8.64e-3 with fp16 ones, 16x256x256; BENCHMARKS.md):
-e4m3's own rounding dominates.
+by default promotes them to fp32 every few K-steps; without that the block linears' matmuls take
+14-15% less time a forward (H200: 7% for fc2, up to 19% for fc1), and at these depths (K = 1152
+and 4608) the forward's distance from fp32 is the same to three digits (2.01e-2 with bf16
+activations, 8.64e-3 with fp16 ones, 16x256x256; BENCHMARKS.md): e4m3's own rounding dominates.
 
 Why: replayed from CUDA graphs the bf16 forward sits at the card's power cap with the matmuls
 ~75% of its time (BENCHMARKS.md); e4m3 halves their bytes and energy. Measured on an H200
