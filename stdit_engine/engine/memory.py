@@ -93,8 +93,9 @@ def measure_stage(name: str, device: torch.device, record: list[StageStats], mod
 # The eager backend's attention scores are assumed smaller than the MLP's tensors: true of the
 # tiny preset; the CUDA backends never materialise them. With FP8 linears (kernels/fp8.py) fc2
 # runs while fc1's output (4 tensors wide) is still referenced, beside its e4m3 copy (half the
-# bytes: 2) and fc2's output: 3 + 4 + 2 + 1 = 10 (counted from the code, not yet fitted on a GPU;
-# the CPU reference quantizer's fp32 temporaries, a tests-only path, are not counted).
+# bytes: 2) and fc2's output: 3 + 4 + 2 + 1 = 10 (counted from the code; on an H200 the estimate
+# came within 6% of the allocator's peak at 64x512x512, sequential, bf16 + FP8, BENCHMARKS.md; the
+# CPU reference quantizer's fp32 temporaries, a tests-only path, are not counted).
 STDIT_TOKEN_TENSORS = 3
 # The H200 fit's 0.2 GiB beyond the token-sized tensors, less the caption K/V of its 2-prompt runs
 # (0.058 GiB), now counted above: presumably workspaces and the CUDA graph's static caption K/V.

@@ -5,7 +5,7 @@ with unit stride along K -> (e4m3 [rows, K], fp32 scale [rows, 1]); GELU-tanh is
 `gelu` (the FP8 MLP's fc2 input). One program holds a whole row in registers, so the row's
 largest magnitude, the scale and the quantized row come from a single read. Plain PyTorch takes
 five passes for the same (abs, amax, divide, cast, and GELU): the FP8 forward was 2.4x slower than
-bf16 with it, and is 1.18x faster with this kernel (H200, BENCHMARKS.md). `quantize_tile` is the same
+bf16 with it, and 1.14x faster with a first version of this kernel (H200, BENCHMARKS.md). `quantize_tile` is the same
 quantization for the norm kernels that emit their output in e4m3 (the `*_fp8` ops).
 """
 from __future__ import annotations
