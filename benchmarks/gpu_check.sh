@@ -17,8 +17,7 @@ status=0
 if [ -z "${SKIP_GPU_TESTS:-}" ]; then
   # Every gpu-marked test (the kernels at full size among them); the export tests in a process of
   # their own: loading a CUDA AOTInductor package has crashed the process on torch 2.11.
-  # Only the files with gpu tests: the others load the golden vectors of ../shared at import,
-  # which the GPU machine does not have.
+  # Only the files with gpu tests, so the run stays within one device call.
   gpu_files=$(grep -l "mark.gpu" tests/test_*.py | grep -v test_gpu_export.py)
   python3 -m pytest -q -m gpu $gpu_files -p no:cacheprovider 2>&1 \
     | tee "$OUT/gpu_tests.log" | tail -n 25 || status=1

@@ -1,9 +1,9 @@
-"""Access to the reference implementation's test vectors in ../shared/golden (never copied here)."""
+"""Access to the reference implementation's test vectors in tests/golden/ (see tests/golden/README.md)."""
 from pathlib import Path
 
 import torch
 
-GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "golden"
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 
 
 def load_golden(name: str) -> dict:

@@ -1,14 +1,14 @@
 """The caption cleaner against the reference's golden pairs, and its behaviour on edge cases."""
 import json
-from pathlib import Path
 
 import pytest
 
 from stdit_engine.errors import ConfigError
 from stdit_engine.models.caption import clean_caption, clean_prompt
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
-PAIRS = json.loads((GOLDEN / "captions.json").read_text(encoding="utf-8"))
+from golden import GOLDEN_DIR
+
+PAIRS = json.loads((GOLDEN_DIR / "captions.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("raw, cleaned", PAIRS, ids=[f"pair{i}" for i in range(len(PAIRS))])
