@@ -1,4 +1,4 @@
-"""What the FP8 block linears (STDiT.quantize_fp8, kernels/fp8.py) cost and give, three ways:
+"""What the FP8 block linears (STDiT.quantize_fp8, models/fp8.py) cost and give, three ways:
 
 1. speed of each block linear at the preset's token count: bf16 `F.linear`, the e4m3 `_scaled_mm`
    alone (with fp32 accumulation, and with the fast one FP8Linear uses), and the engine's
@@ -24,8 +24,8 @@ from torch import nn
 from workloads import build_stdit, graphed_time_ms, median, relative_error, stdit_inputs
 
 from stdit_engine.configs import get_preset
-from stdit_engine.kernels.fp8 import E4M3, FP8Linear, quantize_rows_ref
-from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
+from stdit_engine.kernels.fp8_quantize import E4M3, quantize_rows_fp8_triton, quantize_rows_ref
+from stdit_engine.models.fp8 import FP8Linear
 from stdit_engine.parallel.plan import token_grid
 
 

@@ -15,7 +15,7 @@ from .configs import PRESETS
 from .errors import ConfigError, EngineError
 from .engine.placement import MODES as PLACEMENT_MODES
 from .export import command as export_command
-from .kernels.fp8 import FP8_MIN_CAPABILITY
+from .models.fp8 import FP8_MIN_CAPABILITY
 from .kernels.registry import BACKENDS
 from .parallel.plan import MODES as PARALLEL_MODES
 

@@ -1,4 +1,4 @@
-"""FP8 block linears (kernels/fp8.py): the reference quantizer, the FP8 linear against its
+"""FP8 block linears (models/fp8.py): the reference quantizer, the FP8 linear against its
 dequantized math, the STDiT conversion, its fidelity, memory and refusals. The Triton quantizer's
 sweep is with the other kernels' (test_kernels_triton.py)."""
 import copy
@@ -12,9 +12,8 @@ from stdit_engine import Engine
 from stdit_engine.engine.memory import estimate_memory
 from stdit_engine.errors import ConfigError, DeviceError
 from stdit_engine.export.exportable import check_eager
-from stdit_engine.kernels.fp8 import (E4M3, E4M3_MAX, MIN_SCALE, FP8GeluMLP, FP8Linear, QuantizedRows,
-                                      check_fp8_supported, quantize_rows_ref)
-from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
+from stdit_engine.kernels.fp8_quantize import E4M3, E4M3_MAX, MIN_SCALE, quantize_rows_fp8_triton, quantize_rows_ref
+from stdit_engine.models.fp8 import FP8GeluMLP, FP8Linear, QuantizedRows, check_fp8_supported
 from stdit_engine.models.stdit import FP8_BLOCK_LINEARS
 from test_stdit_golden import count_op_calls, golden_model
 

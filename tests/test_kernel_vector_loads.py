@@ -17,7 +17,7 @@ triton = pytest.importorskip("triton")
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from stdit_engine.kernels import flash_attention_triton, temporal_attention_triton  # noqa: E402
+from stdit_engine.kernels import cross_attention, temporal_attention  # noqa: E402
 
 VECTOR_LOAD = r"ld\.global(\.\w+)*\.v4\.b32"  # 4 x 32 bits: 8 bf16 elements
 SCALAR_HALF_LOAD = r"ld\.global(\.\w+)*\.b16 "
@@ -56,9 +56,9 @@ def cross_attention_ptx(align: int) -> str:
                    sv_b=caption * 2 * c, sv_h=72, sv_l=2 * c, sv_d=1, so_b=4096 * c, so_h=72, so_n=c, so_d=1)
     pointers = dict(q_ptr=torch.bfloat16, k_ptr=torch.bfloat16, v_ptr=torch.bfloat16, lengths_ptr=torch.int64,
                     o_ptr=torch.bfloat16)
-    return sm90_ptx(flash_attention_triton._flash_attention_kernel,
-                    {**pointers, "N": 4096, "L": caption, "H": 16, "qk_scale": 0.1, **strides},
-                    dict(D=72, ALIGN=align, HAS_LENGTHS=True, BLOCK_N=64, BLOCK_L=32, BLOCK_D=64, BLOCK_TAIL=16,
+    return sm90_ptx(cross_attention._flash_attention_kernel,
+                    {**pointers, "N": 4096, "H": 16, "qk_scale": 0.1, **strides},
+                    dict(D=72, ALIGN=align, BLOCK_N=64, BLOCK_L=32, BLOCK_D=64, BLOCK_TAIL=16,
                          UPCAST=False))
 
 
@@ -71,7 +71,7 @@ def temporal_attention_ptx(align: int) -> str:
         strides.update({f"s{p}_b": 16 * s * 3 * c, f"s{p}_s": 3 * c, f"s{p}_h": 72, f"s{p}_t": s * 3 * c, f"s{p}_d": 1})
     strides.update(so_b=16 * s * c, so_s=c, so_h=72, so_t=s * c, so_d=1)
     pointers = dict.fromkeys(("q_ptr", "k_ptr", "v_ptr", "o_ptr"), torch.bfloat16)
-    return sm90_ptx(temporal_attention_triton._temporal_attention_kernel,
+    return sm90_ptx(temporal_attention._temporal_attention_kernel,
                     {**pointers, "S": s, "H": 16, "T": 16, "sm_scale": 0.1, **strides},
                     dict(D=72, ALIGN=align, BLOCK_T=16, BLOCK_D=128, UPCAST=False))
 

@@ -6,21 +6,16 @@ on small shapes only; with one they run on CUDA, and `pytest -m gpu` adds STDiT'
 import pytest
 import torch
 
-from stdit_engine.kernels import self_attention_triton as spatial
+from stdit_engine.kernels import fp8_quantize
+from stdit_engine.kernels import gated_residual as gated_residual_module
 from stdit_engine.kernels.alignment import element_alignment
-from stdit_engine.kernels.attention import cross_attention_ref, self_attention_ref, temporal_attention_ref
-from stdit_engine.kernels.cross_attention_triton import BLOCK_L, cross_attention_triton
-from stdit_engine.kernels.flash_attention_triton import flash_attention, head_split
-from stdit_engine.kernels.fp8 import E4M3, ln_modulate_fp8_ref, quantize_rows_ref
-from stdit_engine.kernels import fp8_quantize_triton
-from stdit_engine.kernels import gated_residual_triton as gated_residual_module
-from stdit_engine.kernels.fp8_quantize_triton import quantize_rows_fp8_triton
-from stdit_engine.kernels.gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
-from stdit_engine.kernels.gated_residual_triton import (gated_residual_fp8_triton, gated_residual_ln_modulate_fp8_triton,
-                                                        gated_residual_ln_modulate_triton, gated_residual_triton)
-from stdit_engine.kernels.ln_modulate import ln_modulate_ref
-from stdit_engine.kernels.ln_modulate_triton import ln_modulate_fp8_triton, ln_modulate_triton
-from stdit_engine.kernels.temporal_attention_triton import MAX_LEN, temporal_attention_triton
+from stdit_engine.kernels.cross_attention import BLOCK_L, cross_attention_ref, cross_attention_triton, flash_attention, head_split
+from stdit_engine.kernels.fp8_quantize import E4M3, quantize_rows_fp8_triton, quantize_rows_ref
+from stdit_engine.kernels.gated_residual import (gated_residual_fp8_triton, gated_residual_ln_modulate_fp8_triton,
+                                                 gated_residual_ln_modulate_ref, gated_residual_ln_modulate_triton,
+                                                 gated_residual_ref, gated_residual_triton)
+from stdit_engine.kernels.ln_modulate import ln_modulate_fp8_ref, ln_modulate_fp8_triton, ln_modulate_ref, ln_modulate_triton
+from stdit_engine.kernels.temporal_attention import MAX_LEN, temporal_attention_ref, temporal_attention_triton
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [pytest.param(d, id=str(d).removeprefix("torch.")) for d in (torch.float32, torch.bfloat16, torch.float16)]
@@ -59,17 +54,15 @@ CROSS_ATTENTION_SHAPES = [
     pytest.param((2, 64 * 1024, 120, 1152, 16), marks=gpu),
     pytest.param((3, 1000, 77, 1152, 16), marks=gpu),
 ]
-# (frames x samples, heads, spatial positions, head_dim): one key tile and several, a partial last
-# tile, head_dim 72 (a 64 + 16 split) and others that split differently (8, 64, 100).
-SPATIAL_SHAPES = [
-    (2, 2, 15, 72),
-    (1, 2, 2 * spatial.BLOCK_L + 3, 72),
-    (3, 1, 20, 8),
-    (1, 2, 33, 64),
-    (1, 1, 17, 100),
-    pytest.param((64, 16, 256, 72), marks=gpu),  # 16x256x256, 2 prompts x guidance
-    pytest.param((128, 16, 1024, 72), marks=gpu),  # 64x512x512, 1 prompt x guidance
-    pytest.param((5, 16, 999, 72), marks=gpu),
+# (samples, heads, queries, keys, head_dim) of the flash kernel over all its keys: one key tile and
+# several, a partial last tile, head_dim 72 (a 64 + 16 split) and others that split differently
+# (8, 64, 100).
+HEAD_DIM_SHAPES = [
+    (2, 2, 15, 15, 72),
+    (1, 2, 9, 2 * BLOCK_L + 3, 72),
+    (3, 1, 20, 20, 8),
+    (1, 2, 33, 33, 64),
+    (1, 1, 17, 17, 100),
 ]
 
 # [rows, K] of the FP8 quantizer: the block linears' inputs at hidden 144 and 1152, and the MLP's 4x.
@@ -200,13 +193,22 @@ def spatial_qkv_views(frames, heads, positions, d, dtype):
     return qkv.view(frames, positions, 3, heads, d).permute(2, 0, 3, 1, 4)
 
 
-@pytest.mark.parametrize("shape", SPATIAL_SHAPES, ids=shape_id)
+def all_keys(k):
+    """kv_lengths that let every sample see all of k [B, H, L, D]."""
+    return torch.full((k.shape[0],), k.shape[2], device=k.device)
+
+
+@pytest.mark.parametrize("shape", HEAD_DIM_SHAPES, ids=shape_id)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_self_attention(shape, dtype):
-    inputs = tuple(spatial_qkv_views(*shape, dtype))
-    out = spatial.self_attention_triton(*inputs)
-    assert_close_to_reference(out, self_attention_ref, inputs)
-    assert out.transpose(1, 2).is_contiguous()  # token order: the output projection reads it without a copy
+def test_flash_attention_head_dims(shape, dtype):
+    """The flash kernel's head split (head_split) at head dimensions that split differently."""
+    b, h, n, length, d = shape
+    q = torch.randn(b, n, h, d, device=DEVICE).to(dtype).transpose(1, 2)
+    k, v = torch.randn(2, b, length, h, d, device=DEVICE).to(dtype).transpose(2, 3)
+    inputs = (q, k, v, all_keys(k))
+    out = cross_attention_triton(*inputs)
+    assert_close_to_reference(out, cross_attention_ref, inputs)
+    assert out.is_contiguous()
 
 
 @pytest.mark.parametrize("rows_per_program", [1, 4])
@@ -215,7 +217,7 @@ def test_self_attention(shape, dtype):
 @pytest.mark.parametrize("dtype", DTYPES[1:])
 def test_quantize_rows_fp8(shape, dtype, gelu, rows_per_program, monkeypatch):
     for launch in ("QUANTIZE_LAUNCH_NARROW", "QUANTIZE_LAUNCH_WIDE"):  # a ragged last program when 4
-        monkeypatch.setattr(fp8_quantize_triton, launch, (rows_per_program, getattr(fp8_quantize_triton, launch)[1]))
+        monkeypatch.setattr(fp8_quantize, launch, (rows_per_program, getattr(fp8_quantize, launch)[1]))
     n, k = shape
     wide = (torch.randn(n, k + 32, device=DEVICE) * 3).to(dtype)
     x = wide[:, :k]  # rows with a stride wider than K, as a slice gives them
@@ -280,18 +282,10 @@ def test_head_split_covers_the_head_with_little_padding(d, split):
     assert head_split(d) == split
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_flash_attention_with_padded_head(dtype):
-    """The head dimension padded to a power of two instead of split: key tiles of 64 allowed."""
-    inputs = tuple(spatial_qkv_views(1, 2, 70, 72, dtype))
-    out = flash_attention(*inputs, None, block_n=32, block_l=64, num_warps=4, split_head=False).transpose(1, 2)
-    assert_close_to_reference(out, self_attention_ref, inputs)
-
-
 def test_flash_attention_refuses_unsafe_key_tiles():
     q, k, v = spatial_qkv_views(1, 2, 9, 72, torch.float32)
     with pytest.raises(ValueError, match="at most 32"):
-        flash_attention(q, k, v, None, block_n=16, block_l=64, num_warps=4)
+        flash_attention(q, k, v, all_keys(k), block_n=16, block_l=64, num_warps=4)
 
 
 def test_cross_attention_ignores_caption_padding():
@@ -321,7 +315,8 @@ def test_attention_kernels_take_views_at_any_offset():
     assert element_alignment(q, k, v) == 1
     assert_close_to_reference(temporal_attention_triton(q, k, v), temporal_attention_ref, (q, k, v))
     sq, sk, sv = (t.permute(0, 3, 2, 1, 4).flatten(0, 1) for t in (q, k, v))  # [B*T, H, S, D] views
-    assert_close_to_reference(spatial.self_attention_triton(sq, sk, sv), self_attention_ref, (sq, sk, sv))
+    inputs = (sq, sk, sv, all_keys(sk))
+    assert_close_to_reference(cross_attention_triton(*inputs), cross_attention_ref, inputs)
 
 
 def test_temporal_attention_rejects_long_sequences():
@@ -347,7 +342,6 @@ def test_row_ops_reject_mismatched_modulation():
                                                      *modulation(2, 144, torch.float32)[1:3], EPS)),
         (temporal_attention_triton, lambda: tuple(frame_qkv_views(2, 3, 5, 144, 2, torch.float32))),
         (cross_attention_triton, lambda: caption_views(2, 5, 7, 144, 2, torch.float32)),
-        (spatial.self_attention_tokens, lambda: tuple(spatial_qkv_views(2, 2, 9, 72, torch.float32))),
         (quantize_rows_fp8_triton, lambda: (torch.randn(5, 144, device=DEVICE).to(torch.bfloat16), True)),
         (ln_modulate_fp8_triton, lambda: (rows(2, 5, 144, torch.bfloat16), *modulation(2, 144, torch.bfloat16)[:2], EPS)),
         (gated_residual_ln_modulate_fp8_triton, lambda: (rows(2, 5, 144, torch.bfloat16),
@@ -358,7 +352,7 @@ def test_row_ops_reject_mismatched_modulation():
                                              rows(2, 5, 144, torch.bfloat16))),
     ],
     ids=["ln_modulate", "gated_residual", "gated_residual_ln_modulate", "residual_ln_modulate_without_gate", "temporal_attention", "cross_attention",
-         "self_attention", "quantize_rows_fp8", "ln_modulate_fp8", "gated_residual_ln_modulate_fp8",
+         "quantize_rows_fp8", "ln_modulate_fp8", "gated_residual_ln_modulate_fp8",
          "gated_residual_fp8"],
 )
 def test_custom_op_registration(op, make_args):

@@ -1,8 +1,8 @@
-"""fc1 + GELU with the GELU in cuBLASLt's epilogue (kernels/gelu.py) against its reference."""
+"""fc1 + GELU with the GELU in cuBLASLt's epilogue (kernels/linear_gelu.py) against its reference."""
 import pytest
 import torch
 
-from stdit_engine.kernels.gelu import linear_gelu_cublaslt, linear_gelu_ref
+from stdit_engine.kernels.linear_gelu import linear_gelu_cublaslt, linear_gelu_ref
 from test_kernels_triton import DTYPES, assert_close_to_reference
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ..configs import Preset, get_preset
 from ..errors import ConfigError, DeviceError
-from ..kernels.fp8 import check_fp8_supported
+from ..models.fp8 import check_fp8_supported
 from ..kernels.registry import resolve_backend
 from ..models.caption import clean_prompt
 from ..models.checkpoint import load_stdit_checkpoint
@@ -116,7 +116,7 @@ class Engine:
         `placement`: "resident", "offload", "sequential" or "auto" (engine/placement.py).
         `parallel`: inside an initialised process group, how the ranks share the work: "cfg", "dsp",
         "cfg+dsp" or "auto" (parallel/plan.py); every rank calls this, and uses cuda:LOCAL_RANK.
-        `fp8`: the STDiT block linears in FP8 (Ada / Hopper GPUs; kernels/fp8.py): faster, and as far
+        `fp8`: the STDiT block linears in FP8 (Ada / Hopper GPUs; models/fp8.py): faster, and as far
         from fp32 as bf16 is, but not the reference's fp16 rounding.
         """
         preset = get_preset(preset)

@@ -91,7 +91,7 @@ def measure_stage(name: str, device: torch.device, record: list[StageStats], mod
 # and fc2's: 3 + 4 + 1 = 8, the peak of the triton backend on CUDA, whose fc1 computes the GELU in
 # its epilogue (one wide tensor, not two). Plus every block's caption K/V, computed once per call.
 # The eager backend's attention scores are assumed smaller than the MLP's tensors: true of the
-# tiny preset; the CUDA backends never materialise them. With FP8 linears (kernels/fp8.py) fc2
+# tiny preset; the CUDA backends never materialise them. With FP8 linears (models/fp8.py) fc2
 # runs while fc1's output (4 tensors wide) is still referenced, beside its e4m3 copy (half the
 # bytes: 2) and fc2's output: 3 + 4 + 2 + 1 = 10 (counted from the code; on an H200 the estimate
 # came within 6% of the allocator's peak at 64x512x512, sequential, bf16 + FP8, BENCHMARKS.md; the

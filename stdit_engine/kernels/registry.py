@@ -1,19 +1,20 @@
 """Resolves a kernel backend once, when a model is built; call sites only ever see an `Ops`.
 
-Backends:
+Each op lives in its own file (ln_modulate.py, gated_residual.py, self_attention.py,
+temporal_attention.py, cross_attention.py, linear_gelu.py, fp8_quantize.py) with its reference,
+its fast implementations and their kernels. Backends:
   eager   the plain-PyTorch reference of every op (parity tests and exports use it)
   sdpa    eager, with attention through torch's fused scaled_dot_product_attention
   triton  our Triton kernels for the modulated LayerNorm, the gated residual (fused with the norm
           that follows it where one does), the temporal and the caption cross-attention, cuDNN's
-          fused attention within frames (faster than our Triton flash kernel for it,
-          self_attention_triton.py, on an H200), GELU in the fc1 matmul's epilogue (cuBLASLt), the
-          FP8 linears' per-token quantization in one pass (in the norm's or residual's pass where
-          one feeds the linear); on CUDA, or on the CPU under TRITON_INTERPRET=1 (tests)
-  auto    triton on CUDA (measured fastest: BENCHMARKS.md), eager elsewhere
+          fused attention within frames (faster there than a Triton flash kernel: BENCHMARKS.md),
+          GELU in the fc1 matmul's epilogue (cuBLASLt), the FP8 linears' per-token quantization in
+          one pass (in the norm's or residual's pass where one feeds the linear); on CUDA, or on
+          the CPU under TRITON_INTERPRET=1 (tests)
+  auto    triton on CUDA (the fastest there: BENCHMARKS.md), eager elsewhere
 """
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -21,12 +22,16 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError
-from .attention import (cross_attention_ref, cross_attention_sdpa, self_attention_cudnn, self_attention_ref,
-                        self_attention_sdpa, temporal_attention_ref, temporal_attention_sdpa)
-from .gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
-from .fp8 import gated_residual_fp8_ref, gated_residual_ln_modulate_fp8_ref, ln_modulate_fp8_ref, quantize_rows_ref
-from .gelu import linear_gelu_cublaslt, linear_gelu_ref
-from .ln_modulate import ln_modulate_ref
+from .cross_attention import cross_attention_ref, cross_attention_sdpa, cross_attention_triton
+from .fp8_quantize import quantize_rows_fp8_triton, quantize_rows_ref
+from .gated_residual import (gated_residual_fp8_ref, gated_residual_fp8_triton, gated_residual_ln_modulate_fp8_ref,
+                             gated_residual_ln_modulate_fp8_triton, gated_residual_ln_modulate_ref,
+                             gated_residual_ln_modulate_triton, gated_residual_ref, gated_residual_triton)
+from .linear_gelu import linear_gelu_cublaslt, linear_gelu_ref
+from .ln_modulate import ln_modulate_fp8_ref, ln_modulate_fp8_triton, ln_modulate_ref, ln_modulate_triton
+from .self_attention import self_attention_cudnn, self_attention_ref, self_attention_sdpa
+from .temporal_attention import temporal_attention_ref, temporal_attention_sdpa, temporal_attention_triton
+from .triton_support import HAVE_TRITON
 
 
 @dataclass(frozen=True)
@@ -38,11 +43,11 @@ class Ops:
     gated_residual_ln_modulate: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     linear_gelu: Callable[..., torch.Tensor]  # gelu_tanh(x @ W^T + b)
     self_attention: Callable[..., torch.Tensor]  # spatial: within each frame
-    temporal_attention: Callable[..., torch.Tensor]  # within each spatial position, over frames (attention.py)
-    cross_attention: Callable[..., torch.Tensor]  # over each sample's caption tokens (attention.py)
-    quantize_rows_fp8: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # the input of an FP8 linear (fp8.py)
+    temporal_attention: Callable[..., torch.Tensor]  # within each spatial position, over frames (temporal_attention.py)
+    cross_attention: Callable[..., torch.Tensor]  # over each sample's caption tokens (cross_attention.py)
+    quantize_rows_fp8: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # the input of an FP8 linear (fp8_quantize.py)
     # The norms and the residual above with their output quantized for an FP8 linear (e4m3, row
-    # scales): fp8.py
+    # scales): ln_modulate.py, gated_residual.py
     ln_modulate_fp8: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     gated_residual_ln_modulate_fp8: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     gated_residual_fp8: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -66,26 +71,20 @@ SDPA = replace(EAGER, name="sdpa", self_attention=self_attention_sdpa, temporal_
                cross_attention=cross_attention_sdpa)
 
 
-@functools.lru_cache(maxsize=None)
+TRITON = replace(SDPA, name="triton", ln_modulate=ln_modulate_triton, gated_residual=gated_residual_triton,
+                 gated_residual_ln_modulate=gated_residual_ln_modulate_triton,
+                 self_attention=self_attention_cudnn, temporal_attention=temporal_attention_triton,
+                 cross_attention=cross_attention_triton, linear_gelu=linear_gelu_cublaslt,
+                 quantize_rows_fp8=quantize_rows_fp8_triton, ln_modulate_fp8=ln_modulate_fp8_triton,
+                 gated_residual_ln_modulate_fp8=gated_residual_ln_modulate_fp8_triton,
+                 gated_residual_fp8=gated_residual_fp8_triton)
+
+
 def _triton_ops() -> Ops:
-    """Imported on first use only: importing compiles nothing but needs triton and registers the
-    kernels' torch.library ops."""
-    try:
-        from .cross_attention_triton import cross_attention_triton
-        from .fp8_quantize_triton import quantize_rows_fp8_triton
-        from .gated_residual_triton import (gated_residual_fp8_triton, gated_residual_ln_modulate_fp8_triton,
-                                            gated_residual_ln_modulate_triton, gated_residual_triton)
-        from .ln_modulate_triton import ln_modulate_fp8_triton, ln_modulate_triton
-        from .temporal_attention_triton import temporal_attention_triton
-    except ImportError as err:
-        raise ConfigError(f"kernel backend 'triton' needs the triton package ({err}); use backend='sdpa'") from None
-    return replace(SDPA, name="triton", ln_modulate=ln_modulate_triton, gated_residual=gated_residual_triton,
-                   gated_residual_ln_modulate=gated_residual_ln_modulate_triton,
-                   self_attention=self_attention_cudnn, temporal_attention=temporal_attention_triton,
-                   cross_attention=cross_attention_triton, linear_gelu=linear_gelu_cublaslt,
-                   quantize_rows_fp8=quantize_rows_fp8_triton, ln_modulate_fp8=ln_modulate_fp8_triton,
-                   gated_residual_ln_modulate_fp8=gated_residual_ln_modulate_fp8_triton,
-                   gated_residual_fp8=gated_residual_fp8_triton)
+    if not HAVE_TRITON:
+        raise ConfigError("kernel backend 'triton' needs the triton package (pip install triton, on Linux); "
+                          "use backend='sdpa'")
+    return TRITON
 
 
 BACKENDS: dict[str, Callable[[], Ops]] = {"eager": lambda: EAGER, "sdpa": lambda: SDPA, "triton": _triton_ops}

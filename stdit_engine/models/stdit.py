@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..kernels.fp8 import FP8GeluMLP, FP8Linear, QuantizedRows, check_fp8_supported
+from .fp8 import FP8GeluMLP, FP8Linear, QuantizedRows, check_fp8_supported
 from ..kernels.registry import Ops, resolve_backend
 
 LN_EPS = 1e-6
@@ -304,7 +304,7 @@ class STDiT(nn.Module):
         """Converts the block linears (FP8_BLOCK_LINEARS and the MLPs) to FP8 in place, on the device
         they are on: e4m3 weights, activations quantized per token by this backend's kernel.
         Halves those weights' memory; the output moves about as far from fp32 as bf16's own
-        rounding does (kernels/fp8.py). Call it once the weights are loaded, in bf16 or fp16."""
+        rounding does (models/fp8.py). Call it once the weights are loaded, in bf16 or fp16."""
         check_fp8_supported(self.x_embedder.proj.weight.device, self.dtype)
         if self.is_fp8:
             return self

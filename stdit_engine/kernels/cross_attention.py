@@ -1,33 +1,58 @@
-"""Flash-style attention in Triton, shared by the spatial self-attention and the caption
-cross-attention: softmax(q k^T * D^-0.5) v per (sample, head), optionally over only the first
-kv_lengths[b] keys of sample b.
+"""Caption cross-attention: every video token of a sample attends to that sample's caption.
 
-`flash_attention(q, k, v, kv_lengths, ...)` takes q [B, H, N, D] and k, v [B, H, L, D] as any
-strided views (the attention modules hand in views of their projections) and returns a contiguous
-[B, N, H, D]: token order, so the output projection reads it without a copy.
+`cross_attention_ref` is the meaning: q [B, H, N, D] over k, v [B, H, Lc, D] -> [B, N, H, D] (token
+order), where sample b sees only its first kv_lengths[b] caption tokens (T5 masks are prefixes).
+`cross_attention_sdpa` hands it to PyTorch's fused attention, which takes these lengths only as a
+dense mask over all the caption tokens. `cross_attention_triton`, the custom op
+`stdit_engine::cross_attention`, is a flash-style kernel that stops at each sample's length, read on
+the device: a typical prompt (~20 of T5's 120 tokens) costs one key tile, padding is never
+loaded, and there is no host synchronisation (the ops run inside CUDA graphs).
 
-One program per (block of BLOCK_N queries, sample, head) walks the keys in tiles of BLOCK_L with an
-online softmax in base 2 (qk_scale folds log2(e) into D^-0.5): running row max, row sum and the
-weighted sum of V, all fp32. With kv_lengths the walk stops at the sample's length, read on the
-device: padding is never loaded, and there is no host synchronisation (the ops run inside CUDA
-graphs).
-
-The head dimension is cut into a power-of-two part and a tail of 16 (D = 72 -> 64 + 16, 80 lanes
-of which 72 are read) rather than padded to the next power of two (128): tl.dot needs power-of-two
-tiles, and the padding would be 78% of the tensor-core work at STDiT's head_dim.
+The kernel takes q, k, v as any strided views (the attention module hands in views of its
+projections) and returns a contiguous [B, N, H, D], so the output projection reads it without a
+copy. One program per (block of BLOCK_N queries, sample, head) walks the keys in tiles of BLOCK_L
+with an online softmax in base 2 (qk_scale folds log2(e) into D^-0.5): running row max, row sum and
+the weighted sum of V, all fp32. The head dimension is cut into a power-of-two part and a tail of
+16 (D = 72 -> 64 + 16, 80 lanes of which 72 are read) rather than padded to the next power of two
+(128): tl.dot needs power-of-two tiles, and the padding would be 78% of the tensor-core work at
+STDiT's head_dim.
 """
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+import torch.nn.functional as F
 
 from .alignment import element_alignment
+from .triton_support import jit, tl, triton
+
+# Launch shape: the fastest of a sweep of query blocks, key tiles and warps (BENCHMARKS.md). Key
+# tiles of 16 ran a little faster but with many times the rounding error against SDPA (more
+# online-softmax rescales).
+BLOCK_N = 64  # video tokens per program
+BLOCK_L = 32  # caption tokens per tile
+NUM_WARPS = 4
+
+
+def caption_mask(kv_lengths: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Boolean [B, 1, 1, Lc] mask: True where caption token j < kv_lengths[b]."""
+    positions = torch.arange(num_tokens, device=kv_lengths.device)
+    return (positions[None, :] < kv_lengths[:, None])[:, None, None, :]
+
+
+def cross_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor) -> torch.Tensor:
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    scores = scores.masked_fill(~caption_mask(kv_lengths, k.shape[-2]), float("-inf"))
+    return (scores.softmax(dim=-1) @ v).transpose(1, 2)
+
+
+def cross_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=caption_mask(kv_lengths, k.shape[-2])).transpose(1, 2)
+
 
 LOG2_E = 1.4426950408889634
 TAIL = 16  # the least tile tl.dot takes
-# With the tail tile, key tiles of 64 made an illegal memory access on an H200 (triton 3.6,
-# 2026-11-29, not yet understood; 16 and 32 ran and matched): the launcher refuses them.
+# With the tail tile, key tiles of 64 made an illegal memory access on a GPU (not yet understood;
+# 16 and 32 ran and matched): the launcher refuses them.
 MAX_BLOCK_L_WITH_TAIL = 32
 
 
@@ -43,7 +68,7 @@ def head_split(d: int) -> tuple[int, int]:
     return main, TAIL
 
 
-@triton.jit
+@jit
 def _load_rows(ptr, rows, row_ok, row_stride, dim, d_stride, D: tl.constexpr, UPCAST: tl.constexpr):
     """A [rows, dims] tile; rows past the end and dims >= D read as 0."""
     tile = tl.load(ptr + rows[:, None] * row_stride + dim[None, :] * d_stride,
@@ -53,11 +78,11 @@ def _load_rows(ptr, rows, row_ok, row_stride, dim, d_stride, D: tl.constexpr, UP
     return tile
 
 
-@triton.jit
+@jit
 def _flash_attention_kernel(
-    q_ptr, k_ptr, v_ptr, lengths_ptr, o_ptr, N, L, H, qk_scale,
+    q_ptr, k_ptr, v_ptr, lengths_ptr, o_ptr, N, H, qk_scale,
     sq_b, sq_h, sq_n, sq_d, sk_b, sk_h, sk_l, sk_d, sv_b, sv_h, sv_l, sv_d, so_b, so_h, so_n, so_d,
-    D: tl.constexpr, ALIGN: tl.constexpr, HAS_LENGTHS: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr, ALIGN: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_TAIL: tl.constexpr, UPCAST: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -65,7 +90,7 @@ def _flash_attention_kernel(
     b = sample_head // H
     h = sample_head % H
     n_ok = n < N
-    length = tl.load(lengths_ptr + b) if HAS_LENGTHS else L
+    length = tl.load(lengths_ptr + b)
     # ALIGN (alignment.py) lets the rows be read 16 bytes at a time; D constexpr makes the masks
     # of the head dimension provably constant over those 16 bytes.
     q_ptr += tl.multiple_of(b * sq_b + h * sq_h, ALIGN)
@@ -111,31 +136,40 @@ def _flash_attention_kernel(
                  (acc_tail / row_sum[:, None]).to(o_ptr.dtype.element_ty), mask=n_ok[:, None] & (tail < D)[None, :])
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor | None, *,
-                    block_n: int, block_l: int, num_warps: int, num_stages: int | None = None,
-                    split_head: bool = True) -> torch.Tensor:
-    """q [B, H, N, D] over k, v [B, H, L, D] (the first kv_lengths[b] keys, if given); a contiguous [B, N, H, D].
-    `split_head=False` pads the head dimension to a power of two instead of splitting it."""
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor, *,
+                    block_n: int, block_l: int, num_warps: int) -> torch.Tensor:
+    """q [B, H, N, D] over the first kv_lengths[b] keys of k, v [B, H, L, D]; a contiguous [B, N, H, D]."""
     if not (q.dim() == k.dim() == v.dim() == 4 and k.shape == v.shape and q.shape[:2] == k.shape[:2]
             and q.shape[3] == k.shape[3]):
         raise ValueError(f"expected q [B, H, N, D] and k, v [B, H, L, D]; got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
-    if kv_lengths is not None and kv_lengths.shape != q.shape[:1]:
+    if kv_lengths.shape != q.shape[:1]:
         raise ValueError(f"expected kv_lengths [B] = [{q.shape[0]}], got {tuple(kv_lengths.shape)}")
     b, h, n, d = q.shape
-    block_d, block_tail = head_split(d) if split_head else (max(TAIL, triton.next_power_of_2(d)), 0)
+    block_d, block_tail = head_split(d)
     if block_tail and block_l > MAX_BLOCK_L_WITH_TAIL:
         raise ValueError(f"key tiles of {block_l} with head_dim {d} (a {block_d} + {block_tail} split) are not safe: "
                          f"use at most {MAX_BLOCK_L_WITH_TAIL}")
     out = torch.empty((b, n, h, d), dtype=q.dtype, device=q.device)
     if out.numel():
-        extra = {} if num_stages is None else {"num_stages": num_stages}
         _flash_attention_kernel[(triton.cdiv(n, block_n), b * h)](
-            q, k, v, q if kv_lengths is None else kv_lengths, out, n, k.shape[2], h, d**-0.5 * LOG2_E,
+            q, k, v, kv_lengths, out, n, h, d**-0.5 * LOG2_E,
             *q.stride(), *k.stride(), *v.stride(), *out.transpose(1, 2).stride(),
-            D=d, ALIGN=element_alignment(q, k, v, out), HAS_LENGTHS=kv_lengths is not None,
+            D=d, ALIGN=element_alignment(q, k, v, out),
             BLOCK_N=block_n, BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_TAIL=block_tail,
             UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",  # CPU tensors: the interpreter
-            num_warps=num_warps, **extra,
+            num_warps=num_warps,
         )
     return out
+
+
+@torch.library.custom_op("stdit_engine::cross_attention", mutates_args=())
+def cross_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor) -> torch.Tensor:
+    """q [B, H, N, D] over the first kv_lengths[b] rows of k, v [B, H, L, D]; a contiguous [B, N, H, D]."""
+    return flash_attention(q, k, v, kv_lengths, block_n=BLOCK_N, block_l=BLOCK_L, num_warps=NUM_WARPS)
+
+
+@cross_attention_triton.register_fake
+def _(q, k, v, kv_lengths):
+    b, h, n, d = q.shape
+    return q.new_empty((b, n, h, d))

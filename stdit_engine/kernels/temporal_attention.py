@@ -1,30 +1,31 @@
-"""Self-attention over frames in Triton: STDiT's temporal attention (T = frames, 1..64), read
-straight from the qkv projection of tokens in their natural [B, T, S, C] order.
+"""Temporal attention: self-attention over the T frames (1..64) of each sample, spatial position
+and head, read from and written to tokens in their natural [B, T, S, C] order.
 
-Meaning: `temporal_attention_ref` in attention.py: softmax(q k^T * D^-0.5) v per (sample, spatial
-position, head) over T, on q, k, v [B, S, H, T, D] -> out [B, T, S, H, D]. q, k, v may be any
-strided views (SelfAttention.over_frames hands in permuted views of the qkv projection of
-[B, T, S, C] tokens), and the output is written in token order, so neither side of the op needs
-a transpose copy. One program per (sample, position, head) holds the whole T x D tiles: T is
-padded to a power of two >= 16 (the least tl.dot takes), D (72 in STDiT) to a power of two >= 16,
-with masks; the scores, the softmax and both products accumulate in fp32.
+`temporal_attention_ref` is the meaning: softmax(q k^T * D^-0.5) v on q, k, v [B, S, H, T, D] ->
+out [B, T, S, H, D]; `temporal_attention_sdpa` hands it to PyTorch's fused attention (after a
+gathering copy). `temporal_attention_triton`, the custom op `stdit_engine::temporal_attention`,
+takes q, k, v as any strided views (SelfAttention.over_frames hands in permuted views of the qkv
+projection of [B, T, S, C] tokens) and writes the output in token order, so neither side of the
+op needs a transpose copy. One program per (sample, position, head) holds the whole T x D tiles:
+T is padded to a power of two >= 16 (the least tl.dot takes), D (72 in STDiT) to a power of two
+>= 16, with masks; the scores, the softmax and both products accumulate in fp32.
 """
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+import torch.nn.functional as F
 
 from .alignment import element_alignment
+from .self_attention import self_attention_ref
+from .triton_support import jit, tl, triton
 
 MAX_LEN = 64  # the whole T x T score tile lives in registers: longer sequences want a flash kernel
-# Warps per program by the padded frame count (H200, benchmarks/launch_sweep.py with the vector
-# loads, 1 / 2 / 4 / 8 warps: 47 / 51 / 63 / 102 us at T=16, 898 / 522 / 391 / 509 us at T=64;
-# T=32 not timed).
+# Warps per program by the padded frame count: the fastest of benchmarks/launch_sweep.py
+# (BENCHMARKS.md); 32 frames, not timed, between its neighbours.
 WARPS_BY_TILE = {16: 1, 32: 2, 64: 4}
 
 
-@triton.jit
+@jit
 def _temporal_attention_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, S, H, T, sm_scale,
     sq_b, sq_s, sq_h, sq_t, sq_d, sk_b, sk_s, sk_h, sk_t, sk_d,
@@ -60,6 +61,17 @@ def _temporal_attention_kernel(
         o_ptr + t[:, None] * so_t + dim[None, :] * so_d,
         o.to(o_ptr.dtype.element_ty), mask=mask,
     )
+
+
+def temporal_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return self_attention_ref(q, k, v).permute(0, 3, 1, 2, 4)
+
+
+def temporal_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    b, s, h, t, d = q.shape
+    # The fused kernels take one batch axis: samples x positions, gathered into one (a copy).
+    out = F.scaled_dot_product_attention(*(z.reshape(b * s, h, t, d) for z in (q, k, v)))
+    return out.view(b, s, h, t, d).permute(0, 3, 1, 2, 4)
 
 
 @torch.library.custom_op("stdit_engine::temporal_attention", mutates_args=())

@@ -1,12 +1,12 @@
-"""Per-token e4m3 quantization in Triton, one pass over the activation (meaning: `quantize_rows_ref`).
+"""Per-token e4m3 quantization: the input of an FP8 linear (models/fp8.py).
 
-`quantize_rows_fp8_triton(x, gelu)` is the custom op `stdit_engine::quantize_rows_fp8`: x [rows, K]
-with unit stride along K -> (e4m3 [rows, K], fp32 scale [rows, 1]); GELU-tanh is applied first when
-`gelu` (the FP8 MLP's fc2 input). One program holds a whole row in registers, so the row's
-largest magnitude, the scale and the quantized row come from a single read. Plain PyTorch takes
-five passes for the same (abs, amax, divide, cast, and GELU): the FP8 forward was 2.4x slower than
-bf16 with it, and 1.14x faster with a first version of this kernel (H200, BENCHMARKS.md). `quantize_tile` is the same
-quantization for the norm kernels that emit their output in e4m3 (the `*_fp8` ops).
+`quantize_rows_ref(x, gelu)` is the meaning: x [rows, K] (GELU-tanh applied first if `gelu`, the FP8
+MLP's fc2 input) -> (e4m3 [rows, K], fp32 scale [rows, 1]). `quantize_rows_fp8_triton` is the custom
+op `stdit_engine::quantize_rows_fp8`: one program holds a whole row in registers, so the row's
+largest magnitude, the scale and the quantized row come from a single read, where plain PyTorch
+takes five passes (abs, amax, divide, cast, and GELU). `quantize_tile` is the same quantization for
+the row kernels that emit their output in e4m3 (the `*_fp8` ops of ln_modulate.py and
+gated_residual.py); `quantize_tokens` the reference's for their meanings.
 """
 from __future__ import annotations
 
@@ -14,24 +14,42 @@ import math
 import os
 
 import torch
-import triton
-import triton.language as tl
+import torch.nn.functional as F
 
-from .fp8 import E4M3, E4M3_MAX, MIN_SCALE
+from .triton_support import jit, tl, triton
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = torch.finfo(E4M3).max  # 448
+MIN_SCALE = 1e-12  # an all-zero row gets this scale instead of a division by zero
+
+
+def quantize_rows_ref(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [rows, K] (GELU-tanh applied first if `gelu`) -> (e4m3 [rows, K], fp32 scale [rows, 1]) with
+    x ~ e4m3 * scale: each row's largest magnitude maps to (about) e4m3's largest finite value, 448."""
+    x = x.float()
+    if gelu:
+        x = F.gelu(x, approximate="tanh")
+    scale = x.abs().amax(dim=1, keepdim=True).clamp_min(MIN_SCALE * E4M3_MAX) / E4M3_MAX
+    # Times the reciprocal, not divided by the scale: a kernel computes the reciprocal once per row
+    # and then rounds exactly as this does (a division per element would cost it IEEE divisions).
+    return (x * (1.0 / scale)).to(E4M3), scale
+
+
+def quantize_tokens(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """h [B, N, C] -> (e4m3 [B, N, C], scale [B*N, 1]): quantize_rows_ref over its tokens."""
+    values, scale = quantize_rows_ref(h.reshape(-1, h.shape[-1]))
+    return values.view(h.shape), scale
+
 
 # (rows per program, warps) for rows up to 2048 wide once padded to a power of two (hidden 1152) and
-# for wider ones (the MLP's 4608), from launch_sweep.py --only quantize / quantize_gelu on an H200:
-# one row a program, 1 and 4 warps; 105.5 and 754 us at 64x512x512 (4.3 and 2.4 TB/s), against
-# 115.3 and 796 us with 4 and 8 warps. Splitting a row into a power-of-two head and tail, so that no
-# lane is padding (1152 = 1024 + 128, 4608 = 4096 + 512), was 1-6% slower: the padded lanes cost
-# no memory traffic, and the GELU pass is not limited by their arithmetic either. Reading wide rows
-# in chunks, twice (the second read from L2), so that a program holds fewer registers than the
-# whole row's (80 a thread at 4 warps), was slower too: 807 us at best (2 warps, 512 columns).
+# for wider ones (the MLP's 4608): the fastest of benchmarks/launch_sweep.py --only quantize /
+# quantize_gelu (BENCHMARKS.md). The padded lanes of a whole-row tile cost no memory traffic, so
+# neither splitting a row into power-of-two parts nor reading wide rows in chunks pays.
 QUANTIZE_LAUNCH_NARROW = (1, 1)
 QUANTIZE_LAUNCH_WIDE = (1, 4)
 
 
-@triton.jit
+@jit
 def quantize_tile(x, min_scale, fp8_max):
     """The rows of the fp32 tile x [M, K] (masked-off entries 0) scaled for e4m3: (x * (1 / scale),
     scale [M]), each row's largest magnitude at fp8_max, rounded exactly as quantize_rows_ref
@@ -41,7 +59,7 @@ def quantize_tile(x, min_scale, fp8_max):
     return x * tl.math.div_rn(1.0, scale)[:, None], scale
 
 
-@triton.jit
+@jit
 def _quantize_rows_kernel(x_ptr, out_ptr, scale_ptr, n_rows, K, stride_row, min_scale, fp8_max,
                           GELU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     rows = (tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]

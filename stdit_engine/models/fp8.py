@@ -1,82 +1,35 @@
 """FP8 block linears: weights in e4m3 with one scale per output channel, activations quantized to
-e4m3 per token at each call, the product by `torch._scaled_mm` (the scales and bias applied in its
-epilogue, output in the activation dtype).
+e4m3 per token at each call (kernels/fp8_quantize.py), the product by `torch._scaled_mm` (the scales
+and bias applied in its epilogue, output in the activation dtype).
 
-Its fast accumulation: Hopper's FP8 tensor cores keep partial sums in less than fp32, and cuBLAS
-by default promotes them to fp32 every few K-steps; without that the block linears' matmuls take
-14-15% less time a forward (H200: 7% for fc2, up to 19% for fc1), and at these depths (K = 1152
-and 4608) the forward's distance from fp32 is the same to three digits (2.01e-2 with bf16
-activations, 8.64e-3 with fp16 ones, 16x256x256; BENCHMARKS.md): e4m3's own rounding dominates.
+Why: replayed from CUDA graphs the bf16 forward is bound by its matmuls, and e4m3 halves their bytes
+and energy; the speed-up and the distance from fp32 are in BENCHMARKS.md (FP8).
 
-Why: replayed from CUDA graphs the bf16 forward sits at the card's power cap with the matmuls
-~75% of its time (BENCHMARKS.md); e4m3 halves their bytes and energy. Measured on an H200
-(BENCHMARKS.md, FP8): the sampling forward at 16x256x256 batch 4 from 45.4 to 34.5 ms, at
-64x512x512 batch 2 from 392 to 304 ms; its distance from the fp32 forward (random weights)
-2.0e-2 with bf16 activations and 8.6e-3 with fp16 ones, against 1.8e-2 for bf16 without FP8.
+The matmuls use fast accumulation: Hopper's FP8 tensor cores keep partial sums in less than fp32,
+and cuBLAS by default promotes them to fp32 every few K-steps. Without the promotion the matmuls
+take less time, and at these depths (K = 1152 and 4608) the forward's distance from fp32 does not
+change measurably: e4m3's own rounding dominates (BENCHMARKS.md).
 
-`quantize_rows_ref` is the meaning of the quantizer (the Triton kernel in fp8_quantize_triton.py
-is the fast one); `FP8Linear` replaces an `nn.Linear`, `FP8GeluMLP` the STDiT MLP, whose GELU
-moves from fc1's matmul epilogue (which `_scaled_mm` lacks) into the quantization of fc2's input.
-The norms in front of the spatial qkv and fc1 linears, and the residual sums read by the temporal
-qkv and the cross-attention query, hand them their input already quantized (`QuantizedRows`, from
-the `*_fp8` ops whose meanings are below): the row is in registers there, so its scale costs
-nothing and the separate quantization pass is saved.
+`FP8Linear` replaces an `nn.Linear`, `FP8GeluMLP` the STDiT MLP, whose GELU moves from fc1's matmul
+epilogue (which `_scaled_mm` lacks) into the quantization of fc2's input. The norms in front of the
+spatial qkv and fc1 linears, and the residual sums read by the temporal qkv and the
+cross-attention query, hand them their input already quantized (`QuantizedRows`, from the kernels'
+`*_fp8` ops): the row is in registers there, so its scale costs nothing and the separate
+quantization pass is saved.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, DeviceError
-from .gated_residual import gated_residual_ln_modulate_ref, gated_residual_ref
-from .ln_modulate import ln_modulate_ref
+from ..kernels.fp8_quantize import E4M3, quantize_rows_ref
 
-E4M3 = torch.float8_e4m3fn
-E4M3_MAX = torch.finfo(E4M3).max  # 448
-MIN_SCALE = 1e-12  # an all-zero row gets this scale instead of a division by zero
 FP8_MIN_CAPABILITY = (8, 9)  # Ada; Hopper and Blackwell after it
 # _scaled_mm's operands need both matrix dimensions divisible by 16.
 FP8_DIM_MULTIPLE = 16
-
-
-def quantize_rows_ref(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [rows, K] (GELU-tanh applied first if `gelu`) -> (e4m3 [rows, K], fp32 scale [rows, 1]) with
-    x ~ e4m3 * scale: each row's largest magnitude maps to (about) e4m3's largest finite value, 448."""
-    x = x.float()
-    if gelu:
-        x = F.gelu(x, approximate="tanh")
-    scale = x.abs().amax(dim=1, keepdim=True).clamp_min(MIN_SCALE * E4M3_MAX) / E4M3_MAX
-    # Times the reciprocal, not divided by the scale: a kernel computes the reciprocal once per row
-    # and then rounds exactly as this does (a division per element would cost it IEEE divisions).
-    return (x * (1.0 / scale)).to(E4M3), scale
-
-
-def _quantize_tokens(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """h [B, N, C] -> (e4m3 [B, N, C], scale [B*N, 1])."""
-    values, scale = quantize_rows_ref(h.reshape(-1, h.shape[-1]))
-    return values.view(h.shape), scale
-
-
-def ln_modulate_fp8_ref(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-                        eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """ln_modulate's output, rounded to x's dtype as it would be stored, quantized per token."""
-    return _quantize_tokens(ln_modulate_ref(x, shift, scale, eps))
-
-
-def gated_residual_ln_modulate_fp8_ref(x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor, shift: torch.Tensor,
-                                       scale: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, ...]:
-    """(new_x, and its modulated norm as ln_modulate_fp8_ref quantizes it: e4m3, scale)."""
-    new_x, h = gated_residual_ln_modulate_ref(x, gate, y, shift, scale, eps)
-    return new_x, *_quantize_tokens(h)
-
-
-def gated_residual_fp8_ref(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(new_x = x + gate * y, and new_x quantized per token: e4m3, scale)."""
-    new_x = gated_residual_ref(x, gate, y)
-    return new_x, *_quantize_tokens(new_x)
 
 
 @dataclass(frozen=True)
