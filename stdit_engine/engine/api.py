@@ -263,8 +263,7 @@ class Engine:
         """Frames to decode at once: all of them on the CPU; on a GPU, what fits in free memory when
         resident, and otherwise half the denoise stage's estimated peak, so that the decode does not
         raise the peak of a memory-saving placement: the VAE's many activation sizes fragment the
-        allocator's cache to about twice the allocated peak (measured on H100, 64x512x512: 3.96 GiB
-        allocated, 8.17 GiB reserved)."""
+        allocator's cache to about twice the allocated peak (BENCHMARKS.md)."""
         if self.device.type != "cuda":
             return None
         if self.placement.mode == "resident":

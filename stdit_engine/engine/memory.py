@@ -83,35 +83,34 @@ def measure_stage(name: str, device: torch.device, record: list[StageStats], mod
 # stage's peak, read from traces of live tensors (LiveTensorPeak on the CPU, fp32: the tiny preset,
 # and the full presets' widths at small sizes). On CUDA the allocator's peak also holds memory that
 # no tensor of these traces accounts for; the CUDA-only terms below are that excess, fitted to the
-# peaks measured on an H200 (torch 2.11, fp16, sdpa backend, 2026-11-28) and not traced further.
+# allocator's peaks on a GPU and not traced further (BENCHMARKS.md, "Constants in the code").
 #
 # STDiT, in the MLP: the block's input, its residual sum and the modulated norm ([tokens, hidden]
 # each) beside, at the GELU, fc1's output and the GELU's (mlp_ratio times wider each): 3 + 2 x 4 =
-# 11 token-sized tensors, as the H200 fit of the sdpa backend found; and at fc2, the GELU's output
+# 11 token-sized tensors, as the GPU fit of the sdpa backend found; and at fc2, the GELU's output
 # and fc2's: 3 + 4 + 1 = 8, the peak of the triton backend on CUDA, whose fc1 computes the GELU in
 # its epilogue (one wide tensor, not two). Plus every block's caption K/V, computed once per call.
 # The eager backend's attention scores are assumed smaller than the MLP's tensors: true of the
 # tiny preset; the CUDA backends never materialise them. With FP8 linears (models/fp8.py) fc2
 # runs while fc1's output (4 tensors wide) is still referenced, beside its e4m3 copy (half the
-# bytes: 2) and fc2's output: 3 + 4 + 2 + 1 = 10 (counted from the code; on an H200 the estimate
-# came within 6% of the allocator's peak at 64x512x512, sequential, bf16 + FP8, BENCHMARKS.md; the
-# CPU reference quantizer's fp32 temporaries, a tests-only path, are not counted).
+# bytes: 2) and fc2's output: 3 + 4 + 2 + 1 = 10 (counted from the code and checked against the
+# allocator's peak on a GPU, BENCHMARKS.md; the CPU reference quantizer's fp32 temporaries, a
+# tests-only path, are not counted).
 STDIT_TOKEN_TENSORS = 3
-# The H200 fit's 0.2 GiB beyond the token-sized tensors, less the caption K/V of its 2-prompt runs
-# (0.058 GiB), now counted above: presumably workspaces and the CUDA graph's static caption K/V.
+# What the GPU fit found beyond the token-sized tensors, less the caption K/V of its 2-prompt runs
+# (counted above): presumably workspaces and the CUDA graph's static caption K/V.
 STDIT_CUDA_EXTRA_BYTES = int(0.142 * GIB)
 # T5 v1.1, in its gated-GELU FFN: wi_0's output, two temporaries of the tanh GELU and wi_1's output
 # ([tokens, d_ff] each) beside the embeddings, the residual stream, its sum and the normed input
-# ([tokens, d_model] each), and the relative position bias [heads, L, L]. At T5-XXL's widths this
-# is 56 MiB for 2 prompts in fp32, as traced. (On the tiny preset the int64 [L, L] tensors of the
-# position bucketing peak a little higher: 1.0 MiB against 0.8.)
+# ([tokens, d_model] each), and the relative position bias [heads, L, L], as traced. (On the tiny
+# preset the int64 [L, L] tensors of the position bucketing peak a little higher.)
 T5_FFN_TENSORS = 4
 T5_MODEL_TENSORS = 4
 # VAE decoder (diffusers), in its last up-block, at full resolution: the block's input (its caller
 # keeps it for the whole block) and, in a resnet, its input, conv2's output, the residual sum and
-# that sum scaled (vae_peak_channels; traced for SD-VAE's widths too). The H200 peaks (0.48 GiB
-# per 512x512 fp16 frame, SPEC section 6: 64 frames 30.2 GiB, 8 frames 4.3 GiB) held 1.28 times
-# those maps, proportionally to the chunk's pixels: presumably cuDNN's convolution workspaces.
+# that sum scaled (vae_peak_channels; traced for SD-VAE's widths too). The allocator's peaks on a
+# GPU (and the reference's, SPEC section 6) held a constant multiple of those maps, proportionally
+# to the chunk's pixels: presumably cuDNN's convolution workspaces (BENCHMARKS.md).
 VAE_CUDA_FACTOR = 1.28
 
 

@@ -4,7 +4,7 @@ Modes:
   resident    everything on the GPU all the time: fastest, when memory is plentiful
   offload     each model's weights live in pinned host memory and are copied to the GPU for its
               stage only (T5 for encode, STDiT for denoise, VAE for decode)
-  sequential  as offload, and T5 (the largest part: 9-18 GiB) is streamed through the GPU one
+  sequential  as offload, and T5 (the largest part: 4.7B parameters) is streamed through the GPU one
               encoder block at a time
 Weights never change during inference, so "moving back" to the host is free: the parameters are
 pointed at their pinned host copies again and the GPU copies are released.

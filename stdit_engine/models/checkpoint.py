@@ -33,7 +33,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = load_safetensors(str(path))
     else:
         try:
-            # mmap: a 2.9 GB checkpoint is paged in as it is copied to the model, not read twice.
+            # mmap: a checkpoint of several GB is paged in as it is copied to the model, not read twice.
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as err:  # torch raises several types for non-checkpoint or unsafe files
             raise CheckpointError(

@@ -63,7 +63,7 @@ class TextEncoder(WrappedModel):
         """Load tokenizer + encoder from a local Hugging Face T5 folder or a hub repo id.
 
         Only the encoder is built: decoder weights in the folder, if any, are skipped. The weights are
-        read on the host in `dtype` (9.2 GiB for T5-XXL in bf16), then moved to `device`.
+        read on the host in `dtype` (T5-XXL: about 4.7 billion weights), then moved to `device`.
         """
         folder = resolve_model_dir(path_or_id, what="T5 text encoder", files=_T5_FILES)
         try:
@@ -83,7 +83,7 @@ class TextEncoder(WrappedModel):
     ) -> TextEncoder:
         """The T5 v1.1 encoder architecture of `cfg` with random weights and an offline tokenizer.
 
-        Parameters are created directly on `device` in `dtype`: T5-XXL is 18 GiB in fp32, too much to
+        Parameters are created directly on `device` in `dtype`: T5-XXL in fp32 is too large to
         initialise on the host and then move.
         """
         with random_init(device, dtype, seed):
