@@ -39,10 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--vae", help="VAE folder or hub id (default: stabilityai/sd-vae-ft-ema)")
     gen.add_argument("--random-weights", action="store_true", help="random weights of the preset's architectures (demo, benchmarks)")
     gen.add_argument("--seed", type=int, default=42, help="default 42, as the reference script")
-    gen.add_argument("--steps", type=int, default=100)
+    gen.add_argument("--sampler", default="iddpm",
+                     help="iddpm (the reference, default), ddim (ddim:eta=1 ancestral), dpm-solver++ (fast: "
+                          "--steps 20), dpm-solver (the reference's DPM-Solver)")
+    gen.add_argument("--steps", type=int, default=100, help="model calls of the sampler (default 100)")
     gen.add_argument("--cfg-scale", type=float, default=7.0)
-    gen.add_argument("--guidance-channels", type=int, default=3, choices=(3, 4),
-                     help="3: the released v1.0 sampler; 4: guide every latent channel")
+    gen.add_argument("--guidance-channels", type=int, choices=(3, 4),
+                     help="3: the released v1.0 sampler; 4: guide every latent channel (default: the sampler's)")
     gen.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     gen.add_argument("--dtype", choices=list(DTYPES), help="STDiT and VAE precision (default: fp16 on GPU, fp32 on CPU)")
     gen.add_argument("--t5-dtype", choices=list(DTYPES), default="fp32")
@@ -115,7 +118,7 @@ def _generate(args: argparse.Namespace) -> None:
     else:
         engine = Engine.from_pretrained(args.preset, stdit=args.stdit, t5=args.t5, vae=args.vae, **common)
     videos = engine.generate(prompts, seed=args.seed, num_steps=args.steps, cfg_scale=args.cfg_scale,
-                             guidance_channels=args.guidance_channels, batch_size=args.batch_size,
+                             guidance_channels=args.guidance_channels, sampler=args.sampler, batch_size=args.batch_size,
                              vae_chunk_frames=args.vae_chunk_frames)
     for video, path in zip(videos, paths):
         video.save(path)

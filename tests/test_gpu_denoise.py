@@ -4,6 +4,7 @@ import torch
 from golden import rel_error
 
 from stdit_engine import Engine
+from stdit_engine.schedulers import make_sampler
 from stdit_engine.schedulers.iddpm import IDDPM
 
 pytestmark = pytest.mark.gpu
@@ -58,3 +59,24 @@ def test_placement_modes_give_the_resident_latent(engine, placement):
     assert all(p.device.type == "cpu" for p in moved.stdit.parameters())  # off the GPU between calls
     assert torch.equal(moved.generate(PROMPTS, **kwargs), resident)
     assert all(p.device.type == "cpu" for p in moved.text_encoder.model.parameters())
+
+
+@pytest.mark.parametrize("sampler", ["dpm-solver++", "ddim:eta=1", "dpm-solver"])
+def test_graph_loop_of_each_sampler_matches_the_hoisted_loop_without_host_sync(engine, sampler):
+    kwargs = dict(seed=5, num_steps=12, output="latent", progress=False, sampler=sampler)
+    engine.generate(PROMPTS, **kwargs)  # captures this sampler's graph outside the checked region
+    y, mask = engine.encode_prompts(PROMPTS)
+    z = torch.randn((2, *engine.preset.latent_shape), device="cuda", dtype=torch.float16)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        engine.denoiser.sample(make_sampler(sampler, 12), z, y, mask, engine.stdit.y_embedder.y_embedding[None, None])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    graphed = engine.generate(PROMPTS, **kwargs)
+    engine.denoiser.use_cuda_graphs = False
+    try:
+        hoisted = engine.generate(PROMPTS, **kwargs)
+    finally:
+        engine.denoiser.use_cuda_graphs = True
+    assert rel_error(graphed, hoisted) < 1e-5

@@ -2,10 +2,11 @@
 
 Per call, the work that does not change between steps is done once: the caption projection and
 every block's caption K/V, the timestep embeddings of all steps, the sampler's coefficient table.
-A step is then the STDiT forward on the guidance batch, the guidance mix and the IDDPM update. On
-CUDA that step is captured once in a CUDA graph (per batch size and dtype, reused across calls)
-and replayed; the inputs that change per step are copied into its static buffers. The noise is
-drawn outside the graph by `IDDPM.run`, so the reference's RNG protocol holds unchanged.
+A step is then the STDiT forward on the guidance batch, the guidance mix and the sampler's update
+(schedulers/base.py). On CUDA that step is captured once in a CUDA graph (per batch size, dtype and
+sampler kind, reused across calls) and replayed; the inputs that change per step are copied into
+its static buffers. The noise is drawn outside the graph by `Sampler.run`, so the reference's RNG
+protocol holds unchanged.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.stdit import STDiT
-from ..schedulers.iddpm import IDDPM, coefficient_table, guide, p_sample_step
+from ..schedulers.base import Sampler, guide
 
 
 class GuidanceBatch:
@@ -44,48 +45,53 @@ class StepInputs:
     t0: torch.Tensor  # [rows, 6C]
     caption_kv: list  # per block (K, V), [rows, H, L, D]
     kv_lengths: torch.Tensor  # [rows]
-    coefs: torch.Tensor  # [7]
+    coefs: torch.Tensor  # [K]: the sampler's coefficient row of this step
+    memory: torch.Tensor  # what the sampler carries between steps (updated in place)
 
 
-def guided_step(model: STDiT, guidance: tuple[float, int], x: torch.Tensor, noise: torch.Tensor,
+def guided_step(model: STDiT, sampler: Sampler, x: torch.Tensor, noise: torch.Tensor,
                 inputs: StepInputs, batch: GuidanceBatch = WHOLE_BATCH) -> torch.Tensor:
-    """x_{t-1} from x: the forward on the guidance batch [x; x], the guidance mix, the IDDPM update."""
+    """x after one step: the forward on the guidance batch [x; x], the guidance mix, the sampler's update."""
     out = batch.gather(model.forward_embedded(batch.latents(x), inputs.temb, inputs.t0, inputs.caption_kv,
                                               inputs.kv_lengths))
-    return p_sample_step(inputs.coefs, x, guide(out, *guidance), noise)[0]
+    guided = guide(out, sampler.cfg_scale, sampler.guidance_channels)
+    return sampler.update(inputs.coefs, x, guided, noise, inputs.memory)
 
 
 class GraphedStep:
-    """One captured `guided_step` with static buffers; reusable for any call of the same shapes and
-    guidance settings (cfg_scale and the guided channels are constants of the captured kernels)."""
+    """One captured `guided_step` with static buffers; reusable for any call of the same shapes,
+    guidance settings (cfg_scale and the guided channels are constants of the captured kernels) and
+    kind of sampler (its update's kernels; its per-step numbers are the coefficient row)."""
 
-    def __init__(self, model: STDiT, guidance: tuple[float, int], x: torch.Tensor, noise: torch.Tensor,
+    def __init__(self, model: STDiT, sampler: Sampler, x: torch.Tensor, noise: torch.Tensor,
                  inputs: StepInputs, batch: GuidanceBatch):
         # Static copies of everything the step reads: replays read whatever these hold.
         self.x = x.float().clone()  # the latent is float32 after the first update, as in the reference
         self.noise = noise.float().clone()
         self.inputs = StepInputs(inputs.temb.clone(), inputs.t0.clone(),
                                  [(k.clone(), v.clone()) for k, v in inputs.caption_kv],
-                                 inputs.kv_lengths.clone(), inputs.coefs.clone())
+                                 inputs.kv_lengths.clone(), inputs.coefs.clone(), inputs.memory.clone())
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph: lazy init, autotuning, workspaces
             for _ in range(2):  # twice: cuBLAS and SDPA pick and cache their kernels on first use
-                guided_step(model, guidance, self.x, self.noise, self.inputs, batch)
+                guided_step(model, sampler, self.x, self.noise, self.inputs, batch)
         torch.cuda.current_stream().wait_stream(side)
         # Hand the warm-up's cached blocks back, so they and the graph's pool don't add up.
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.out = guided_step(model, guidance, self.x, self.noise, self.inputs, batch)
+            self.out = guided_step(model, sampler, self.x, self.noise, self.inputs, batch)
 
     def set_captions(self, caption_kv: list, kv_lengths: torch.Tensor) -> None:
-        """The per-call inputs: every block's caption K/V and the caption lengths."""
+        """The per-call inputs: every block's caption K/V and the caption lengths; the sampler's
+        memory starts from zeros."""
         for (k_static, v_static), (k, v) in zip(self.inputs.caption_kv, caption_kv):
             k_static.copy_(k)
             v_static.copy_(v)
         self.inputs.kv_lengths.copy_(kv_lengths)
+        self.inputs.memory.zero_()
 
     def __call__(self, x: torch.Tensor, noise: torch.Tensor, temb, t0, coefs) -> torch.Tensor:
         self.x.copy_(x)
@@ -109,29 +115,30 @@ class GuidedDenoiser:
         self._graphs.clear()
 
     @torch.inference_mode()
-    def sample(self, sampler: IDDPM, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
+    def sample(self, sampler: Sampler, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
                y_null: torch.Tensor, generator: torch.Generator | None = None, progress=False) -> torch.Tensor:
-        """Same contract and result as `IDDPM.sample(model, ...)`, faster."""
+        """Same contract and result as `sampler.sample(model, ...)`, faster."""
         model = self.model
         caption_kv, kv_lengths = model.embed_caption(self.batch.captions(y, y_null), mask)
         rows = kv_lengths.shape[0]
         temb_all, t0_all = model.embed_timestep(sampler.model_timesteps(z.device))  # [steps, C], [steps, 6C]
-        coefs = coefficient_table(sampler.schedule, z.device)
+        coefs = sampler.coefficient_table(z.device)
+        memory = sampler.new_memory(z)
 
         def inputs_at(index: int) -> StepInputs:
             return StepInputs(temb_all[index].expand(rows, -1), t0_all[index].expand(rows, -1),
-                              caption_kv, kv_lengths, coefs[index])
+                              caption_kv, kv_lengths, coefs[index], memory)
 
-        guidance = (sampler.cfg_scale, sampler.guidance_channels)
         if not (self.use_cuda_graphs and z.device.type == "cuda"):
             def step(x: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:
-                return guided_step(model, guidance, x, noise, inputs_at(index), self.batch)
+                return guided_step(model, sampler, x, noise, inputs_at(index), self.batch)
 
             return sampler.run(step, z, generator=generator, progress=progress)
 
-        key = (tuple(z.shape), model.dtype, tuple(caption_kv[0][0].shape), guidance)
+        key = (tuple(z.shape), model.dtype, tuple(caption_kv[0][0].shape), sampler.cfg_scale,
+               sampler.guidance_channels, sampler.name)
         if key not in self._graphs:
-            self._graphs[key] = GraphedStep(model, guidance, z, z, inputs_at(0), self.batch)
+            self._graphs[key] = GraphedStep(model, sampler, z, z, inputs_at(0), self.batch)
         graphed = self._graphs[key]
         graphed.set_captions(caption_kv, kv_lengths)
 

@@ -1,6 +1,6 @@
 """The denoising step over several ranks: each rank runs the STDiT on its part of the guidance
 batch (its half of the rows under cfg, its frames under dsp), then one all_gather per step
-assembles the whole model output, and every rank does the guidance mix and the IDDPM update on
+assembles the whole model output, and every rank does the guidance mix and the sampler's update on
 the whole latent. Every rank thus holds the same latent and draws the same noise from the same
 seeded generator: the RNG protocol is that of one process, unchanged.
 """

@@ -1,0 +1,45 @@
+"""Samplers behind one interface (base.Sampler): the reference IDDPM and the ODE samplers.
+
+`make_sampler("dpm-solver++", num_steps=20)` builds one by name; a name may carry options after a
+colon, e.g. "ddim:eta=1" (DDIM's noise scale).
+"""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import Sampler
+from .iddpm import IDDPM
+from .ode import DDIM, DPMSolverPlusPlus, ReferenceDPMSolver
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    "iddpm": IDDPM,  # the reference, the default
+    "ddim": DDIM,
+    "dpm-solver++": DPMSolverPlusPlus,
+    "dpm-solver": ReferenceDPMSolver,
+}
+OPTIONS = {"ddim": {"eta": float}}  # the options a name may carry after a colon
+
+
+def make_sampler(name: str, num_steps: int = 100, cfg_scale: float = 7.0,
+                 guidance_channels: int | None = None) -> Sampler:
+    """The sampler called `name` ("iddpm", "ddim", "ddim:eta=0.5", "dpm-solver++", "dpm-solver")."""
+    if not isinstance(name, str):
+        raise ConfigError(f"sampler must be a name, one of: {', '.join(SAMPLERS)}; got {name!r}")
+    base, _, option_text = name.partition(":")
+    if base not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)} "
+                          "(options after a colon: ddim:eta=<0..1>)")
+    options = {}
+    for item in filter(None, option_text.split(",")):
+        key, _, value = item.partition("=")
+        kinds = OPTIONS.get(base, {})
+        if key not in kinds:
+            valid = ", ".join(kinds) or "none"
+            raise ConfigError(f"sampler {base!r} has no option {key!r} (its options: {valid})")
+        try:
+            options[key] = kinds[key](value)
+        except ValueError:
+            raise ConfigError(f"sampler option {key}={value!r} is not a {kinds[key].__name__}") from None
+    return SAMPLERS[base](num_steps, cfg_scale, guidance_channels, **options)
+
+
+__all__ = ["DDIM", "IDDPM", "SAMPLERS", "DPMSolverPlusPlus", "ReferenceDPMSolver", "Sampler", "make_sampler"]

@@ -1,0 +1,203 @@
+"""Samplers of the probability-flow ODE (and DDIM's stochastic family) on the v1.0 noise schedule.
+
+Every step here is linear in four tensors: the latent x at the current time, the model's data
+prediction x0 = (x - sigma*eps) / alpha, the previous step's x0 (multistep memory) and fresh noise:
+
+    x0     = X0_FROM_X * x + X0_FROM_EPS * eps
+    x_next = FROM_X * x + FROM_X0 * x0 + FROM_PREV_X0 * x0_prev + FROM_NOISE * noise
+
+so one update serves DDIM (any eta), DPM-Solver++(2M) and the reference's DPM-Solver; only the
+coefficient table differs, computed in float64 on the host once per call. Time is continuous,
+t in (0, 1], on the 1000 discrete linear-beta steps: log alpha is interpolated linearly between
+t_k = (k+1)/1000 (the discrete step k, where the model is called with timestep k); t = 0 is the
+clean data (alpha 1, sigma 0), which the tuned samplers step to at the end.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+from .base import NUM_TRAIN_STEPS, Sampler, linear_betas, upload
+
+X0_FROM_X, X0_FROM_EPS, FROM_X, FROM_X0, FROM_PREV_X0, FROM_NOISE = range(6)
+
+
+class NoiseSchedule:
+    """alpha(t), sigma(t) and lambda(t) = log(alpha/sigma) of the linear-beta schedule, continuous t."""
+
+    def __init__(self, num_train_steps: int = NUM_TRAIN_STEPS):
+        self.num_train_steps = num_train_steps
+        # float32 knots, as the reference's NoiseScheduleVP("discrete") keeps them
+        self.knots = np.linspace(0.0, 1.0, num_train_steps + 1, dtype=np.float32)[1:].astype(np.float64)
+        log_alphas = 0.5 * np.cumsum(np.log(1.0 - linear_betas(num_train_steps)))
+        self.log_alpha_knots = log_alphas.astype(np.float32).astype(np.float64)
+
+    def log_alpha(self, t: np.ndarray) -> np.ndarray:
+        """0 at t = 0 (clean data); linear between the knots elsewhere."""
+        t = np.asarray(t, dtype=np.float64)
+        inside = np.interp(t, self.knots, self.log_alpha_knots)
+        below = t / self.knots[0] * self.log_alpha_knots[0]  # from 0 at t=0 to the first knot
+        return np.where(t < self.knots[0], below, inside)
+
+    def alpha_sigma(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        log_alpha = self.log_alpha(t)
+        return np.exp(log_alpha), np.sqrt(-np.expm1(2.0 * log_alpha))
+
+    def model_timestep(self, t: np.ndarray) -> np.ndarray:
+        """The model's timestep input at continuous time t (the discrete step k at t = (k+1)/N)."""
+        return (np.asarray(t, dtype=np.float64) - 1.0 / self.num_train_steps) * self.num_train_steps
+
+
+class DataPredictionSampler(Sampler):
+    """A sampler whose update is the linear form above; subclasses give the times and the
+    coefficients of x, x0, the previous x0 and the noise for each step."""
+
+    draws_noise = False
+
+    def __init__(self, num_steps: int = 20, cfg_scale: float = 7.0, guidance_channels: int | None = None):
+        super().__init__(num_steps, cfg_scale, guidance_channels)
+        self.noise_schedule = NoiseSchedule()
+        self.times = self.step_times()  # num_steps + 1 times: where each step starts, then where the last ends
+        self.table = self._table()
+
+    def step_times(self) -> np.ndarray:
+        """[num_steps + 1] float64, decreasing: the model is evaluated at the first num_steps."""
+        raise NotImplementedError
+
+    def step_coefficients(self, alpha: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        """[num_steps, 4] float64: FROM_X, FROM_X0, FROM_PREV_X0, FROM_NOISE of each step, given
+        alpha and sigma at `self.times`."""
+        raise NotImplementedError
+
+    def _table(self) -> np.ndarray:
+        alpha, sigma = self.noise_schedule.alpha_sigma(self.times)
+        start_alpha, start_sigma = alpha[:-1], sigma[:-1]
+        to_x0 = np.stack([1.0 / start_alpha, -start_sigma / start_alpha], axis=1)
+        return np.concatenate([to_x0, self.step_coefficients(alpha, sigma)], axis=1)
+
+    def model_timesteps(self, device: torch.device) -> torch.Tensor:
+        return upload(self.noise_schedule.model_timestep(self.times[:-1]).astype(np.float32), device)
+
+    def coefficient_table(self, device: torch.device) -> torch.Tensor:
+        return upload(self.table.astype(np.float32), device)
+
+    def new_memory(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(z.shape, dtype=torch.float32, device=z.device)
+
+    def update(self, coefs, x, model_output, noise, memory):
+        work = torch.promote_types(x.dtype, torch.float32)
+        coefs, x = coefs.to(work), x.to(work)
+        eps = model_output[:, :x.shape[1]].to(work)
+        x0 = coefs[X0_FROM_X] * x + coefs[X0_FROM_EPS] * eps
+        x_next = (coefs[FROM_X] * x + coefs[FROM_X0] * x0 + coefs[FROM_PREV_X0] * memory
+                  + coefs[FROM_NOISE] * noise.to(work))
+        memory.copy_(x0)
+        return x_next
+
+
+def trailing_times(num_steps: int, num_train_steps: int = NUM_TRAIN_STEPS) -> np.ndarray:
+    """Model calls at the discrete steps 999, 999 - 1000/N, ... (rounded), then the clean data:
+    time-uniform steps that end at t = 0, so no model call is spent at a nearly clean latent."""
+    steps = np.round(np.arange(num_train_steps, 0, -num_train_steps / num_steps)[:num_steps]) - 1
+    return np.append((steps + 1) / num_train_steps, 0.0)
+
+
+def first_order(alpha: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """DDIM (eta 0) = DPM-Solver++ order 1 from each time to the next: x_next = sigma'/sigma * x +
+    (alpha' - alpha * sigma'/sigma) * x0. [num_steps, 4]."""
+    ratio = sigma[1:] / sigma[:-1]
+    zeros = np.zeros_like(ratio)
+    return np.stack([ratio, alpha[1:] - alpha[:-1] * ratio, zeros, zeros], axis=1)
+
+
+def second_order_multistep(alpha: np.ndarray, sigma: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """DPM-Solver++(2M) (Lu et al. 2022, the "dpmsolver" variant of its second-order multistep
+    update): where `second[i]`, step i also uses the x0 of step i-1 through the finite difference
+    D1 = (x0_i - x0_{i-1}) / r, r = h_{i-1} / h_i in log-SNR lambda; the other steps are first order."""
+    table = first_order(alpha, sigma)
+    with np.errstate(divide="ignore"):  # +inf at the clean data, which only a first-order step reaches
+        log_snr = np.log(alpha) - np.log(sigma)
+    for i in np.flatnonzero(second):
+        h, h_prev = log_snr[i + 1] - log_snr[i], log_snr[i] - log_snr[i - 1]
+        phi = np.expm1(-h)
+        # x_next = sigma'/sigma x - alpha' phi x0_i - 0.5 alpha' phi (x0_i - x0_{i-1}) / r
+        half = 0.5 * alpha[i + 1] * phi * h / h_prev
+        table[i, 1] = -alpha[i + 1] * phi - half
+        table[i, 2] = half
+    return table
+
+
+class DDIM(DataPredictionSampler):
+    """DDIM (Song et al. 2021) on trailing time-uniform steps; eta 0 is the deterministic ODE
+    sampler, eta 1 the ancestral one (it then draws noise as IDDPM does)."""
+
+    name = "ddim"
+
+    def __init__(self, num_steps: int = 20, cfg_scale: float = 7.0, guidance_channels: int | None = None,
+                 eta: float = 0.0):
+        if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
+            raise ConfigError(f"DDIM eta must be a number from 0 (deterministic) to 1 (ancestral), got {eta!r}")
+        self.eta = float(eta)
+        super().__init__(num_steps, cfg_scale, guidance_channels)
+
+    @property
+    def draws_noise(self) -> bool:  # type: ignore[override]
+        return self.eta > 0
+
+    def step_times(self) -> np.ndarray:
+        return trailing_times(self.num_steps)
+
+    def step_coefficients(self, alpha, sigma):
+        if self.eta == 0:
+            return first_order(alpha, sigma)
+        # x_next = alpha' x0 + sqrt(sigma'^2 - s^2) eps + s noise, eps = (x - alpha x0) / sigma,
+        # s = eta * sigma'/sigma * sqrt(1 - (alpha sigma' / (alpha' sigma))^2)  (DDIM eq. 16)
+        a, s, a_next, s_next = alpha[:-1], sigma[:-1], alpha[1:], sigma[1:]
+        spread = self.eta * s_next / s * np.sqrt(np.clip(1.0 - (a * s_next / (a_next * s)) ** 2, 0.0, None))
+        from_x = np.sqrt(np.clip(s_next ** 2 - spread ** 2, 0.0, None)) / s
+        return np.stack([from_x, a_next - a * from_x, np.zeros_like(from_x), spread], axis=1)
+
+
+class DPMSolverPlusPlus(DataPredictionSampler):
+    """DPM-Solver++(2M) on trailing time-uniform steps: the tuned fast sampler. The first step (no
+    previous x0 yet) and the last (to the clean data, where log-SNR is infinite) are first order."""
+
+    name = "dpm-solver++"
+
+    def step_times(self) -> np.ndarray:
+        return trailing_times(self.num_steps)
+
+    def step_coefficients(self, alpha, sigma):
+        second = np.zeros(self.num_steps, dtype=bool)
+        second[1:-1] = True
+        return second_order_multistep(alpha, sigma, second)
+
+
+class ReferenceDPMSolver(DataPredictionSampler):
+    """The DPM-Solver that Open-Sora v1.0 ships (opensora/schedulers/dpms): DPM-Solver++ multistep,
+    order 2, time-uniform steps from t = 1 to t = 1/1000 (the discrete step 0, where it stops
+    without a last jump to the clean data), the model called at the fractional timesteps
+    (t - 1/1000) * 1000 that this grid gives, guidance on all four eps channels."""
+
+    name = "dpm-solver"
+    min_steps = 2  # the reference asserts steps >= order
+    default_guidance_channels = 4
+    LOWER_ORDER_FINAL_BELOW = 10  # with fewer steps, its last step is first order
+
+    def step_times(self) -> np.ndarray:
+        # float32, as the reference builds them with torch.linspace
+        return np.linspace(1.0, 1.0 / NUM_TRAIN_STEPS, self.num_steps + 1, dtype=np.float32).astype(np.float64)
+
+    def model_timesteps(self, device: torch.device) -> torch.Tensor:
+        # (t - 1/N) * N evaluated in float32, as the reference's model wrapper does
+        times = torch.from_numpy(self.times[:-1].astype(np.float32))
+        timesteps = (times - 1.0 / NUM_TRAIN_STEPS) * NUM_TRAIN_STEPS
+        return upload(timesteps.numpy(), device)
+
+    def step_coefficients(self, alpha, sigma):
+        second = np.ones(self.num_steps, dtype=bool)
+        second[0] = False
+        if self.num_steps < self.LOWER_ORDER_FINAL_BELOW:
+            second[-1] = False
+        return second_order_multistep(alpha, sigma, second)
