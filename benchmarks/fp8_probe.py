@@ -23,10 +23,9 @@ import torch
 from torch import nn
 from workloads import build_stdit, graphed_time_ms, median, relative_error, stdit_inputs
 
-from stdit_engine.configs import get_preset
+from stdit_engine.configs import get_preset, token_grid
 from stdit_engine.kernels.fp8_quantize import E4M3, quantize_rows_fp8_triton, quantize_rows_ref
 from stdit_engine.models.fp8 import FP8Linear
-from stdit_engine.parallel.plan import token_grid
 
 
 def linear_speed(preset: str, batch: int) -> None:

@@ -10,10 +10,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from workloads import cuda_time_ms, graphed_time_ms, median, peak_tflops
 
 from stdit_engine.configs import get_preset
+from stdit_engine.configs import token_grid as frames_and_positions
 from stdit_engine.kernels.registry import EAGER, SDPA, resolve_backend
 from stdit_engine.kernels.gated_residual import gated_residual_ref
 from stdit_engine.kernels.ln_modulate import ln_modulate_ref
-from stdit_engine.parallel.plan import token_grid as frames_and_positions
 
 DTYPE = torch.bfloat16
 WORKLOADS = [("16x256x256", 4), ("64x512x512", 2)]

@@ -6,9 +6,8 @@ import statistics
 
 import torch
 
-from stdit_engine.configs import get_preset
+from stdit_engine.configs import get_preset, token_grid
 from stdit_engine.models.stdit import STDiT
-from stdit_engine.parallel.plan import token_grid
 
 # SPEC section 6: the reference on one H100 80GB, PyTorch 2.11, fp16, SDPA attention.
 REFERENCE_FORWARD_MS = {("16x256x256", 4): 103.0, ("64x512x512", 2): 765.0}

@@ -126,3 +126,9 @@ def get_preset(name: str | Preset) -> Preset:
         raise ConfigError(
             f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}"
         ) from None
+
+
+def token_grid(preset: Preset) -> tuple[int, int]:
+    """(frames, spatial positions) of the STDiT's token grid for `preset`."""
+    (t, h, w), (pt, ph, pw) = preset.stdit.input_size, preset.stdit.patch_size
+    return t // pt, (h // ph) * (w // pw)

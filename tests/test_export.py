@@ -22,7 +22,7 @@ from golden import rel_error
 from stdit_engine import Engine
 from stdit_engine.cli import main
 from stdit_engine.configs import get_preset
-from stdit_engine.engine.api import build_stdit
+from stdit_engine.models.checkpoint import build_stdit
 from stdit_engine.errors import ConfigError
 from stdit_engine.export.aoti import load_aoti
 from stdit_engine.export.artifact import ArtifactSTDiT, load_artifact

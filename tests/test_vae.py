@@ -5,7 +5,7 @@ from helpers_hf import make_hub_cache_repo, make_tiny_vae_dir
 
 from stdit_engine.configs import PRESETS, VAE_SCALE_FACTOR
 from stdit_engine.errors import CheckpointError, ConfigError
-from stdit_engine.engine.video import quantize_frames
+from stdit_engine.models.frames import quantize_frames
 from stdit_engine.models.vae import VideoVAE
 
 CFG = PRESETS["tiny"].vae

@@ -1,18 +1,18 @@
 """The public entry point: `Engine` loads the three models of a preset and generates videos."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
 
 from ..configs import Preset, get_preset
-from ..errors import ConfigError, DeviceError
+from ..devices import default_dtype, resolve_device
+from ..errors import ConfigError
 from ..models.fp8 import check_fp8_supported
 from ..kernels.registry import resolve_backend
 from ..models.caption import clean_prompt
-from ..models.checkpoint import load_stdit_checkpoint
+from ..models.checkpoint import build_stdit
 from ..models.hub import resolve_model_file
 from ..models.stdit import STDiT
 from ..models.text_encoder import TextEncoder
@@ -28,44 +28,6 @@ from .video import Video
 
 # Reserved memory runs above the allocated peak (allocator rounding, fragmentation).
 RESERVE_FACTOR = 1.25
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError("device 'cuda' was asked for but no CUDA GPU is visible; pass device='cpu' or check the driver")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DeviceError(f"{device} does not exist: {torch.cuda.device_count()} GPU(s) are visible")
-    return device
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """fp16 on GPUs, as the reference script; fp32 on the CPU, where half precision is slow."""
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
-@contextmanager
-def _seeded(seed: int, device: torch.device):
-    """Random initialisation from `seed` without disturbing the caller's global RNG state."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-def build_stdit(preset: Preset, device: torch.device, dtype: torch.dtype, backend: str = "eager",
-                checkpoint: str | None = None, seed: int = 0, fp8: bool = False) -> STDiT:
-    """The preset's STDiT with the weights of the local file `checkpoint`, or random ones from `seed`;
-    with `fp8`, its block linears then converted (STDiT.quantize_fp8)."""
-    if checkpoint is None:
-        with _seeded(seed, device), torch.device(device):
-            model = STDiT(**preset.stdit.to_kwargs(), backend=backend).to(dtype)
-    else:
-        with torch.device("meta"):  # no random init of 724 M parameters that are overwritten next
-            model = STDiT(**preset.stdit.to_kwargs(), backend=backend)
-        model = load_stdit_checkpoint(model, checkpoint).to(device=device, dtype=dtype)
-    return model.quantize_fp8() if fp8 else model
 
 
 class Engine:

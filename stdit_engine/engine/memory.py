@@ -18,9 +18,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..configs import VAEConfig
+from ..configs import VAEConfig, token_grid
 from ..kernels.registry import backend_name
-from ..parallel.plan import token_grid
 from .live_memory import LiveTensorPeak
 
 GIB = 1024**3

@@ -10,6 +10,7 @@ import av
 import torch
 
 from ..errors import ConfigError
+from ..models.frames import quantize_frames
 
 _SUPPORTED = (".mp4", ".gif")
 _CRF = 18  # x264 constant rate factor: visually near-lossless at a modest size
@@ -126,12 +127,3 @@ class Video:
         for frame in frames:
             container.mux(stream.encode(frame))
         container.mux(stream.encode())  # flush the encoder's delayed packets
-
-
-def quantize_frames(x: torch.Tensor) -> torch.Tensor:
-    """VAE output [3, T, H, W] in [-1, 1] -> uint8 frames [T, H, W, 3] on x's device, as the
-    reference's save_sample computes them, in x's own dtype."""
-    x = (x.clamp(-1, 1) + 1) / 2
-    x = (x * 255 + 0.5).clamp(0, 255)
-    # uint8 conversion truncates toward zero, so +0.5 makes it round to nearest.
-    return x.permute(1, 2, 3, 0).to(torch.uint8).contiguous()

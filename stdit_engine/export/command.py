@@ -28,7 +28,8 @@ def add_parser(commands, dtypes: dict) -> None:
 
 def cmd_export(args: argparse.Namespace, dtypes: dict) -> None:
     from ..configs import get_preset
-    from ..engine.api import build_stdit, resolve_device
+    from ..devices import resolve_device
+    from ..models.checkpoint import build_stdit
     from ..models.hub import resolve_model_file
 
     preset = get_preset(args.preset)

@@ -2,15 +2,19 @@
 `pos_embed*` keys) and `.safetensors`, with a strict key check whose errors name the keys.
 
 Nothing here runs pickled code: `.pth` files load with `torch.load(weights_only=True)`.
+`build_stdit` makes a preset's STDiT with such weights, or with random ones.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file as load_safetensors
 
+from ..configs import Preset
 from ..errors import CheckpointError
+from .stdit import STDiT
 
 IGNORED_KEYS = ("pos_embed", "pos_embed_temporal")  # recomputed by the model, never loaded
 WRAPPER_KEYS = ("ema", "model", "state_dict", "module")
@@ -98,3 +102,25 @@ def load_stdit_checkpoint(model: torch.nn.Module, path: str | Path) -> torch.nn.
     on_meta = any(p.is_meta for p in model.parameters())
     model.load_state_dict(state, strict=True, assign=on_meta)
     return model
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Random initialisation from `seed` without disturbing the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def build_stdit(preset: Preset, device: torch.device, dtype: torch.dtype, backend: str = "eager",
+                checkpoint: str | None = None, seed: int = 0, fp8: bool = False) -> STDiT:
+    """The preset's STDiT with the weights of the local file `checkpoint`, or random ones from `seed`;
+    with `fp8`, its block linears then converted (STDiT.quantize_fp8)."""
+    if checkpoint is None:
+        with _seeded(seed, device), torch.device(device):
+            model = STDiT(**preset.stdit.to_kwargs(), backend=backend).to(dtype)
+    else:
+        with torch.device("meta"):  # no random init of 724 M parameters that are overwritten next
+            model = STDiT(**preset.stdit.to_kwargs(), backend=backend)
+        model = load_stdit_checkpoint(model, checkpoint).to(device=device, dtype=dtype)
+    return model.quantize_fp8() if fp8 else model

@@ -12,8 +12,8 @@ from diffusers import AutoencoderKL
 from diffusers.utils import is_accelerate_available
 
 from ..configs import VAE_SCALE_FACTOR, VAEConfig
-from ..engine.video import quantize_frames
 from ..errors import CheckpointError, ConfigError
+from .frames import quantize_frames
 from .hub import resolve_model_dir
 from .wrapped import WrappedModel
 from .text_encoder import random_init

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..configs import Preset
+from ..configs import Preset, token_grid
 from ..errors import ConfigError
 
 MODES = ("auto", "none", "cfg", "dsp", "cfg+dsp")
@@ -61,12 +61,6 @@ class ParallelPlan:
             index = int(os.environ.get("LOCAL_RANK", self.rank % max(torch.cuda.device_count(), 1)))
         torch.cuda.set_device(index)  # NCCL works on the current device
         return torch.device("cuda", index)
-
-
-def token_grid(preset: Preset) -> tuple[int, int]:
-    """(frames, spatial positions) of the STDiT's token grid for `preset`."""
-    (t, h, w), (pt, ph, pw) = preset.stdit.input_size, preset.stdit.patch_size
-    return t // pt, (h // ph) * (w // pw)
 
 
 def resolve_mode(mode: str, world_size: int, preset: Preset) -> tuple[int, int]:
