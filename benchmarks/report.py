@@ -17,6 +17,22 @@ def rows(records: list[dict]) -> list[list[str]]:
                           f"embedding rel. error {info['t5_embedding_rel_error']:.2e}",
                           f"STDiT output moves {info['stdit_output_rel_error']:.2e}", "-", "-"])
             continue
+        if "steps_100_new" in info:  # issue 20: one placement at one preset, warm, new and cached prompts
+            times = (f"100 steps {info['steps_100_new']['median_s']:.2f} s new; 20 steps "
+                     f"{info['steps_20_new']['median_s']:.2f} s new / {info['steps_20_cached']['median_s']:.2f} s cached")
+            table.append([info["workload"], f"{info['placement']}, T5 {info['t5_dtype'].removeprefix('torch.')}",
+                          info["dtype"].removeprefix("torch."), times, f"estimate {info['estimated_peak_gib']:.2f} GiB",
+                          f"{info['peak_allocated_gib']:.2f} / {info['peak_reserved_gib']:.2f} GiB",
+                          f"reference reserved {info['reference_peak_reserved_gib']} GiB"])
+            continue
+        if "empty_triton_cache" in info:  # issue 20: the first call of a process against a warm one
+            for label, run in (("empty Triton cache", info["empty_triton_cache"]), ("second process", info["second_process"])):
+                table.append([f"{info['workload']}, {label}", info["backend"], info["dtype"].removeprefix("torch."),
+                              f"first {run['first']['seconds']:.2f} s / warm {run['warm']['seconds']:.2f} s "
+                              f"({run['first_over_warm']:.1f}x)",
+                              f"import {run['import_s']:.1f} s, load {run['load_s']:.1f} s",
+                              f"- / {run['first']['peak_reserved_gib']:.2f} GiB", "-"])
+            continue
         if "breakdown_ms" in info:  # kernel time by kind
             total = sum(info["breakdown_ms"].values())
             parts = ", ".join(f"{kind} {ms:.1f}" for kind, ms in info["breakdown_ms"].items())

@@ -7,7 +7,8 @@ from torch import nn
 from stdit_engine import Engine
 from stdit_engine.configs import PRESETS
 from stdit_engine.engine.api import choose_placement
-from stdit_engine.engine.memory import GIB, choose_vae_chunk, estimate_memory, parameter_counts
+from stdit_engine.engine.memory import (GIB, LEAN_RESERVED_BYTES, RESERVE_FACTOR, VAE_RESERVE_FACTOR, choose_vae_chunk,
+                                        decode_chunk, estimate_memory, parameter_counts, vae_frame_bytes)
 from stdit_engine.engine.placement import Placement
 from stdit_engine.errors import ConfigError
 
@@ -112,11 +113,11 @@ def test_vae_chunk_fits_the_budget():
     assert choose_vae_chunk(preset, torch.float16, 1, 64) == 1
 
 
-@pytest.mark.parametrize("free_gib, expected", [(40, "resident"), (25, "offload"), (8, "sequential")])
-def test_auto_placement_picks_the_fastest_that_fits(monkeypatch, free_gib, expected):
+@pytest.mark.parametrize("free_gib, expected", [(40, "lean"), (8, "lean"), (4, "sequential")])
+def test_auto_placement_is_lean_where_it_fits(monkeypatch, free_gib, expected):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * GIB), int(80 * GIB)))
     preset = PRESETS["16x256x256"]
-    # Estimates x 1.25 for reserved memory: resident 28.9 GiB, offload 22.2 GiB, sequential 2.5 GiB.
+    # Estimates x 1.25 for reserved memory: lean 5.3 GiB, sequential 2.4 GiB.
     assert choose_placement("auto", preset, torch.device("cuda"), torch.float16, torch.float32) == expected
 
 
@@ -134,3 +135,61 @@ def test_estimate_counts_the_gelu_fused_into_fc1():
     token_tensor_bytes = 2 * 64 * 32 * 32 * 1152 * 2  # the guidance pair's tokens x hidden, fp16
     assert sdpa.denoise - triton.denoise == 3 * token_tensor_bytes
     assert estimate_memory("64x512x512", 1, "sequential", vae_chunk_frames=1, backend="auto") == triton
+
+
+def test_lean_keeps_the_stdit_streams_t5_and_brings_the_vae_for_its_stage():
+    placement, models = make("lean")
+    encoder, stdit, vae = models["encode"], models["denoise"], models["decode"]
+    assert devices(stdit) == {"meta"} and devices(encoder) == devices(vae) == {"cpu"}
+    assert placement.keeps("denoise") and not placement.keeps("encode") and not placement.keeps("decode")
+    with placement.stage("encode"):
+        assert devices(encoder.embed) == {"meta"}
+        assert all(devices(block) == {"cpu"} for block in encoder.block)  # they come in one by one
+        encoder(torch.empty(2, 4, device=META))
+    with placement.stage("decode"):
+        assert devices(vae) == {"meta"}
+    assert devices(stdit) == {"meta"} and devices(encoder) == devices(vae) == {"cpu"}
+
+
+DEFAULT_RUNS = [("16x256x256", 2), ("16x512x512", 2), ("64x512x512", 1)]  # SPEC section 6's workloads
+
+
+def default_estimate(preset, prompts, mode, dtype=torch.float16, fp8=False, free=140 * GIB):
+    chunk = decode_chunk(preset, prompts, mode, dtype, torch.float32, free, backend="triton", fp8=fp8)
+    return estimate_memory(preset, prompts, mode, dtype, torch.float32, vae_chunk_frames=chunk, backend="triton",
+                           fp8=fp8)
+
+
+@pytest.mark.parametrize("dtype, fp8", [(torch.float16, False), (torch.bfloat16, False), (torch.bfloat16, True)])
+@pytest.mark.parametrize("preset, prompts", DEFAULT_RUNS)
+def test_lean_fits_8_gib_reserved_at_every_preset_by_construction(preset, prompts, dtype, fp8):
+    lean = default_estimate(preset, prompts, "lean", dtype, fp8)
+    assert lean.peak * RESERVE_FACTOR <= LEAN_RESERVED_BYTES
+    # Its decode counts the VAE's fragmentation as well, and what stays: the STDiT and its graphs' memory.
+    chunk = decode_chunk(preset, prompts, "lean", dtype, torch.float32, 140 * GIB, backend="triton", fp8=fp8)
+    frame = vae_frame_bytes(PRESETS[preset], dtype)
+    kept = lean.decode - chunk * frame
+    assert kept == lean.denoise + lean.weights["vae"]
+    assert RESERVE_FACTOR * kept + VAE_RESERVE_FACTOR * chunk * frame <= LEAN_RESERVED_BYTES
+    assert chunk >= 2  # the budget leaves room for more than the slowest decode
+
+
+def test_lean_counts_the_kept_stdit_and_its_graph_pool_in_every_stage():
+    lean = estimate_memory("16x256x256", 2, "lean", vae_chunk_frames=1)
+    sequential = estimate_memory("16x256x256", 2, "sequential", vae_chunk_frames=1)
+    kept = sequential.denoise  # STDiT weights plus the denoise activations (the graph's pool)
+    assert lean.denoise == kept
+    assert lean.decode == kept + sequential.decode
+    counts = parameter_counts("16x256x256")
+    assert lean.encode == kept + sequential.encode + counts["t5_block"] * 4  # a prefetched fp32 block
+
+
+@pytest.mark.parametrize("preset, prompts", DEFAULT_RUNS)
+def test_resident_stays_below_the_reference_peak(preset, prompts):
+    # SPEC section 6's reference peaks (allocated / reserved GiB); resident decodes in chunks of at most
+    # RESIDENT_DECODE_BYTES, where the reference decodes every frame at once.
+    reference_allocated, reference_reserved = {"16x256x256": (23.8, 28.2), "16x512x512": (35.9, 52.2),
+                                               "64x512x512": (49.9, 67.2)}[preset]
+    resident = default_estimate(preset, prompts, "resident")
+    assert resident.peak <= reference_allocated * GIB
+    assert resident.peak * RESERVE_FACTOR <= reference_reserved * GIB

@@ -20,14 +20,11 @@ from ..models.vae import VideoVAE
 from ..parallel import ParallelPlan, decode_split, encode_on_first, parallel_denoiser, setup_parallel
 from ..schedulers import Sampler, make_sampler
 from .denoise import GuidedDenoiser
-from .memory import GIB, StageStats, choose_vae_chunk, estimate_memory, measure_stage
+from .memory import GIB, RESERVE_FACTOR, StageStats, decode_chunk, estimate_memory, measure_stage
+from .placement import AUTO_ORDER, Placement
 from .placement import MODES as PLACEMENT_MODES
-from .placement import Placement
+from .prompt_cache import PromptEmbeddingCache
 from .video import Video
-
-
-# Reserved memory runs above the allocated peak (allocator rounding, fragmentation).
-RESERVE_FACTOR = 1.25
 
 
 class Engine:
@@ -53,6 +50,7 @@ class Engine:
         self.denoiser = (GuidedDenoiser(self.stdit, use_cuda_graphs=cuda_graphs) if parallel is None
                          else parallel_denoiser(parallel, self.stdit, use_cuda_graphs=cuda_graphs))
         self.last_stats: list[StageStats] = []
+        self.prompt_cache = PromptEmbeddingCache()  # capacity 0 turns it off
 
     @property
     def dtype(self) -> torch.dtype:
@@ -75,7 +73,7 @@ class Engine:
 
         `stdit` is a .pth/.safetensors file or a hub repo id (the preset's file is taken from it).
         `cuda_graphs`: replay each denoising step from a CUDA graph (on CUDA devices).
-        `placement`: "resident", "offload", "sequential" or "auto" (engine/placement.py).
+        `placement`: "resident", "lean", "offload", "sequential" or "auto" (engine/placement.py).
         `parallel`: inside an initialised process group, how the ranks share the work: "cfg", "dsp",
         "cfg+dsp" or "auto" (parallel/plan.py); every rank calls this, and uses cuda:LOCAL_RANK.
         `fp8`: the STDiT block linears in FP8 (Ada / Hopper GPUs; models/fp8.py): faster, and as far
@@ -149,10 +147,14 @@ class Engine:
     # ------------------------------------------------------------------ stages
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(y [n,1,L,C_text], mask [n,L]) of the cleaned prompts, on the engine's device."""
+        """(y [n,1,L,C_text], mask [n,L]) of the cleaned prompts, on the engine's device; prompts seen
+        recently come from `self.prompt_cache`, bitwise as they were computed."""
         prompts = _check_prompts(prompts)
+        return self.prompt_cache.encode([clean_prompt(p) for p in prompts], self._encode_cleaned, self.device)
+
+    def _encode_cleaned(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with self.placement.stage("encode"):
-            return self.text_encoder.encode([clean_prompt(p) for p in prompts])
+            return self.text_encoder.encode(prompts)
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str] | str, *, seed: int | None = None, num_steps: int = 100,
@@ -221,26 +223,20 @@ class Engine:
             try:
                 return self.denoiser.sample(sampler, z, y, mask, y_null, generator=generator, progress=progress)
             finally:
-                if self.placement.mode != "resident":
+                if not self.placement.keeps("denoise"):
                     # The weights leave the GPU now and return elsewhere next call: graphs captured
                     # on these addresses would be stale (even after an error), and their memory
                     # pool is wanted by the next stage.
                     self.denoiser.clear()
 
     def decode_chunk_frames(self, samples: int) -> int | None:
-        """Frames to decode at once: all of them on the CPU; on a GPU, what fits in free memory when
-        resident, and otherwise half the denoise stage's estimated peak, so that the decode does not
-        raise the peak of a memory-saving placement: the VAE's many activation sizes fragment the
-        allocator's cache to about twice the allocated peak (BENCHMARKS.md)."""
+        """Frames to decode at once: all of them on the CPU; on a GPU, as the placement's decode
+        budget allows (memory.decode_budget)."""
         if self.device.type != "cuda":
             return None
-        if self.placement.mode == "resident":
-            budget, _ = torch.cuda.mem_get_info(self.device)
-        else:
-            budget = estimate_memory(self.preset, samples, self.placement.mode, self.dtype, self.text_encoder.dtype,
-                                     device=self.device, backend=self.stdit.ops.name, fp8=self.stdit.is_fp8).denoise // 2
-        return choose_vae_chunk(self.preset, self.dtype, budget, samples * self.preset.num_frames,
-                                device=self.device)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return decode_chunk(self.preset, samples, self.placement.mode, self.dtype, self.text_encoder.dtype, free,
+                            device=self.device, backend=self.stdit.ops.name, fp8=self.stdit.is_fp8)
 
     def _print_stats(self) -> None:
         note = " (random weights)" if self.random_weights else ""
@@ -253,7 +249,8 @@ class Engine:
 
 def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: torch.dtype,
                      t5_dtype: torch.dtype, backend: str = "auto", fp8: bool = False) -> str:
-    """The placement to use; "auto" is the fastest whose estimated peak fits in free GPU memory.
+    """The placement to use; "auto" is the first of placement.AUTO_ORDER whose estimated peak fits in
+    free GPU memory.
 
     Raises before anything is loaded when even the leanest mode cannot fit.
     """
@@ -264,11 +261,12 @@ def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: tor
             raise ConfigError(f"placement {mode!r} moves weights between host and GPU; on {device} use 'resident'")
         return "resident"
     free, _ = torch.cuda.mem_get_info(device)
-    candidates = PLACEMENT_MODES if mode == "auto" else (mode,)
+    candidates = AUTO_ORDER if mode == "auto" else (mode,)
+    samples = preset.prompts_per_batch
     for candidate in candidates:
-        estimate = estimate_memory(preset, preset.prompts_per_batch, candidate, dtype, t5_dtype,
-                                   vae_chunk_frames=None if candidate == "resident" else 1, device=device,
-                                   backend=backend, fp8=fp8)
+        chunk = decode_chunk(preset, samples, candidate, dtype, t5_dtype, free, device, backend, fp8)
+        estimate = estimate_memory(preset, samples, candidate, dtype, t5_dtype, vae_chunk_frames=chunk,
+                                   device=device, backend=backend, fp8=fp8)
         if estimate.peak * RESERVE_FACTOR <= free:
             return candidate
     raise ConfigError(

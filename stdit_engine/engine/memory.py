@@ -18,7 +18,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..configs import VAEConfig, token_grid
+from ..configs import VAEConfig, get_preset, token_grid
 from ..kernels.registry import backend_name
 from .live_memory import LiveTensorPeak
 
@@ -112,6 +112,18 @@ T5_MODEL_TENSORS = 4
 # to the chunk's pixels: presumably cuDNN's convolution workspaces (BENCHMARKS.md).
 VAE_CUDA_FACTOR = 1.28
 
+# Reserved memory runs above the allocated peak (allocator rounding, fragmentation).
+RESERVE_FACTOR = 1.25
+# The VAE decode's many activation sizes fragment the allocator's cache: its reserved memory runs to
+# about twice its allocated peak (BENCHMARKS.md).
+VAE_RESERVE_FACTOR = 2.0
+# Placement "lean" keeps the default run of every preset within this much reserved GPU memory: its
+# decode chunk is chosen to fit beside what stays on the device (test_placement checks the rest).
+LEAN_RESERVED_BYTES = 8 * GIB
+# A resident decode takes at most this many bytes of activations at once, so that resident placement
+# stays below the reference's own peaks (SPEC section 6), where every frame is decoded at once.
+RESIDENT_DECODE_BYTES = 2 * GIB
+
 
 @dataclass(frozen=True)
 class MemoryEstimate:
@@ -143,7 +155,6 @@ def _is_cuda(device: torch.device | str) -> bool:
 @functools.lru_cache(maxsize=None)
 def parameter_counts(preset) -> dict[str, int]:
     """Exact parameter (and buffer) counts of the preset's three models, built on the meta device."""
-    from ..configs import get_preset
     from ..models.stdit import STDiT
     from ..models.text_encoder import TextEncoder
     from ..models.vae import VideoVAE
@@ -213,8 +224,6 @@ def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.
                     backend: str = "auto", fp8: bool = False) -> MemoryEstimate:
     """Predicted peak allocated memory of `generate()` on `device` in placement `mode` with the
     STDiT kernel `backend` (and FP8 block linears: a byte a weight, a wider MLP peak), before loading."""
-    from ..configs import get_preset
-
     preset = get_preset(preset)
     counts = parameter_counts(preset)
     stdit_weights = counts["stdit"] * _bytes(dtype) - fp8 * counts["stdit_fp8_weights"] * (_bytes(dtype) - 1)
@@ -229,10 +238,40 @@ def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.
     if mode == "resident":
         resident = sum(weights.values())
         return MemoryEstimate(resident + encode_act, resident + denoise_act, resident + decode_act, weights)
-    t5_on_gpu = weights["t5"]
-    if mode == "sequential":  # one block at a time, beside the embedding and final norm
-        t5_on_gpu = (counts["t5"] - counts["t5_block"] * preset.text.num_layers + counts["t5_block"]) * _bytes(t5_dtype)
+    t5_block = counts["t5_block"] * _bytes(t5_dtype)
+    t5_streamed = counts["t5"] * _bytes(t5_dtype) - t5_block * (preset.text.num_layers - 1)  # one block in
+    if mode == "lean":
+        # The STDiT and its captured step's memory pool (the denoise activations) stay between calls;
+        # T5 streams with the next block prefetched: two blocks in.
+        kept = weights["stdit"] + denoise_act
+        return MemoryEstimate(kept + t5_streamed + t5_block + encode_act, kept, kept + weights["vae"] + decode_act,
+                              weights)
+    t5_on_gpu = t5_streamed if mode == "sequential" else weights["t5"]
     return MemoryEstimate(t5_on_gpu + encode_act, weights["stdit"] + denoise_act, weights["vae"] + decode_act, weights)
+
+
+def decode_chunk(preset, samples: int, mode: str, dtype: torch.dtype, t5_dtype: torch.dtype, free_bytes: int,
+                 device: torch.device | str = "cuda", backend: str = "auto", fp8: bool = False) -> int:
+    """Frames of `samples` videos to decode at once on a GPU with `free_bytes` free, in placement `mode`."""
+    budget = decode_budget(preset, samples, mode, dtype, t5_dtype, free_bytes, device, backend, fp8)
+    preset = get_preset(preset)
+    return choose_vae_chunk(preset, dtype, budget, samples * preset.num_frames, device=device)
+
+
+def decode_budget(preset, samples: int, mode: str, dtype: torch.dtype, t5_dtype: torch.dtype, free_bytes: int,
+                  device: torch.device | str = "cuda", backend: str = "auto", fp8: bool = False) -> int:
+    """Bytes of decode activations to allow at once on a GPU with `free_bytes` free, per placement:
+    resident, what is free (up to RESIDENT_DECODE_BYTES); lean, what fits in LEAN_RESERVED_BYTES
+    beside the STDiT, its graphs' memory and the VAE, counting the VAE's fragmentation; offload and
+    sequential, half the denoise stage's estimated peak, so that the decode does not raise it."""
+    if mode == "resident":
+        return min(free_bytes, RESIDENT_DECODE_BYTES)
+    estimate = estimate_memory(preset, samples, mode, dtype, t5_dtype, vae_chunk_frames=1, device=device,
+                               backend=backend, fp8=fp8)
+    if mode == "lean":
+        kept = estimate.decode - vae_frame_bytes(get_preset(preset), dtype, device)
+        return min(free_bytes, max(0, int((LEAN_RESERVED_BYTES - RESERVE_FACTOR * kept) / VAE_RESERVE_FACTOR)))
+    return estimate.denoise // 2
 
 
 def choose_vae_chunk(preset, dtype: torch.dtype, free_bytes: int, total_frames: int, headroom: float = 0.8,

@@ -2,6 +2,9 @@
 
 Modes:
   resident    everything on the GPU all the time: fastest, when memory is plentiful
+  lean        the STDiT stays on the GPU across calls (so its captured CUDA graphs stay valid);
+              T5 is streamed through the GPU one encoder block at a time, the next block copied
+              on a side stream while the current one computes; the VAE comes in for the decode
   offload     each model's weights live in pinned host memory and are copied to the GPU for its
               stage only (T5 for encode, STDiT for denoise, VAE for decode)
   sequential  as offload, and T5 (the largest part: 4.7B parameters) is streamed through the GPU one
@@ -18,7 +21,15 @@ from torch import nn
 
 from ..errors import ConfigError
 
-MODES = ("resident", "offload", "sequential")
+MODES = ("resident", "lean", "offload", "sequential")
+# What placement="auto" tries, best first: lean holds every preset's default run within a small
+# GPU's memory (memory.LEAN_RESERVED_BYTES) at nearly resident speed; sequential needs the least.
+AUTO_ORDER = ("lean", "sequential")
+# The stages whose model stays on the device between calls, per mode.
+KEPT_STAGES = {"resident": {"encode", "denoise", "decode"}, "lean": {"denoise"}, "offload": set(),
+               "sequential": set()}
+# Modes that stream a stage's blocks (Placement's `streamed`), and whether the next block is prefetched.
+STREAMING_PREFETCH = {"lean": True, "sequential": False}
 
 
 class HostCopy:
@@ -60,20 +71,70 @@ class HostCopy:
     def to_host(self) -> None:
         self._place(lambda host: host)
 
+    def placed(self) -> list[torch.Tensor]:
+        """The module's tensors where they are now."""
+        return [table[name] for table, name, _ in self.owners]
 
-def stream_blocks(blocks: nn.ModuleList, device: torch.device) -> None:
-    """Each block's weights come to `device` right before its forward and leave right after."""
-    for block in blocks:
-        copy = HostCopy(block, device)
-        block.register_forward_pre_hook(lambda module, args, copy=copy: copy.to_device())
-        block.register_forward_hook(lambda module, args, output, copy=copy: copy.to_host())
+
+class BlockStream:
+    """Streams the blocks of a ModuleList through `device` in forward order: a block's weights come
+    in right before its forward and leave right after it.
+
+    With `prefetch` (CUDA only), block i+1 is copied on a side stream while block i computes, so
+    the copy engine never waits for the compute; two blocks are then on the device instead of
+    one. Before asking for block i+1's memory the host waits until block i-1 has finished: the
+    allocator can reuse its memory only then (it was handed to the compute stream), and without
+    that wait the host would run ahead and bring in every block at once.
+    """
+
+    def __init__(self, blocks: nn.ModuleList, device: torch.device, prefetch: bool = False):
+        self.copies = [HostCopy(block, device) for block in blocks]
+        self.prefetch = prefetch and device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(device) if self.prefetch else None
+        self.arrived: dict[int, torch.cuda.Event] = {}  # block index -> its copy has completed
+        self.finished: dict[int, torch.cuda.Event] = {}  # block index -> its forward has completed
+        for index, block in enumerate(blocks):
+            block.register_forward_pre_hook(lambda module, args, index=index: self._enter(index))
+            block.register_forward_hook(lambda module, args, output, index=index: self._leave(index))
+
+    def _fetch(self, index: int) -> None:
+        with torch.cuda.stream(self.copy_stream):
+            self.copies[index].to_device()
+            self.arrived[index] = torch.cuda.Event()
+            self.arrived[index].record(self.copy_stream)
+
+    def _enter(self, index: int) -> None:
+        if not self.prefetch:
+            self.copies[index].to_device()
+            return
+        if index == 0:  # a new pass: nothing of an earlier (perhaps interrupted) one is in flight for it
+            self.arrived.clear()
+            self.finished.clear()
+        if index not in self.arrived:
+            self._fetch(index)
+        torch.cuda.current_stream().wait_event(self.arrived.pop(index))
+        if index + 1 < len(self.copies):
+            previous = self.finished.pop(index - 1, None)
+            if previous is not None:
+                previous.synchronize()
+            self._fetch(index + 1)
+
+    def _leave(self, index: int) -> None:
+        if self.prefetch:
+            compute = torch.cuda.current_stream()
+            for tensor in self.copies[index].placed():
+                tensor.record_stream(compute)  # allocated on the copy stream, read by the compute stream
+            self.finished[index] = torch.cuda.Event()
+            self.finished[index].record(compute)
+        self.copies[index].to_host()
 
 
 class Placement:
     """Puts each model on the device for its stage, as `mode` says.
 
     `models` maps a stage name ("encode", "denoise", "decode") to the nn.Module it runs.
-    `streamed` optionally maps a stage to the ModuleList to stream block by block in "sequential".
+    `streamed` optionally maps a stage to the ModuleList to stream block by block in "lean" and
+    "sequential".
     """
 
     def __init__(self, mode: str, device: torch.device, models: dict[str, nn.Module],
@@ -82,20 +143,23 @@ class Placement:
             raise ConfigError(f"unknown placement {mode!r}; choose one of: auto, {', '.join(MODES)}")
         self.mode, self.device = mode, device
         self.copies: dict[str, HostCopy] = {}
-        if mode == "resident":
-            for module in models.values():
-                module.to(device)
-            return
-        streamed = streamed if mode == "sequential" else {}
+        streamed = streamed if mode in STREAMING_PREFETCH else {}
         for stage, module in models.items():
             blocks = streamed.get(stage)
-            if blocks is not None:
-                stream_blocks(blocks, device)
+            if stage in KEPT_STAGES[mode]:
+                module.to(device)
+            elif blocks is not None:
+                BlockStream(blocks, device, prefetch=STREAMING_PREFETCH[mode])  # lives on in the blocks' hooks
                 # The rest of the model (embeddings, final norm) moves as one piece.
                 self.copies[stage] = HostCopy(module, device, skip=blocks)
             else:
                 self.copies[stage] = HostCopy(module, device)
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def keeps(self, stage: str) -> bool:
+        """Whether the stage's model stays on the device between calls (so graphs of it stay valid)."""
+        return stage in KEPT_STAGES[self.mode]
 
     @contextmanager
     def stage(self, name: str):
@@ -107,6 +171,7 @@ class Placement:
         finally:
             if copy is not None:
                 copy.to_host()
-                # Return the stage's cached blocks, so the next stage's peak is its own alone.
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+            if self.mode != "resident" and self.device.type == "cuda":
+                # Return the stage's cached blocks, so the next stage's peak is its own alone (beside
+                # what a lean placement keeps: the STDiT and its graphs' memory pools).
+                torch.cuda.empty_cache()
