@@ -1,10 +1,13 @@
 """One process's cold start, as a user trying the engine meets it: import, load (random weights),
-the first generate() and then a warm one, both on new prompts; prints one JSON object.
+the first generate() and then a warm one, both on new prompts; prints one JSON object. Within the
+first call it also times what Triton spends compiling (or reading its disk cache) and what the
+CUDA-graph captures take (two eager warm-up steps each, then the capture).
 Usage: python benchmarks/cold_start.py PRESET PLACEMENT STEPS (test_cold_start.py runs it twice,
 with an empty Triton cache and then with the cache the first run left)."""
 import json
 import sys
 import time
+from functools import wraps
 
 start = time.perf_counter()
 import torch  # noqa: E402  (timed: part of what a first run pays)
@@ -14,17 +17,46 @@ from stdit_engine import Engine  # noqa: E402
 from stdit_engine.bench import REFERENCE_E2E  # noqa: E402
 
 
+def add_timer(owner, name: str, record: dict) -> None:
+    """Wraps owner.name so that its calls and their total wall time accumulate in `record`."""
+    original = getattr(owner, name)
+
+    @wraps(original)
+    def timed(*args, **kwargs):
+        begin = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            torch.cuda.synchronize()
+            record["calls"] += 1
+            record["seconds"] += time.perf_counter() - begin
+
+    setattr(owner, name, timed)
+
+
 def main(preset: str, placement: str, steps: int) -> dict:
+    import triton.compiler
+
+    from stdit_engine.engine import denoise
+
     import_s = time.perf_counter() - start
+    triton_compile = {"calls": 0, "seconds": 0.0}
+    graph_capture = {"calls": 0, "seconds": 0.0}
+    add_timer(triton.compiler, "compile", triton_compile)  # looked up when a kernel first runs
+    add_timer(denoise.GraphedStep, "__init__", graph_capture)
     load_start = time.perf_counter()
     engine = Engine.from_random_weights(preset, device="cuda", placement=placement)
     torch.cuda.synchronize()
     load_s = time.perf_counter() - load_start
+    during_load = dict(triton_compile)
+    triton_compile.update(calls=0, seconds=0.0)
     prompts = REFERENCE_E2E[preset][0]
     first = timed_call(engine, new_prompts(prompts), steps)
+    first.update(triton_compile=dict(triton_compile), graph_capture=dict(graph_capture))
     warm = timed_call(engine, new_prompts(prompts), steps)
     return dict(preset=preset, placement=engine.placement.mode, steps=steps, import_s=import_s, load_s=load_s,
-                first=first, warm=warm, first_over_warm=first["seconds"] / warm["seconds"])
+                triton_compile_during_load=during_load, first=first, warm=warm,
+                first_over_warm=first["seconds"] / warm["seconds"])
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ def rows(records: list[dict]) -> list[list[str]]:
             for label, run in (("empty Triton cache", info["empty_triton_cache"]), ("second process", info["second_process"])):
                 table.append([f"{info['workload']}, {label}", info["backend"], info["dtype"].removeprefix("torch."),
                               f"first {run['first']['seconds']:.2f} s / warm {run['warm']['seconds']:.2f} s "
-                              f"({run['first_over_warm']:.1f}x)",
+                              f"({run['first_over_warm']:.1f}x); Triton compile {run['first']['triton_compile']['seconds']:.1f} s, "
+                              f"graph capture {run['first']['graph_capture']['seconds']:.2f} s",
                               f"import {run['import_s']:.1f} s, load {run['load_s']:.1f} s",
                               f"- / {run['first']['peak_reserved_gib']:.2f} GiB", "-"])
             continue
