@@ -33,6 +33,16 @@ def test_lean_gives_the_resident_latent_and_keeps_the_stdit_and_its_graphs():
     assert torch.equal(streamed_y, expected_y)
 
 
+def test_warmup_captures_each_batch_size_so_later_calls_only_replay():
+    engine = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16)
+    engine.warmup([1, 2])
+    graphs = dict(engine.denoiser._graphs)
+    assert sorted(key[0][0] for key in graphs) == [1, 2]  # the latent's batch
+    engine.generate(PROMPTS, seed=1, num_steps=3, progress=False)
+    engine.generate(PROMPTS[:1], seed=1, num_steps=3, progress=False)
+    assert engine.denoiser._graphs == graphs
+
+
 @pytest.fixture(scope="module")
 def t5_xxl():
     return TextEncoder.from_random_weights(PRESETS["16x256x256"].text, device="cuda")

@@ -27,6 +27,10 @@ from .prompt_cache import PromptEmbeddingCache
 from .video import Video
 
 
+# What `Engine.warmup` generates from: any prompt does; its embedding then stays in the prompt cache.
+WARMUP_PROMPT = "a sea turtle swimming over a coral reef"
+
+
 class Engine:
     """Open-Sora v1.0 text-to-video: T5 text encoder -> STDiT denoiser (IDDPM) -> VAE decoder."""
 
@@ -128,6 +132,14 @@ class Engine:
         text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
         return cls(preset, model, text_encoder, video_vae, device, random_weights=True,
                    cuda_graphs=cuda_graphs, placement=placement, parallel=plan)
+
+    def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
+        """Pays now, e.g. when a server starts, what the first call of each batch size (default: the
+        preset's prompts per batch) would pay once: Triton's kernel compilation, the CUDA-graph
+        capture of the step (for the default guidance settings), library start-up. Runs a two-step
+        generation per batch size; `last_stats` then holds the last one's stage report."""
+        for size in batch_sizes or (self.preset.prompts_per_batch,):
+            self.generate([WARMUP_PROMPT] * size, seed=0, num_steps=2, progress=False)
 
     def use_artifact(self, path: str | Path) -> "Engine":
         """Denoise with an exported STDiT forward (an AOTInductor package, or a TensorRT engine) in
