@@ -1,6 +1,7 @@
 """Placement "lean" on the GPU: the resident latent, the STDiT and its graphs kept across calls, T5
-streamed with prefetch giving resident T5's embeddings bitwise, and whether T5-XXL's rows depend on
-the batch they are encoded in (what the prompt cache relies on to be exact across batches)."""
+streamed with prefetch giving resident T5's embeddings bitwise, T5-XXL's rows independent of the
+batch they are encoded in (what the prompt cache relies on to be exact across batches), and the
+opt-in bf16 T5 near fp32."""
 import pytest
 import torch
 

@@ -167,3 +167,25 @@ def test_resolve_model_file(tmp_path, offline_cache):
         resolve_model_file(str(tmp_path / "repo"), "x.pth", what="STDiT")
     with pytest.raises(CheckpointError, match="no local file"):
         resolve_model_file(str(tmp_path / "missing.pth"), None, what="STDiT")
+
+
+def test_each_prompt_is_encoded_on_its_own_and_rows_do_not_depend_on_their_batch(encoder):
+    batches = []
+    hooks = [block.layer[0].register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+             for block in encoder.model.encoder.block]
+    try:
+        together, mask = encoder.encode(PROMPTS)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert batches == [1] * (len(PROMPTS) * len(encoder.model.encoder.block))  # every block, one prompt at a time
+    for i, prompt in enumerate(PROMPTS):
+        alone, alone_mask = encoder.encode([prompt])
+        assert torch.equal(together[i], alone[0]) and torch.equal(mask[i], alone_mask[0])
+    # The library's own batched forward of the same weights, unwrapped: the same values.
+    library = TextEncoder.build_model(CFG).eval()
+    library.load_state_dict(encoder.model.state_dict())
+    tokens = encoder.tokenizer(PROMPTS, max_length=120, padding="max_length", truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        expected = library(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+    assert torch.allclose(together[:, 0], expected, rtol=1e-6, atol=1e-6)

@@ -3,7 +3,8 @@
 T5-XXL in fp32 is 18 GiB: unless it stays on the GPU, encoding a new prompt streams it through
 the GPU, which costs more than a short sampling run. The embeddings of a prompt are a few MiB, so
 the engine keeps the most recently used ones (by cleaned prompt) on the host and copies them back
-exactly: a cached embedding is bitwise the one that was computed. (The null caption of guidance
+exactly: a cached embedding is bitwise the one that was computed, and, as T5 encodes each prompt on
+its own (models/text_encoder.py), the one any batch would compute. (The null caption of guidance
 is the STDiT's learned `y_embedding`, not a T5 output: it never needs encoding.)
 
 Encoding and lookups may come from several threads: the table is guarded by a lock, and the

@@ -1,6 +1,8 @@
 """The T5 v1.1 encoder and its tokenizer (SPEC section 4): prompts -> caption embeddings and mask.
 
 Prompts arrive already cleaned (models/caption.py); this module only tokenizes and encodes them.
+A prompt's embedding depends on the prompt alone, never on the prompts it is batched with: the
+encoder's blocks and final norm compute one prompt at a time (`compute_rows_apart`).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from contextlib import contextmanager
 
 import torch
 import transformers
+from torch import nn
 from packaging.version import Version
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import Unigram
@@ -55,6 +58,8 @@ class TextEncoder(WrappedModel):
         super().__init__(model)
         self.tokenizer = tokenizer
         self.max_length = max_length
+        for module in (*model.encoder.block, model.encoder.final_layer_norm):
+            compute_rows_apart(module)
 
     @classmethod
     def from_pretrained(
@@ -119,6 +124,46 @@ class TextEncoder(WrappedModel):
         with torch.inference_mode():
             y = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return y[:, None], mask
+
+
+def compute_rows_apart(module: nn.Module) -> None:
+    """Makes `module` compute each sample of a batch on its own, so that a sample's output is the
+    same bits whatever it is batched with: GPU kernels choose their tiling and reduction order by
+    shape, so a batch of two can round differently from a batch of one. Weights are read once a
+    call all the same (what streaming a block through the GPU pays for).
+
+    The arguments split are the tensors of two or more dimensions whose first is the batch (that of
+    the first argument, or of `hidden_states`); the others (flags, 1-D positions) go to every sample's call. The outputs
+    are joined back along the first dimension, position by position in a tuple.
+    """
+    if getattr(module, "computes_rows_apart", False):
+        return
+    forward = module.forward
+
+    def forward_rows(*args, **kwargs):
+        batch = (args[0] if args else kwargs["hidden_states"]).shape[0]
+        if batch == 1:
+            return forward(*args, **kwargs)
+
+        def row(value, index: int):
+            splits = isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == batch
+            return value[index:index + 1] if splits else value
+
+        outputs = [forward(*(row(a, i) for a in args), **{k: row(v, i) for k, v in kwargs.items()})
+                   for i in range(batch)]
+        return _join_rows(outputs)
+
+    module.forward = forward_rows
+    module.computes_rows_apart = True
+
+
+def _join_rows(outputs: list):
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs)
+    if isinstance(first, tuple):
+        return tuple(_join_rows([output[i] for output in outputs]) for i in range(len(first)))
+    return first  # None, or a value that does not depend on the sample
 
 
 @contextmanager
