@@ -1,4 +1,10 @@
-"""`stdit-engine generate | bench | export | info`: the command line."""
+"""`stdit-engine generate | bench | export | info`: the command line.
+
+Exit codes: 0 done, 2 bad input (an argument, a file, a device: the message says what to do),
+130 interrupted (Ctrl-C; files are written whole or not at all). torch is imported only by the
+commands that run, after their arguments and output targets are checked: `--help` and argument
+errors answer at once.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,17 +15,13 @@ import platform
 import sys
 from pathlib import Path
 
-import torch
-
 from .configs import PRESETS
+from .engine.arguments import check_generate_arguments
 from .errors import ConfigError, EngineError
-from .engine.placement import MODES as PLACEMENT_MODES
 from .export import command as export_command
-from .models.fp8 import FP8_MIN_CAPABILITY
-from .kernels.registry import BACKENDS
-from .parallel.plan import MODES as PARALLEL_MODES
+from .files import check_output_target, write_text_atomic
+from .options import DTYPES, KERNEL_BACKENDS as BACKENDS, PARALLEL_MODES, PLACEMENT_MODES, torch_dtype
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 OPTIONAL_PACKAGES = ("triton", "flash_attn", "xformers", "apex", "tensorrt", "onnx", "onnxruntime", "onnxscript")
 PIPELINE_PACKAGES = ("transformers", "diffusers", "safetensors", "huggingface_hub", "av", "ftfy", "beautifulsoup4")
 
@@ -71,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--fp8", action="store_true", help="STDiT block linears in FP8")
     bench.add_argument("--json", type=Path, help="also write the records to this JSON file")
 
-    export_command.add_parser(commands, DTYPES)
+    export_command.add_parser(commands)
     commands.add_parser("info", help="devices, versions, backends and optional packages")
     return parser
 
@@ -88,39 +90,48 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
+    """The files to write, each checked to be writable (before minutes of work)."""
     if out.suffix not in (".mp4", ".gif"):
         raise ConfigError(f"--out must end in .mp4 or .gif, got {out}")
-    if not out.parent.is_dir():
-        raise ConfigError(f"the output folder {out.parent} does not exist; create it first (mkdir -p {out.parent})")
-    if count == 1:
-        return [out]
-    return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+    paths = [out] if count == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
+    return [check_output_target(path) for path in paths]
+
+
+def _generate_arguments(args: argparse.Namespace, prompts: list[str]) -> dict:
+    """generate()'s arguments from the command line, checked before anything loads."""
+    checked = check_generate_arguments(prompts, seed=args.seed, num_steps=args.steps, cfg_scale=args.cfg_scale,
+                                       batch_size=args.batch_size, vae_chunk_frames=args.vae_chunk_frames)
+    return dict(seed=checked.seed, num_steps=checked.num_steps, cfg_scale=checked.cfg_scale,
+                guidance_channels=args.guidance_channels, sampler=args.sampler, batch_size=checked.batch_size,
+                vae_chunk_frames=checked.vae_chunk_frames)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    prompts = read_prompts(args)
+    paths = output_paths(args.out, len(prompts))
+    generate_arguments = _generate_arguments(args, prompts)
     from .parallel.launch import torchrun_group
 
     with torchrun_group(args.device, args.parallel):
-        _generate(args)
+        _generate(args, prompts, paths, generate_arguments)
 
 
-def _generate(args: argparse.Namespace) -> None:
+def _generate(args: argparse.Namespace, prompts: list[str], paths: list[Path], generate_arguments: dict) -> None:
     from .engine.api import Engine
 
-    prompts = read_prompts(args)
-    paths = output_paths(args.out, len(prompts))  # fail on a bad path before minutes of work
-    dtype = DTYPES[args.dtype] if args.dtype else None
-    common = dict(device=args.device, dtype=dtype, t5_dtype=DTYPES[args.t5_dtype], backend=args.backend,
+    args.doing = "loading the models"
+    dtype = torch_dtype(args.dtype) if args.dtype else None
+    common = dict(device=args.device, dtype=dtype, t5_dtype=torch_dtype(args.t5_dtype), backend=args.backend,
                   placement=args.placement, cuda_graphs=not args.no_cuda_graphs, parallel=args.parallel, fp8=args.fp8)
     if args.random_weights:
         print("note: random weights; the video shows the pipeline working, not a picture of the prompt")
         engine = Engine.from_random_weights(args.preset, **common)
     else:
         engine = Engine.from_pretrained(args.preset, stdit=args.stdit, t5=args.t5, vae=args.vae, **common)
-    videos = engine.generate(prompts, seed=args.seed, num_steps=args.steps, cfg_scale=args.cfg_scale,
-                             guidance_channels=args.guidance_channels, sampler=args.sampler, batch_size=args.batch_size,
-                             vae_chunk_frames=args.vae_chunk_frames)
+    args.doing = f"generating {len(prompts)} video(s)"
+    videos = engine.generate(prompts, **generate_arguments)
     for video, path in zip(videos, paths):
+        args.doing = f"writing {path}"
         video.save(path)
         print(f"wrote {path} ({len(video)} frames, {video.width}x{video.height}, {video.fps} fps)")
 
@@ -128,16 +139,17 @@ def _generate(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import bench_preset, describe
 
-    if args.json and not args.json.parent.is_dir():
-        raise ConfigError(f"the folder {args.json.parent} of --json does not exist; create it first")
+    if args.json:
+        check_output_target(args.json, "--json output")
     records = []
     for preset in args.preset or ["16x256x256", "16x512x512", "64x512x512"]:
+        args.doing = f"benchmarking {preset}"
         record = bench_preset(preset, placement=args.placement, num_steps=args.steps, device=args.device,
                               cuda_graphs=not args.no_cuda_graphs, fp8=args.fp8)
         print(describe(record), flush=True)
         records.append(record)
     if args.json:
-        args.json.write_text(json.dumps(records, indent=1))
+        write_text_atomic(args.json, json.dumps(records, indent=1))
 
 
 def _version(distribution: str) -> str:
@@ -148,7 +160,10 @@ def _version(distribution: str) -> str:
 
 
 def cmd_info(_: argparse.Namespace) -> None:
+    import torch
+
     from . import __version__
+    from .models.fp8 import FP8_MIN_CAPABILITY
 
     print(f"stdit-engine {__version__}, Python {platform.python_version()}, torch {torch.__version__}")
     if torch.cuda.is_available():
@@ -167,13 +182,18 @@ def cmd_info(_: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.doing = "running"  # what the command is doing, for the line printed on Ctrl-C
     try:
         commands = {"generate": cmd_generate, "bench": cmd_bench, "info": cmd_info,
-                    "export": lambda args: export_command.cmd_export(args, DTYPES)}
+                    "export": export_command.cmd_export}
         commands[args.command](args)
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: stdit-engine {args.command} stopped while {args.doing}; "
+              "no partially written file was left", file=sys.stderr)
+        return 130
     return 0
 
 

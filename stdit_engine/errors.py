@@ -19,3 +19,7 @@ class DeviceError(EngineError, RuntimeError):
 
 class SamplingError(EngineError, RuntimeError):
     """The sampler produced something unusable (e.g. NaN in the latent)."""
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt longer than the text encoder reads (120 tokens) was cut, as the reference cuts it."""

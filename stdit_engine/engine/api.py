@@ -8,7 +8,7 @@ import torch
 
 from ..configs import Preset, get_preset
 from ..devices import default_dtype, resolve_device
-from ..errors import ConfigError
+from ..errors import ConfigError, SamplingError
 from ..models.fp8 import check_fp8_supported
 from ..kernels.registry import resolve_backend
 from ..models.caption import clean_prompt
@@ -19,6 +19,7 @@ from ..models.text_encoder import TextEncoder
 from ..models.vae import VideoVAE
 from ..parallel import ParallelPlan, decode_split, encode_on_first, parallel_denoiser, setup_parallel
 from ..schedulers import Sampler, make_sampler
+from .arguments import check_generate_arguments, check_prompts, check_seed, explain_nonfinite
 from .denoise import GuidedDenoiser
 from .memory import GIB, RESERVE_FACTOR, StageStats, decode_chunk, estimate_memory, measure_stage
 from .placement import AUTO_ORDER, Placement
@@ -84,7 +85,7 @@ class Engine:
         from fp32 as bf16 is, but not the reference's fp16 rounding.
         """
         preset = get_preset(preset)
-        plan, device = setup_parallel(parallel, preset, device)
+        plan, device = setup_parallel(parallel, preset, None if device is None else resolve_device(device))
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)  # fail on a bad backend before loading anything
@@ -120,7 +121,8 @@ class Engine:
         rank draws the same weights from `seed`. `fp8`: as in from_pretrained.
         """
         preset = get_preset(preset)
-        plan, device = setup_parallel(parallel, preset, device)
+        seed = check_seed(seed)
+        plan, device = setup_parallel(parallel, preset, None if device is None else resolve_device(device))
         device = resolve_device(device)
         dtype = dtype or default_dtype(device)
         ops = resolve_backend(backend, device)
@@ -161,8 +163,12 @@ class Engine:
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(y [n,1,L,C_text], mask [n,L]) of the cleaned prompts, on the engine's device; prompts seen
         recently come from `self.prompt_cache`, bitwise as they were computed."""
-        prompts = _check_prompts(prompts)
-        return self.prompt_cache.encode([clean_prompt(p) for p in prompts], self._encode_cleaned, self.device)
+        cleaned = [clean_prompt(p) for p in check_prompts(prompts)]
+        self.text_encoder.warn_if_truncated(cleaned)
+        return self._encode_cached(cleaned)
+
+    def _encode_cached(self, cleaned: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prompt_cache.encode(cleaned, self._encode_cleaned, self.device)
 
     def _encode_cleaned(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with self.placement.stage("encode"):
@@ -172,7 +178,8 @@ class Engine:
     def generate(self, prompts: Sequence[str] | str, *, seed: int | None = None, num_steps: int = 100,
                  cfg_scale: float = 7.0, guidance_channels: int | None = None,
                  output: Literal["video", "latent"] = "video", progress: bool = True, sampler: str = "iddpm",
-                 batch_size: int | None = None, vae_chunk_frames: int | None = None) -> list[Video] | torch.Tensor:
+                 batch_size: int | None = None, vae_chunk_frames: int | None = None,
+                 stats: list[StageStats] | None = None) -> list[Video] | torch.Tensor:
         """Videos (or final latents [n,C,T,H,W]) for `prompts`, sampled as the reference script does.
 
         `sampler`: "iddpm" (the reference, default), "ddim" ("ddim:eta=1" for its ancestral form),
@@ -184,36 +191,40 @@ class Engine:
         Prompts are processed `batch_size` at a time (default: the preset's, as the reference), one
         generator for the whole call: with a seed, the same prompts give the reference's videos.
         `vae_chunk_frames`: frames decoded at once (default: as many as fit in free memory).
-        Stage times and peak memory are kept in `self.last_stats` (and printed when `progress`).
+        Stage times and peak memory are appended to `stats` (a list) when the call completes, and kept
+        in `self.last_stats` (printed when `progress`): each call gathers its own, so calls from
+        several threads do not mix their entries. Prompts longer than the text encoder's 120 tokens are
+        truncated, as the reference does, with one PromptTruncatedWarning per call.
+        Bad arguments raise ConfigError before any work (engine/arguments.py).
         Over several ranks, every rank calls this with the same arguments and gets the same latents;
         videos are gathered on rank 0, and the other ranks get an empty list (so only rank 0 saves).
         """
-        prompts = _check_prompts([prompts] if isinstance(prompts, str) else prompts)
-        if output not in ("video", "latent"):
-            raise ConfigError(f"output must be 'video' or 'latent', got {output!r}")
-        batch_size = batch_size or self.preset.prompts_per_batch
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        args = check_generate_arguments(prompts, seed=seed, num_steps=num_steps, cfg_scale=cfg_scale, output=output,
+                                        batch_size=batch_size, vae_chunk_frames=vae_chunk_frames)
+        seed, vae_chunk_frames = args.seed, args.vae_chunk_frames
+        batch_size = args.batch_size or self.preset.prompts_per_batch
+        prompts = [clean_prompt(p) for p in args.prompts]  # cleaned once, for the warning and the batches
+        self.text_encoder.warn_if_truncated(prompts)
         if self.parallel is not None and not self.parallel.is_first:
             progress = False  # one progress bar and one report, from rank 0
         sampler = make_sampler(sampler, num_steps=num_steps, cfg_scale=cfg_scale, guidance_channels=guidance_channels)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
 
-        self.last_stats = []
+        call_stats: list[StageStats] = []  # this call's own: published whole when it ends
         latents, videos = [], []
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
-            with measure_stage("encode", self.device, self.last_stats, self._models):
+            with measure_stage("encode", self.device, call_stats, self._models):
                 if self.parallel is None:
-                    y, mask = self.encode_prompts(batch)
+                    y, mask = self._encode_cached(batch)
                 else:
-                    y, mask = encode_on_first(self.parallel, lambda: self.encode_prompts(batch), self.device)
-            with measure_stage("denoise", self.device, self.last_stats, self._models):
+                    y, mask = encode_on_first(self.parallel, lambda: self._encode_cached(batch), self.device)
+            with measure_stage("denoise", self.device, call_stats, self._models):
                 latent = self._denoise(sampler, y, mask, generator, progress)
             if output == "latent":
                 latents.append(latent)
                 continue
-            with measure_stage("decode", self.device, self.last_stats, self._models), self.placement.stage("decode"):
+            with measure_stage("decode", self.device, call_stats, self._models), self.placement.stage("decode"):
                 def decode(part: torch.Tensor) -> torch.Tensor:
                     return self.vae.decode(part.to(self.dtype), to_uint8=True,
                                            chunk_frames=vae_chunk_frames or self.decode_chunk_frames(part.shape[0]))
@@ -222,8 +233,11 @@ class Engine:
                                                                                    self.device)
                 if frames is not None:  # None: a rank other than 0, which keeps no video
                     videos.extend(Video(sample_frames, self.preset.fps) for sample_frames in frames)
+        self.last_stats = call_stats
+        if stats is not None:
+            stats.extend(call_stats)
         if progress:
-            self._print_stats()
+            self._print_stats(call_stats)
         return torch.cat(latents) if output == "latent" else videos
 
     def _denoise(self, sampler: Sampler, y, mask, generator, progress) -> torch.Tensor:
@@ -234,6 +248,9 @@ class Engine:
             y_null = self.stdit.y_embedder.y_embedding[None, None]
             try:
                 return self.denoiser.sample(sampler, z, y, mask, y_null, generator=generator, progress=progress)
+            except SamplingError as err:
+                dtype = str(self.dtype).removeprefix("torch.")
+                raise SamplingError(f"{err}: {explain_nonfinite(dtype, sampler.cfg_scale)}") from err
             finally:
                 if not self.placement.keeps("denoise"):
                     # The weights leave the GPU now and return elsewhere next call: graphs captured
@@ -250,12 +267,12 @@ class Engine:
         return decode_chunk(self.preset, samples, self.placement.mode, self.dtype, self.text_encoder.dtype, free,
                             device=self.device, backend=self.stdit.ops.name, fp8=self.stdit.is_fp8)
 
-    def _print_stats(self) -> None:
+    def _print_stats(self, call_stats: list[StageStats]) -> None:
         note = " (random weights)" if self.random_weights else ""
         fp8 = " with FP8 block linears" if self.stdit.is_fp8 else ""
         print(f"stdit-engine {self.preset.name}{note} on {self.device}, {str(self.dtype).removeprefix('torch.')}{fp8}, "
               f"placement {self.placement.mode}:")
-        for stats in self.last_stats:
+        for stats in call_stats:
             print("  " + stats.describe(self.device))
 
 
@@ -286,13 +303,3 @@ def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: tor
         f"{candidates[-1]!r} ({estimate.describe()}), but {device} has {free / GIB:.1f} GiB free; "
         "free GPU memory, pass dtype=torch.float16/bfloat16 and t5_dtype=torch.bfloat16, or use another GPU"
     )
-
-
-def _check_prompts(prompts: Sequence[str]) -> list[str]:
-    prompts = list(prompts)
-    if not prompts:
-        raise ConfigError("no prompts given: pass at least one prompt (a list of strings)")
-    bad = [p for p in prompts if not isinstance(p, str)]
-    if bad:
-        raise ConfigError(f"prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
-    return prompts

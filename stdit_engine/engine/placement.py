@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..options import PLACEMENT_MODES as MODES
 
-MODES = ("resident", "lean", "offload", "sequential")
 # What placement="auto" tries, best first: lean holds every preset's default run within a small
 # GPU's memory (memory.LEAN_RESERVED_BYTES) at nearly resident speed; sequential needs the least.
 AUTO_ORDER = ("lean", "sequential")

@@ -10,6 +10,7 @@ import av
 import torch
 
 from ..errors import ConfigError
+from ..files import atomic_path, check_output_target
 from ..models.frames import quantize_frames
 
 _SUPPORTED = (".mp4", ".gif")
@@ -66,18 +67,19 @@ class Video:
         return self.frames.shape[2]
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the video to `path` (.mp4: H.264, .gif) and return the path written."""
+        """Write the video to `path` (.mp4: H.264, .gif) and return the path written. The file
+        appears whole or not at all (written under a temporary name, then renamed)."""
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in _SUPPORTED:
             raise ConfigError(f"cannot save a video as {path.name!r}: supported extensions are "
                               f"{', '.join(_SUPPORTED)}")
-        if not path.parent.is_dir():
-            raise ConfigError(f"folder {str(path.parent)!r} does not exist: create it before saving {path.name!r}")
-        if suffix == ".mp4":
-            self._save_mp4(path)
-        else:
-            self._save_gif(path)
+        check_output_target(path)
+        with atomic_path(path) as partial:
+            if suffix == ".mp4":
+                self._save_mp4(partial)
+            else:
+                self._save_gif(partial)
         return path
 
     def _save_mp4(self, path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..files import atomic_path
 from ..models.stdit import STDiT
 from .exportable import block_spec, example_inputs, export_program, exportable, relative_error, stdit_spec
 from .spec import ExportSpec, spec_path
@@ -18,7 +19,8 @@ from .spec import ExportSpec, spec_path
 
 def export_aoti(model: STDiT, path: str | Path, preset: str, batch: int = 4, max_batch: int | None = None,
                 block: int | None = None, verbose: bool = False) -> ExportSpec:
-    """Compiles the forward (or one block) of `model` into the package `path` (.pt2) and writes its spec."""
+    """Compiles the forward (or one block) of `model` into the package `path` (.pt2) and writes its
+    spec, each whole or not at all."""
     path = Path(path)
     if path.suffix != ".pt2":
         raise ConfigError(f"an AOTInductor package is a .pt2 file; got {path}")
@@ -27,7 +29,8 @@ def export_aoti(model: STDiT, path: str | Path, preset: str, batch: int = 4, max
     start = time.perf_counter()
     program = export_program(exportable(model, spec), spec)
     exported = time.perf_counter()
-    torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    with atomic_path(path) as partial:
+        torch._inductor.aoti_compile_and_package(program, package_path=str(partial))
     if verbose:
         print(f"torch.export {exported - start:.1f} s, AOTInductor compile {time.perf_counter() - exported:.1f} s")
     spec.save(spec_path(path))

@@ -4,21 +4,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from ..errors import ConfigError
+from ..files import check_output_target
+from ..options import DTYPES, torch_dtype
 
 FORMATS = ("onnx", "aoti")
 
 
-def add_parser(commands, dtypes: dict) -> None:
+def add_parser(commands) -> None:
     parser = commands.add_parser("export", help="the STDiT forward as ONNX or an AOTInductor package")
     parser.add_argument("format", choices=FORMATS)
     parser.add_argument("--preset", required=True, help="the preset whose STDiT (latent shape) is exported")
     parser.add_argument("--stdit", help="STDiT checkpoint file or hub repo id")
     parser.add_argument("--random-weights", action="store_true", help="random weights of the preset's STDiT")
     parser.add_argument("--out", type=Path, required=True, help="model.onnx or model.pt2; the spec goes to OUT.json")
-    parser.add_argument("--dtype", choices=list(dtypes), default="fp32")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--device", default="cpu", help="cpu or cuda; an AOTInductor package runs on this device type")
     parser.add_argument("--batch", type=int, help="traced guidance batch 2B (default: the preset's, 2 per prompt)")
     parser.add_argument("--max-batch", type=int, help="largest 2B the artifact accepts (default: twice --batch)")
@@ -26,17 +26,20 @@ def add_parser(commands, dtypes: dict) -> None:
     parser.add_argument("--no-validate", action="store_true", help="skip the comparison with the eager forward")
 
 
-def cmd_export(args: argparse.Namespace, dtypes: dict) -> None:
+def cmd_export(args: argparse.Namespace) -> None:
     from ..configs import get_preset
-    from ..devices import resolve_device
-    from ..models.checkpoint import build_stdit
-    from ..models.hub import resolve_model_file
 
     preset = get_preset(args.preset)
     if bool(args.stdit) == args.random_weights:
         raise ConfigError("pass the weights to export: --stdit PATH (checkpoint file or hub id) or --random-weights")
-    if not args.out.parent.is_dir():
-        raise ConfigError(f"the output folder {args.out.parent} does not exist; create it first")
+    check_output_target(args.out)
+    args.doing = f"exporting {args.out}"
+    import torch
+
+    from ..devices import resolve_device
+    from ..models.checkpoint import build_stdit
+    from ..models.hub import resolve_model_file
+
     if args.format == "onnx":
         from .onnx import export_onnx as export, require_packages, validate_onnx as validate
 
@@ -45,7 +48,7 @@ def cmd_export(args: argparse.Namespace, dtypes: dict) -> None:
         from .aoti import export_aoti as export, validate_aoti as validate
     device = resolve_device(args.device)
     checkpoint = args.stdit and resolve_model_file(args.stdit, preset.stdit_filename, what="STDiT checkpoint")
-    model = build_stdit(preset, device, dtypes[args.dtype], "eager", checkpoint=checkpoint).eval()
+    model = build_stdit(preset, device, torch_dtype(args.dtype), "eager", checkpoint=checkpoint).eval()
     batch = args.batch or 2 * preset.prompts_per_batch
     spec = export(model, args.out, preset.name, batch=batch, max_batch=args.max_batch, block=args.block)
     written = sorted(p for p in args.out.parent.iterdir() if p.name.startswith(args.out.name))

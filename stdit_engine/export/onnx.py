@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..files import atomic_folder_outputs
 from ..models.stdit import STDiT
 from .exportable import block_spec, example_inputs, export_program, exportable, relative_error, stdit_spec
 from .spec import BATCH_AXIS, ExportSpec, spec_path
@@ -29,7 +30,7 @@ def require_packages(*names: str) -> None:
 
 def export_onnx(model: STDiT, path: str | Path, preset: str, batch: int = 4, max_batch: int | None = None,
                 block: int | None = None, external_data: bool | None = None) -> ExportSpec:
-    """Writes `path` (+ `path`.data) and its spec `path`.json; returns the spec.
+    """Writes `path` (+ `path`.data) and its spec `path`.json, each whole or not at all; returns the spec.
 
     `block`: export that one STDiTBlock instead of the full forward. `external_data`: weights in
     `path`.data (None: only when the model passes the 2 GB protobuf limit).
@@ -42,8 +43,9 @@ def export_onnx(model: STDiT, path: str | Path, preset: str, batch: int = 4, max
                                 output_names=[t.name for t in spec.outputs], opset_version=OPSET, dynamo=True,
                                 verbose=False)
     name_batch_axis(program.model, spec)
-    program.save(str(path), external_data=external_data)
-    spec.save(spec_path(path))
+    with atomic_folder_outputs(path) as staged:  # the .data file's name is recorded in the model
+        program.save(str(staged), external_data=external_data)
+        spec.save(spec_path(staged))
     return spec
 
 

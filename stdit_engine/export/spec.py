@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..files import write_text_atomic
 
 BATCH_AXIS = "2B"  # the guidance batch: a conditional and an unconditional row per prompt
 
@@ -63,7 +64,7 @@ class ExportSpec:
                               f"({BATCH_AXIS} axis), got {batch}: export it again with a larger --max-batch")
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
+        write_text_atomic(path, json.dumps(asdict(self), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "ExportSpec":

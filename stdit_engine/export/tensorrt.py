@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, DeviceError
+from ..files import atomic_path
 from .spec import ExportSpec, spec_path, torch_dtype
 
 BUILDER_FLAGS = {"float16": "FP16", "bfloat16": "BF16", "float32": None}
@@ -90,7 +91,8 @@ def build_engine(onnx_path: str | Path, cache_dir: str | Path, workspace_gib: fl
     if serialized is None:
         raise ConfigError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
     engine_path.parent.mkdir(parents=True, exist_ok=True)
-    engine_path.write_bytes(bytes(serialized))
+    with atomic_path(engine_path) as partial:
+        partial.write_bytes(bytes(serialized))
     dataclasses.replace(spec, format="tensorrt", device="cuda").save(spec_path(engine_path))
     return engine_path
 

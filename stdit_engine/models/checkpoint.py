@@ -10,10 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
 from ..configs import Preset
 from ..errors import CheckpointError
+from .unreadable import unreadable_reason
 from .stdit import STDiT
 
 IGNORED_KEYS = ("pos_embed", "pos_embed_temporal")  # recomputed by the model, never loaded
@@ -34,7 +36,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"STDiT checkpoint {path} does not exist; pass the path of a .pth or .safetensors file")
     if path.suffix == ".safetensors":
-        state = load_safetensors(str(path))
+        try:
+            state = load_safetensors(str(path))
+        except SafetensorError as err:
+            raise CheckpointError(f"cannot read the STDiT checkpoint {path}: {unreadable_reason(err)}") from err
     else:
         try:
             # mmap: a checkpoint of several GB is paged in as it is copied to the model, not read twice.

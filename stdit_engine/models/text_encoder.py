@@ -7,6 +7,7 @@ encoder's blocks and final norm compute one prompt at a time (`compute_rows_apar
 from __future__ import annotations
 
 import string
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -18,7 +19,8 @@ from tokenizers.models import Unigram
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5EncoderModel
 
 from ..configs import T5Config
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, PromptTruncatedWarning
+from .unreadable import UNREADABLE_ERRORS, unreadable_reason
 from .hub import resolve_model_dir
 from .wrapped import WrappedModel
 
@@ -74,9 +76,9 @@ class TextEncoder(WrappedModel):
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = T5EncoderModel.from_pretrained(folder, **{_DTYPE_KWARG: dtype})
-        except (OSError, ValueError) as err:  # missing / unreadable files, a folder of another model
+        except UNREADABLE_ERRORS as err:  # missing / unreadable / unsafe files, a folder of another model
             raise CheckpointError(
-                f"cannot load the T5 text encoder from {folder}: {err}. Expected a Hugging Face T5 folder "
+                f"cannot load the T5 text encoder from {folder}: {unreadable_reason(err)}. Expected a Hugging Face T5 folder "
                 "(config.json, tokenizer files, model*.safetensors or pytorch_model*.bin), such as a "
                 "download of DeepFloyd/t5-v1_1-xxl"
             ) from err
@@ -124,6 +126,19 @@ class TextEncoder(WrappedModel):
         with torch.inference_mode():
             y = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return y[:, None], mask
+
+    def warn_if_truncated(self, prompts: list[str]) -> None:
+        """One PromptTruncatedWarning for all the prompts that `encode` will cut to `max_length`
+        tokens (the end token included), as the reference does; none when every prompt fits."""
+        lengths = [len(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=True, verbose=False)["input_ids"]]
+        long = [(i, n) for i, n in enumerate(lengths) if n > self.max_length]
+        if not long:
+            return
+        shown = ", ".join(f"#{i} ({n} tokens)" for i, n in long[:5]) + (" ..." if len(long) > 5 else "")
+        warnings.warn(
+            f"{len(long)} of {len(prompts)} prompt(s) are longer than the text encoder's {self.max_length} tokens "
+            f"and are truncated to their first {self.max_length}, as the reference does: {shown}. "
+            "Shorten them to keep every word", PromptTruncatedWarning, stacklevel=3)
 
 
 def compute_rows_apart(module: nn.Module) -> None:

@@ -22,8 +22,7 @@ import torch.distributed as dist
 
 from ..configs import Preset, token_grid
 from ..errors import ConfigError
-
-MODES = ("auto", "none", "cfg", "dsp", "cfg+dsp")
+from ..options import PARALLEL_MODES as MODES
 
 
 @dataclass(frozen=True)

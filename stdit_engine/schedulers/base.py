@@ -193,10 +193,8 @@ class NonFiniteWatch:
 
     def _raise_if_bad(self, step_number: int) -> None:
         if step_number >= 0:
-            raise SamplingError(
-                f"the latent became NaN/inf at sampling step {step_number + 1} of {self.num_steps}; this "
-                "usually means fp16 overflow (try dtype=torch.bfloat16 or float32) or a corrupt checkpoint"
-            )
+            # The cause depends on what the caller ran (dtype, guidance scale): Engine adds it.
+            raise SamplingError(f"the latent became NaN/inf at sampling step {step_number + 1} of {self.num_steps}")
 
 
 def _wrap_progress(steps: list, progress: Callable | bool):

@@ -109,6 +109,7 @@ class IDDPM(Sampler):
     """The reference sampler: learned-variance ancestral steps over the respaced schedule."""
 
     name = "iddpm"
+    min_steps = 2  # the schedule clips the zero variance of its last step to that of the step before
 
     def __init__(self, num_steps: int = 100, cfg_scale: float = 7.0, guidance_channels: int | None = None):
         super().__init__(num_steps, cfg_scale, guidance_channels)
