@@ -41,7 +41,7 @@ def engine():
     (dict(batch_size=0), "batch_size must be an integer >= 1 or None"),
     (dict(batch_size=1.5), "batch_size must be an integer >= 1 or None for the default, got 1.5"),
     (dict(vae_chunk_frames=0), "vae_chunk_frames must be an integer >= 1 or None for the default, got 0"),
-    (dict(num_steps=1), "num_steps must be an integer >= 2"),
+    (dict(num_steps=1), "num_steps for sampler 'iddpm' must be an integer from 2"),
     (dict(num_steps=2.0), "num_steps must be an integer >= 1, got 2.0"),
 ])
 def test_generate_rejects_bad_arguments_with_config_error(engine, kwargs, message):

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5EncoderModel
 
 from ..configs import T5Config
 from ..errors import CheckpointError, ConfigError, PromptTruncatedWarning
-from .unreadable import UNREADABLE_ERRORS, unreadable_reason
+from .unreadable import unreadable_reason
 from .hub import resolve_model_dir
 from .wrapped import WrappedModel
 
@@ -76,7 +76,7 @@ class TextEncoder(WrappedModel):
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = T5EncoderModel.from_pretrained(folder, **{_DTYPE_KWARG: dtype})
-        except UNREADABLE_ERRORS as err:  # missing / unreadable / unsafe files, a folder of another model
+        except Exception as err:  # missing, damaged or unsafe files, a folder of another model: see unreadable_reason
             raise CheckpointError(
                 f"cannot load the T5 text encoder from {folder}: {unreadable_reason(err)}. Expected a Hugging Face T5 folder "
                 "(config.json, tokenizer files, model*.safetensors or pytorch_model*.bin), such as a "

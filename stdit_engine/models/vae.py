@@ -13,7 +13,7 @@ from diffusers.utils import is_accelerate_available
 
 from ..configs import VAE_SCALE_FACTOR, VAEConfig
 from ..errors import CheckpointError, ConfigError
-from .unreadable import UNREADABLE_ERRORS, unreadable_reason
+from .unreadable import unreadable_reason
 from .frames import quantize_frames
 from .hub import resolve_model_dir
 from .wrapped import WrappedModel
@@ -33,7 +33,7 @@ class VideoVAE(WrappedModel):
             model = AutoencoderKL.from_pretrained(
                 folder, torch_dtype=dtype, low_cpu_mem_usage=is_accelerate_available()
             )
-        except UNREADABLE_ERRORS as err:  # missing / unreadable / unsafe files, a folder of another model
+        except Exception as err:  # missing, damaged or unsafe files, a folder of another model: see unreadable_reason
             raise CheckpointError(
                 f"cannot load the VAE from {folder}: {unreadable_reason(err)}. Expected a diffusers AutoencoderKL folder "
                 "(config.json, diffusion_pytorch_model.safetensors or .bin), such as a download of "
