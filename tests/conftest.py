@@ -1,12 +1,9 @@
-"""Lets tests import their helper modules (golden, helpers_hf) by name, and run the Triton kernels
-under Triton's interpreter (on CPU tensors) where there is no GPU."""
+"""Runs the Triton kernels under Triton's interpreter (on CPU tensors) where there is no GPU. (The
+helper modules, golden.py and the like, import by name: pyproject.toml puts tests/ on pytest's
+pythonpath.)"""
 import os
-import sys
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 # Read when @triton.jit decorates a kernel, so it must be set before any kernel module is imported.
 if not torch.cuda.is_available():
