@@ -6,13 +6,13 @@ import time
 
 import pytest
 import torch
-from workloads import (REFERENCE_FORWARD_MS, build_stdit, cuda_time_ms, graphed_time_ms, median, peak_tflops,
-                       stdit_forward_flops, stdit_inputs)
+from workloads import build_stdit, cuda_time_ms, graphed_time_ms, median, peak_tflops, stdit_forward_flops, stdit_inputs
 
 from stdit_engine.export.aoti import export_aoti, load_aoti
 from stdit_engine.export.exportable import relative_error
 from stdit_engine.export.spec import spec_path
 from stdit_engine.models.stdit import caption_lengths
+from stdit_engine.reference import REFERENCE_FORWARD_MS
 
 PRESET, BATCH = "16x256x256", 4
 PROTOBUF_LIMIT = 2 * 2**30

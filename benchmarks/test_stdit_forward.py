@@ -1,8 +1,9 @@
 """STDiT forward latency per preset and backend, eager reference timed in the same run."""
 import pytest
 import torch
-from workloads import (REFERENCE_COMPILED_MS, REFERENCE_FORWARD_MS, build_stdit, cuda_time_ms, graphed_time_ms, median,
-                       peak_tflops, stdit_forward_flops, stdit_inputs)
+from workloads import build_stdit, cuda_time_ms, graphed_time_ms, median, peak_tflops, stdit_forward_flops, stdit_inputs
+
+from stdit_engine.reference import REFERENCE_COMPILED_MS, REFERENCE_FORWARD_MS
 
 # Batch 1 at 64x512x512 is one rank's share under parallel cfg: against half the batch-2 time it
 # tells compute from exchange in the 2-GPU step (BENCHMARKS.md, issue 6).

@@ -1,4 +1,5 @@
-"""What the benchmark suites run, and the arithmetic to judge them by (SPEC section 6)."""
+"""What the benchmark suites run, and the arithmetic to judge them by (the reference's figures:
+stdit_engine/reference.py)."""
 from __future__ import annotations
 
 import re
@@ -9,9 +10,6 @@ import torch
 from stdit_engine.configs import get_preset, token_grid
 from stdit_engine.models.stdit import STDiT
 
-# SPEC section 6: the reference on one H100 80GB, PyTorch 2.11, fp16, SDPA attention.
-REFERENCE_FORWARD_MS = {("16x256x256", 4): 103.0, ("64x512x512", 2): 765.0}
-REFERENCE_COMPILED_MS = {("16x256x256", 4): 61.7, ("64x512x512", 2): 460.0}
 # Dense fp16/bf16 tensor-core peak of the card's datasheet, for model FLOP utilisation.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
 

@@ -11,21 +11,16 @@ import torch
 from .configs import get_preset
 from .engine.api import Engine
 from .engine.memory import GIB, estimate_memory
+from .reference import REFERENCE_E2E
 
-# The reference on one H100 80GB, PyTorch 2.11, fp16, SDPA, 100 steps:
-# preset -> (prompts, sampling seconds, peak allocated GiB, peak reserved GiB).
-REFERENCE_E2E = {
-    "16x256x256": (2, 13.4, 23.8, 28.2),
-    "16x512x512": (2, 41.2, 35.9, 52.2),
-    "64x512x512": (1, 77.1, 49.9, 67.2),
-}
 PROMPTS = ["a sea turtle swimming over a coral reef", "a red vintage car driving through snow at dusk"]
 
 
 def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2) -> dict:
     """Times one `generate()` of the preset's reference workload on `engine`; returns a flat record."""
     preset = engine.preset
-    prompts_n, ref_s, ref_alloc, ref_reserved = REFERENCE_E2E.get(preset.name, (preset.prompts_per_batch, None, None, None))
+    reference = REFERENCE_E2E.get(preset.name)
+    prompts_n = reference.prompts if reference else preset.prompts_per_batch
     prompts = (PROMPTS * prompts_n)[:prompts_n]
     engine.generate(prompts, seed=42, num_steps=warmup_steps, progress=False)
     if engine.device.type == "cuda":
@@ -50,8 +45,9 @@ def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2) 
         peak_allocated_gib=peak_allocated / GIB,
         peak_reserved_gib=max(s.peak_reserved for s in stages.values()) / GIB,
         estimated_peak_gib=estimate.peak / GIB, estimate_error=estimate.peak / peak_allocated - 1,
-        reference_sampling_s=ref_s if num_steps == 100 else None,
-        reference_peak_allocated_gib=ref_alloc, reference_peak_reserved_gib=ref_reserved,
+        reference_sampling_s=reference.sampling_s if reference and num_steps == 100 else None,
+        reference_peak_allocated_gib=reference and reference.peak_allocated_gib,
+        reference_peak_reserved_gib=reference and reference.peak_reserved_gib,
     )
 
 

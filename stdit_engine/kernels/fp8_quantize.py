@@ -42,7 +42,7 @@ def quantize_tokens(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # (rows per program, warps) for rows up to 2048 wide once padded to a power of two (hidden 1152) and
-# for wider ones (the MLP's 4608): the fastest of benchmarks/launch_sweep.py --only quantize /
+# for wider ones (the MLP's 4608): the fastest of benchmarks/probes/launch_sweep.py --only quantize /
 # quantize_gelu (BENCHMARKS.md). The padded lanes of a whole-row tile cost no memory traffic, so
 # neither splitting a row into power-of-two parts nor reading wide rows in chunks pays.
 QUANTIZE_LAUNCH_NARROW = (1, 1)

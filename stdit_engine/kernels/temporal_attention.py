@@ -20,7 +20,7 @@ from .self_attention import self_attention_ref
 from .triton_support import jit, tl, triton
 
 MAX_LEN = 64  # the whole T x T score tile lives in registers: longer sequences want a flash kernel
-# Warps per program by the padded frame count: the fastest of benchmarks/launch_sweep.py
+# Warps per program by the padded frame count: the fastest of benchmarks/probes/launch_sweep.py
 # (BENCHMARKS.md); 32 frames, not timed, between its neighbours.
 WARPS_BY_TILE = {16: 1, 32: 2, 64: 4}
 

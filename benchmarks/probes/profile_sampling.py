@@ -2,7 +2,7 @@
 under the profiler; prints the denoise stage's wall time per step, the GPU kernel time per step
 (all kernels of the call, by kind, divided by the steps), and the costliest kernels by name.
 
-    python benchmarks/profile_sampling.py [--preset 16x256x256] [--dtype bf16|fp16] [--steps 20]
+    python -m benchmarks.probes.profile_sampling [--preset 16x256x256] [--dtype bf16|fp16] [--steps 20]
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import argparse
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from workloads import kernel_time_ms
+from benchmarks.workloads import kernel_time_ms
 
 from stdit_engine import Engine
 from stdit_engine.bench import PROMPTS

@@ -1,11 +1,11 @@
 """One GPU against N: time per denoising step, end-to-end time and peak VRAM per rank, random weights.
 
-    python benchmarks/parallel_bench.py --preset 64x512x512 --steps 20                  # one GPU
-    torchrun --standalone --nproc_per_node 2 benchmarks/parallel_bench.py --preset 64x512x512 \
+    python -m benchmarks.probes.parallel_bench --preset 64x512x512 --steps 20                  # one GPU
+    torchrun --standalone --nproc_per_node 2 -m benchmarks.probes.parallel_bench --preset 64x512x512 \
         --steps 20 --mode cfg --mode dsp                                                # N GPUs
-    python benchmarks/parallel_bench.py --summary results.jsonl                         # speed-ups
+    python -m benchmarks.probes.parallel_bench --summary results.jsonl                         # speed-ups
 
-benchmarks/parallel_bench.sh runs the three in one go. Each configuration prints one JSON line (rank 0):
+benchmarks/probes/parallel_bench.sh runs the three in one go. Each configuration prints one JSON line (rank 0):
 the median step time (CUDA events around each step of a timed generate(), after a 2-step warm-up
 call), the end-to-end seconds of that call (encode, denoise, and decode with --decode), and per
 rank the peak allocated / reserved GiB of both calls and the GiB held by the weights before them.
@@ -21,7 +21,6 @@ import contextlib
 import gc
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -29,12 +28,10 @@ import torch
 import torch.distributed as dist
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's package, installed or not
-from workloads import kernel_time_ms, relative_error  # noqa: E402  (benchmarks/ is on the path: this file's folder)
-
-from stdit_engine import Engine  # noqa: E402
-from stdit_engine.engine.memory import GIB  # noqa: E402
-from stdit_engine.parallel.launch import torchrun_group  # noqa: E402
+from benchmarks.workloads import kernel_time_ms, relative_error
+from stdit_engine import Engine
+from stdit_engine.engine.memory import GIB
+from stdit_engine.parallel.launch import torchrun_group
 
 PROMPT = "a sea turtle swimming over a coral reef"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}

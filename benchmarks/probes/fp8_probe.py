@@ -10,7 +10,7 @@
    fp32 forward. Random weights: trained ones have outlier channels, which per-token scales
    handle worse, so this is a lower bound on the damage.
 
-    python benchmarks/fp8_probe.py [--preset 16x256x256] [--batch 4] [--depth 28]
+    python -m benchmarks.probes.fp8_probe [--preset 16x256x256] [--batch 4] [--depth 28]
 
 On the CPU it runs the fidelity part only (slowly: use --preset tiny).
 """
@@ -21,7 +21,7 @@ import copy
 
 import torch
 from torch import nn
-from workloads import build_stdit, graphed_time_ms, median, relative_error, stdit_inputs
+from benchmarks.workloads import build_stdit, graphed_time_ms, median, relative_error, stdit_inputs
 
 from stdit_engine.configs import get_preset, token_grid
 from stdit_engine.kernels.fp8_quantize import E4M3, quantize_rows_fp8_triton, quantize_rows_ref

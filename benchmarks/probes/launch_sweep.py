@@ -3,7 +3,7 @@ and prints each configuration's time and its error against the backend's referen
 constants (the kernels' defaults) are the winners of the last sweep on an H200. Run it on a new card
 before trusting those defaults there:
 
-    python benchmarks/launch_sweep.py [--only temporal|cross|ln|residual_ln|residual|residual_fp8|quantize|quantize_gelu]
+    python -m benchmarks.probes.launch_sweep [--only temporal|cross|ln|residual_ln|residual|residual_fp8|quantize|quantize_gelu]
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import argparse
 import itertools
 
 import torch
-from workloads import graphed_time_ms, median, relative_error
+from benchmarks.workloads import graphed_time_ms, median, relative_error
 
 from stdit_engine.kernels import cross_attention, fp8_quantize, gated_residual, ln_modulate, temporal_attention
 from stdit_engine.kernels.cross_attention import cross_attention_sdpa

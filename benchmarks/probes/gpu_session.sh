@@ -9,10 +9,10 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
 PYTHON=python3 RESULTS=$OUT/parallel_bench.jsonl LATENTS=/tmp/latents NPROC=2 timeout 260 \
-  bash benchmarks/parallel_bench.sh --preset 64x512x512 --steps 20 > "$OUT/parallel.log" 2>&1
+  bash benchmarks/probes/parallel_bench.sh --preset 64x512x512 --steps 20 > "$OUT/parallel.log" 2>&1
 grep -E "GPUs:|Error" "$OUT/parallel.log"
-(CUDA_VISIBLE_DEVICES=0 timeout 100 python3 benchmarks/parallel_bench.py --preset 64x512x512 --steps 5 --profile
- timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node 2 benchmarks/parallel_bench.py \
+(CUDA_VISIBLE_DEVICES=0 timeout 100 python3 -m benchmarks.probes.parallel_bench --preset 64x512x512 --steps 5 --profile
+ timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m benchmarks.probes.parallel_bench \
    --preset 64x512x512 --steps 5 --mode cfg --profile) > "$OUT/profile.jsonl" 2> "$OUT/profile.log"
 python3 -c "
 import json, sys
