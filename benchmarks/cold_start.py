@@ -14,7 +14,7 @@ import torch  # noqa: E402  (timed: part of what a first run pays)
 from timed_calls import new_prompts, timed_call  # noqa: E402
 
 from stdit_engine import Engine  # noqa: E402
-from stdit_engine.bench import REFERENCE_E2E  # noqa: E402
+from stdit_engine.reference import REFERENCE_E2E  # noqa: E402
 
 
 def add_timer(owner, name: str, record: dict) -> None:
@@ -50,7 +50,7 @@ def main(preset: str, placement: str, steps: int) -> dict:
     load_s = time.perf_counter() - load_start
     during_load = dict(triton_compile)
     triton_compile.update(calls=0, seconds=0.0)
-    prompts = REFERENCE_E2E[preset][0]
+    prompts = REFERENCE_E2E[preset].prompts
     first = timed_call(engine, new_prompts(prompts), steps)
     first.update(triton_compile=dict(triton_compile), graph_capture=dict(graph_capture))
     warm = timed_call(engine, new_prompts(prompts), steps)

@@ -12,8 +12,8 @@ import torch
 from timed_calls import new_prompts, timed_call
 
 from stdit_engine import Engine
-from stdit_engine.bench import REFERENCE_E2E
 from stdit_engine.engine.memory import GIB, estimate_memory
+from stdit_engine.reference import REFERENCE_E2E
 
 RUNS = [  # (preset, placement, T5 dtype): "auto" is the default
     ("16x256x256", "auto", torch.float32),
@@ -39,7 +39,7 @@ def test_lean_placement(benchmark, preset, placement, t5_dtype):
     start = time.perf_counter()
     engine = Engine.from_random_weights(preset, device="cuda", placement=placement, t5_dtype=t5_dtype)
     load_s = time.perf_counter() - start
-    n, _, _, ref_reserved = REFERENCE_E2E[preset]
+    n, ref_reserved = REFERENCE_E2E[preset].prompts, REFERENCE_E2E[preset].peak_reserved_gib
     rounds = 3 if preset == "16x256x256" else 1
     engine.generate(new_prompts(n), seed=0, num_steps=2, progress=False)  # compile, capture: warm from here
 
