@@ -2,7 +2,9 @@
 import importlib
 
 from .configs import PRESETS, Preset, get_preset
-from .errors import CheckpointError, ConfigError, DeviceError, EngineError, PromptTruncatedWarning, SamplingError
+from .engine.cancel import CancelToken  # no torch import: stays eager
+from .errors import (Cancelled, CheckpointError, ConfigError, DeviceError, EngineError, PromptTruncatedWarning,
+                     SamplingError)
 
 __version__ = "0.1.0"
 
@@ -10,8 +12,9 @@ __version__ = "0.1.0"
 _LAZY = {"Engine": ".engine.api", "Video": ".engine.video"}
 
 __all__ = [
-    "Engine", "Video", "PRESETS", "Preset", "get_preset",
+    "Engine", "Video", "PRESETS", "Preset", "get_preset", "CancelToken",
     "EngineError", "ConfigError", "CheckpointError", "DeviceError", "SamplingError", "PromptTruncatedWarning",
+    "Cancelled",
 ]
 
 

@@ -23,3 +23,7 @@ class SamplingError(EngineError, RuntimeError):
 
 class PromptTruncatedWarning(UserWarning):
     """A prompt longer than the text encoder reads (120 tokens) was cut, as the reference cuts it."""
+
+
+class Cancelled(EngineError):
+    """A call stopped because its CancelToken was cancelled; the engine stays usable."""

@@ -6,8 +6,8 @@
     python -m benchmarks.probes.parallel_bench --summary results.jsonl                         # speed-ups
 
 benchmarks/probes/parallel_bench.sh runs the three in one go. Each configuration prints one JSON line (rank 0):
-the median step time (CUDA events around each step of a timed generate(), after a 2-step warm-up
-call), the end-to-end seconds of that call (encode, denoise, and decode with --decode), and per
+the median step time (host clock between the steps a timed generate() reports completed, after a
+2-step warm-up call), the end-to-end seconds of that call (encode, denoise, and decode with --decode), and per
 rank the peak allocated / reserved GiB of both calls and the GiB held by the weights before them.
 Every mode runs its steps from CUDA graphs (collectives included), as the engine does by default.
 With --profile the timed call runs under the profiler and each record also carries every rank's
@@ -38,32 +38,18 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class StepTimer:
-    """A `progress` wrapper for the sampler's step loop: a CUDA event before each step and after the
-    last (on the CPU, where `--device cpu` dry-runs this script, the host clock)."""
+    """A `progress` callback: the host clock at each denoising step the engine reports completed.
+    The engine waits on each step's event while the host runs ahead of the device, so a report
+    follows its step's completion closely, and the intervals between reports are the step times."""
 
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-        self.events: list = []
+    def __init__(self):
+        self.times: list[float] = []
 
-    def __call__(self, steps):
-        for item in steps:
-            self._record()
-            yield item
-        self._record()
-
-    def _record(self) -> None:
-        if not self.cuda:
-            self.events.append(time.perf_counter())
-            return
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        self.events.append(event)
+    def __call__(self, done: int, total: int) -> None:
+        self.times.append(time.perf_counter())
 
     def step_ms(self) -> list[float]:
-        if not self.cuda:
-            return [1000 * (b - a) for a, b in zip(self.events, self.events[1:])]
-        torch.cuda.synchronize()
-        return [a.elapsed_time(b) for a, b in zip(self.events, self.events[1:])]
+        return [1000 * (b - a) for a, b in zip(self.times, self.times[1:])]
 
 
 def measure(mode: str, args: argparse.Namespace) -> dict:
@@ -81,7 +67,7 @@ def measure(mode: str, args: argparse.Namespace) -> dict:
     sync()
     if parallel:
         dist.barrier()
-    timer = StepTimer(cuda)
+    timer = StepTimer()
     start = time.perf_counter()
     activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU  # CPU: the dry run has no kernels
     with profile(activities=[activity]) if args.profile else contextlib.nullcontext() as prof:

@@ -1,6 +1,7 @@
 """The public entry point: `Engine` loads the three models of a preset and generates videos."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -20,11 +21,15 @@ from ..models.vae import VideoVAE
 from ..parallel import ParallelPlan, decode_split, encode_on_first, parallel_denoiser, setup_parallel
 from ..schedulers import Sampler, make_sampler
 from .arguments import check_generate_arguments, check_prompts, check_seed, explain_nonfinite
+from .cancel import CancelToken
 from .denoise import GuidedDenoiser
 from .memory import GIB, RESERVE_FACTOR, StageStats, decode_chunk, estimate_memory, measure_stage
 from .placement import AUTO_ORDER, Placement
 from .placement import MODES as PLACEMENT_MODES
+from .progress import ProgressBar, ProgressFn, StepMonitor
 from .prompt_cache import PromptEmbeddingCache
+from .seeds import PromptNoise, SharedNoise, call_noise
+from .stage_locks import StageLocks
 from .video import Video
 
 
@@ -33,7 +38,23 @@ WARMUP_PROMPT = "a sea turtle swimming over a coral reef"
 
 
 class Engine:
-    """Open-Sora v1.0 text-to-video: T5 text encoder -> STDiT denoiser (IDDPM) -> VAE decoder."""
+    """Open-Sora v1.0 text-to-video: T5 text encoder -> STDiT denoiser (IDDPM) -> VAE decoder.
+
+    Thread safety: `generate()` may be called from several threads at once, and each call returns
+    exactly what it returns alone. Shared between calls are the three models' weights (read only),
+    the T5 tokenizer, the placement of each model (moved onto the device for its stage and back),
+    the prompt-embedding cache (locked by itself), and the denoiser's CUDA-graph cache with its
+    static buffers (written and replayed each step). Each stage (encode, denoise, decode) runs under
+    a lock (engine/stage_locks.py) that guards its model's placement and state, the denoise lock the
+    graph cache too: with placement "resident", one lock per stage, so one call's denoise runs beside
+    another's encode or decode; with placements that move weights (lean, offload, sequential), one
+    lock for all stages, so one stage runs at a time as their memory plan assumes. Everything else a
+    call mutates is its own: latents, noise generators, the progress and cancellation monitor, its
+    stage stats (published to `last_stats` whole when it ends). A parallel engine holds all stages for
+    the whole call, so its collectives never interleave with another call's; its ranks must still
+    receive the same calls in the same order (drive it from one thread). Not guarded: `use_artifact()`
+    and changing `denoiser` replace shared state; do that between calls.
+    """
 
     def __init__(self, preset: Preset, stdit: STDiT, text_encoder: TextEncoder, vae: VideoVAE,
                  device: torch.device, random_weights: bool = False, cuda_graphs: bool = True,
@@ -54,6 +75,7 @@ class Engine:
         self.parallel = parallel  # None: this process does all the work
         self.denoiser = (GuidedDenoiser(self.stdit, use_cuda_graphs=cuda_graphs) if parallel is None
                          else parallel_denoiser(parallel, self.stdit, use_cuda_graphs=cuda_graphs))
+        self._locks = StageLocks(separate=placement == "resident" and parallel is None)
         self.last_stats: list[StageStats] = []
         self.prompt_cache = PromptEmbeddingCache()  # capacity 0 turns it off
 
@@ -171,14 +193,15 @@ class Engine:
         return self.prompt_cache.encode(cleaned, self._encode_cleaned, self.device)
 
     def _encode_cleaned(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        with self.placement.stage("encode"):
+        with self._locks.hold("encode"), self.placement.stage("encode"):
             return self.text_encoder.encode(prompts)
 
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str] | str, *, seed: int | None = None, num_steps: int = 100,
+    def generate(self, prompts: Sequence[str] | str, *, seed: int | Sequence[int] | None = None, num_steps: int = 100,
                  cfg_scale: float = 7.0, guidance_channels: int | None = None,
-                 output: Literal["video", "latent"] = "video", progress: bool = True, sampler: str = "iddpm",
-                 batch_size: int | None = None, vae_chunk_frames: int | None = None,
+                 output: Literal["video", "latent"] = "video", progress: bool | ProgressFn = True,
+                 cancel: CancelToken | None = None, sampler: str = "iddpm", batch_size: int | None = None,
+                 vae_chunk_frames: int | None = None,
                  stats: list[StageStats] | None = None) -> list[Video] | torch.Tensor:
         """Videos (or final latents [n,C,T,H,W]) for `prompts`, sampled as the reference script does.
 
@@ -188,16 +211,28 @@ class Engine:
         `guidance_channels`: eps channels guided, 3 or 4; by default the sampler's convention (3,
         as the released v1.0 sampler; 4 for "dpm-solver", as its reference).
 
-        Prompts are processed `batch_size` at a time (default: the preset's, as the reference), one
-        generator for the whole call: with a seed, the same prompts give the reference's videos.
+        Prompts are processed `batch_size` at a time (default: the preset's, as the reference).
+        `seed`: an int gives one generator for the whole call, as the reference script: the same
+        prompts give the reference's videos. A list gives each prompt its own generator (one seed
+        per prompt): prompt i then gets the noise of `generate([prompts[i]], seed=seed[i])` with the
+        same other arguments, whatever it is batched with. That one-prompt call reproduces it: exactly
+        when it is alone in its batch, and within the batch-size tolerance of the kernels otherwise
+        (fp32 1e-5, fp16 1e-3, bf16 1e-2 relative; bitwise on the CPU where the math allows). None
+        draws from torch's global generator (engine/seeds.py new_seed() makes a seed to report).
+        `progress`: True prints a progress bar and the stage report; False is silent; a callable is
+        called as progress(steps_done, total_steps) once per denoising step the device has completed,
+        in order, from the calling thread (total_steps: the sampler's steps times the prompt batches).
+        `cancel`: a CancelToken; once cancelled, the call raises `Cancelled` within a few steps
+        (engine/progress.py) and the engine stays usable.
         `vae_chunk_frames`: frames decoded at once (default: as many as fit in free memory).
         Stage times and peak memory are appended to `stats` (a list) when the call completes, and kept
-        in `self.last_stats` (printed when `progress`): each call gathers its own, so calls from
+        in `self.last_stats` (printed when `progress` is True): each call gathers its own, so calls from
         several threads do not mix their entries. Prompts longer than the text encoder's 120 tokens are
         truncated, as the reference does, with one PromptTruncatedWarning per call.
         Bad arguments raise ConfigError before any work (engine/arguments.py).
         Over several ranks, every rank calls this with the same arguments and gets the same latents;
         videos are gathered on rank 0, and the other ranks get an empty list (so only rank 0 saves).
+        Thread-safe: see the class docstring.
         """
         args = check_generate_arguments(prompts, seed=seed, num_steps=num_steps, cfg_scale=cfg_scale, output=output,
                                         batch_size=batch_size, vae_chunk_frames=vae_chunk_frames)
@@ -208,46 +243,54 @@ class Engine:
         if self.parallel is not None and not self.parallel.is_first:
             progress = False  # one progress bar and one report, from rank 0
         sampler = make_sampler(sampler, num_steps=num_steps, cfg_scale=cfg_scale, guidance_channels=guidance_channels)
-        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
-
+        noise = call_noise(seed, self.device)
+        batches = range(0, len(prompts), batch_size)
+        total_steps = len(sampler.step_rows()) * len(batches)
+        bar = ProgressBar(total_steps) if progress is True else None
+        monitor = StepMonitor(total_steps, self.device, bar if progress is True else progress or None, cancel)
+        # A parallel call's collectives must not interleave with another call's on this rank.
+        whole_call = self._locks.hold_all(cancel) if self.parallel is not None else nullcontext()
         call_stats: list[StageStats] = []  # this call's own: published whole when it ends
         latents, videos = [], []
-        for start in range(0, len(prompts), batch_size):
-            batch = prompts[start:start + batch_size]
-            with measure_stage("encode", self.device, call_stats, self._models):
-                if self.parallel is None:
-                    y, mask = self._encode_cached(batch)
-                else:
-                    y, mask = encode_on_first(self.parallel, lambda: self._encode_cached(batch), self.device)
-            with measure_stage("denoise", self.device, call_stats, self._models):
-                latent = self._denoise(sampler, y, mask, generator, progress)
-            if output == "latent":
-                latents.append(latent)
-                continue
-            with measure_stage("decode", self.device, call_stats, self._models), self.placement.stage("decode"):
-                def decode(part: torch.Tensor) -> torch.Tensor:
-                    return self.vae.decode(part.to(self.dtype), to_uint8=True,
-                                           chunk_frames=vae_chunk_frames or self.decode_chunk_frames(part.shape[0]))
-
-                frames = decode(latent) if self.parallel is None else decode_split(self.parallel, decode, latent,
-                                                                                   self.device)
-                if frames is not None:  # None: a rank other than 0, which keeps no video
-                    videos.extend(Video(sample_frames, self.preset.fps) for sample_frames in frames)
+        try:
+            with whole_call:
+                for start in batches:
+                    batch = prompts[start:start + batch_size]
+                    with self._locks.hold("encode", cancel), measure_stage("encode", self.device, call_stats,
+                                                                           self._models):
+                        if self.parallel is None:
+                            y, mask = self._encode_cached(batch)
+                        else:
+                            y, mask = encode_on_first(self.parallel, lambda: self._encode_cached(batch), self.device)
+                    with self._locks.hold("denoise", cancel), measure_stage("denoise", self.device, call_stats,
+                                                                            self._models):
+                        latent = self._denoise(sampler, y, mask, noise.batch(start, start + len(batch)), monitor)
+                    if output == "latent":
+                        latents.append(latent)
+                        continue
+                    with self._locks.hold("decode", cancel), measure_stage("decode", self.device, call_stats,
+                                                                           self._models), self.placement.stage("decode"):
+                        frames = self._decode(latent, vae_chunk_frames)
+                        if frames is not None:  # None: a rank other than 0, which keeps no video
+                            videos.extend(Video(sample_frames, self.preset.fps) for sample_frames in frames)
+        finally:
+            if bar is not None:
+                bar.close()
         self.last_stats = call_stats
         if stats is not None:
             stats.extend(call_stats)
-        if progress:
+        if progress is True:
             self._print_stats(call_stats)
         return torch.cat(latents) if output == "latent" else videos
 
-    def _denoise(self, sampler: Sampler, y, mask, generator, progress) -> torch.Tensor:
+    def _denoise(self, sampler: Sampler, y, mask, noise: SharedNoise | PromptNoise, monitor: StepMonitor) -> torch.Tensor:
         with self.placement.stage("denoise"):
             # The reference draws the initial latent in the model's dtype on the sampling device.
-            z = torch.randn((y.shape[0], *self.preset.latent_shape), generator=generator,
-                            device=self.device, dtype=self.dtype)
+            z = noise.draw((y.shape[0], *self.preset.latent_shape), self.dtype, self.device)
             y_null = self.stdit.y_embedder.y_embedding[None, None]
             try:
-                return self.denoiser.sample(sampler, z, y, mask, y_null, generator=generator, progress=progress)
+                with monitor.loop():  # its steps are over on the device before the graphs or weights go
+                    return self.denoiser.sample(sampler, z, y, mask, y_null, noise_fn=noise.draw, monitor=monitor)
             except SamplingError as err:
                 dtype = str(self.dtype).removeprefix("torch.")
                 raise SamplingError(f"{err}: {explain_nonfinite(dtype, sampler.cfg_scale)}") from err
@@ -257,6 +300,13 @@ class Engine:
                     # on these addresses would be stale (even after an error), and their memory
                     # pool is wanted by the next stage.
                     self.denoiser.clear()
+
+    def _decode(self, latent: torch.Tensor, vae_chunk_frames: int | None) -> torch.Tensor | None:
+        def decode(part: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(part.to(self.dtype), to_uint8=True,
+                                   chunk_frames=vae_chunk_frames or self.decode_chunk_frames(part.shape[0]))
+
+        return decode(latent) if self.parallel is None else decode_split(self.parallel, decode, latent, self.device)
 
     def decode_chunk_frames(self, samples: int) -> int | None:
         """Frames to decode at once: all of them on the CPU; on a GPU, as the placement's decode

@@ -116,8 +116,9 @@ class GuidedDenoiser:
 
     @torch.inference_mode()
     def sample(self, sampler: Sampler, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
-               y_null: torch.Tensor, generator: torch.Generator | None = None, progress=False) -> torch.Tensor:
-        """Same contract and result as `sampler.sample(model, ...)`, faster."""
+               y_null: torch.Tensor, generator: torch.Generator | None = None, progress=False,
+               noise_fn=None, monitor=None) -> torch.Tensor:
+        """Same contract and result as `sampler.sample(model, ...)`, faster; `noise_fn` and `monitor` as in `Sampler.run`."""
         model = self.model
         caption_kv, kv_lengths = model.embed_caption(self.batch.captions(y, y_null), mask)
         rows = kv_lengths.shape[0]
@@ -133,7 +134,7 @@ class GuidedDenoiser:
             def step(x: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:
                 return guided_step(model, sampler, x, noise, inputs_at(index), self.batch)
 
-            return sampler.run(step, z, generator=generator, progress=progress)
+            return sampler.run(step, z, generator=generator, progress=progress, noise_fn=noise_fn, monitor=monitor)
 
         key = (tuple(z.shape), model.dtype, tuple(caption_kv[0][0].shape), sampler.cfg_scale,
                sampler.guidance_channels, sampler.name)
@@ -147,4 +148,5 @@ class GuidedDenoiser:
             return graphed(x, noise, inputs.temb, inputs.t0, inputs.coefs)
 
         # The result lives in the graph's static buffer: hand out a copy that the next call won't overwrite.
-        return sampler.run(replay, z, generator=generator, progress=progress).clone()
+        return sampler.run(replay, z, generator=generator, progress=progress, noise_fn=noise_fn,
+                           monitor=monitor).clone()

@@ -127,7 +127,7 @@ class Sampler:
         return self.run(step, z, generator=generator, progress=progress, noise_fn=noise_fn)
 
     def run(self, step: StepFn, z: torch.Tensor, generator: torch.Generator | None = None,
-            progress: Callable | bool = False, noise_fn: NoiseFn | None = None) -> torch.Tensor:
+            progress: Callable | bool = False, noise_fn: NoiseFn | None = None, monitor=None) -> torch.Tensor:
         """The step loop around `step(x, row, noise) -> x after the step`, rows as `step_rows` says.
 
         Noise follows the reference script's RNG protocol: one draw per step (the last one too) of
@@ -135,6 +135,8 @@ class Sampler:
         that does not draw noise gets zeros and leaves the generator untouched.
         `noise_fn(shape, dtype, device)` replaces the draw from `generator` (to replay recorded noise).
         `progress`: True for a tqdm bar, or a callable wrapping the step iterable.
+        `monitor` (engine/progress.py StepMonitor): told after each queued step; it reports the
+        steps the device completed and raises Cancelled when the call is cancelled.
         No host synchronisation happens inside the loop (see NonFiniteWatch).
         """
         n = z.shape[0]
@@ -151,6 +153,8 @@ class Sampler:
                 noise = noise_fn(noise_shape, x.dtype, x.device)[:n]
             x = step(x, row, noise)
             watch.record(x, step_number)
+            if monitor is not None:
+                monitor.step_queued()
         watch.finish()
         return x
 
