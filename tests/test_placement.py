@@ -1,5 +1,7 @@
 """Placement modes move each model to the device only for its stage (checked on the meta device,
 which stands in for a GPU on CPU-only machines), and the estimate before loading."""
+from contextlib import contextmanager
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +11,7 @@ from stdit_engine.configs import PRESETS
 from stdit_engine.engine.api import choose_placement
 from stdit_engine.engine.memory import (GIB, LEAN_RESERVED_BYTES, RESERVE_FACTOR, VAE_RESERVE_FACTOR, choose_vae_chunk,
                                         decode_chunk, estimate_memory, parameter_counts, vae_frame_bytes)
-from stdit_engine.engine.placement import Placement
+from stdit_engine.engine.placement import BlockStream, Placement
 from stdit_engine.errors import ConfigError
 
 META = torch.device("meta")
@@ -64,6 +66,64 @@ def test_sequential_streams_one_block_at_a_time():
     # During block i's forward only block i was on the device.
     assert seen == [["meta", "cpu", "cpu"], ["cpu", "meta", "cpu"], ["cpu", "cpu", "meta"]]
     assert devices(encoder) == {"cpu"}
+
+
+class FakeCudaStreams:
+    """Stands in for CUDA streams and events on the CPU: logs what BlockStream asks of them, in order."""
+
+    def __init__(self, monkeypatch):
+        self.log, self.events = [], 0
+        fakes = self
+
+        class Event:
+            def __init__(self):
+                self.id = fakes.events
+                fakes.events += 1
+
+            def record(self, stream=None):
+                fakes.log.append(("record", self.id, stream if isinstance(stream, str) else "compute"))
+
+            def synchronize(self):
+                fakes.log.append(("host waits", self.id))
+
+        class Stream:
+            def wait_event(self, event):
+                fakes.log.append(("compute waits", event.id))
+
+        @contextmanager
+        def on_stream(stream):
+            yield
+
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+        monkeypatch.setattr(torch.cuda, "stream", on_stream)
+        monkeypatch.setattr(torch.Tensor, "record_stream", lambda tensor, stream: fakes.log.append(("read by compute",)))
+
+
+def test_prefetch_copies_the_next_block_on_the_side_stream_and_keeps_two_blocks_at_most(monkeypatch):
+    fakes = FakeCudaStreams(monkeypatch)
+    encoder = Blocks()
+    streamer = BlockStream(encoder.block, META, prefetch=False)
+    streamer.prefetch, streamer.copy_stream = True, "copy"  # as on a GPU
+    on_device = []
+    for block in encoder.block:  # runs after the streamer's own pre-hook
+        block.register_forward_pre_hook(lambda module, args: on_device.append([b.weight.device.type for b in encoder.block]))
+    encoder.embed.to(META)
+    encoder.norm.to(META)
+    encoder(torch.empty(2, 4, device=META))
+    # While block i computes, block i+1 is already coming in; never three at once.
+    assert on_device == [["meta", "meta", "cpu"], ["cpu", "meta", "meta"], ["cpu", "cpu", "meta"]]
+    assert devices(encoder.block) == {"cpu"}
+    copies_arrive = [entry[1] for entry in fakes.log if entry[0] == "record" and entry[2] == "copy"]
+    blocks_done = [entry[1] for entry in fakes.log if entry[0] == "record" and entry[2] == "compute"]
+    assert copies_arrive == [0, 1, 3] and blocks_done == [2, 4, 5]
+    # The compute waits for each block's copy; the host waits for block 0 to finish before block 2's
+    # copy asks for memory (then block 0's can be reused), and for nothing else.
+    assert [entry[1] for entry in fakes.log if entry[0] == "compute waits"] == [0, 1, 3]
+    assert [entry[1] for entry in fakes.log if entry[0] == "host waits"] == [2]
+    assert fakes.log.index(("host waits", 2)) < fakes.log.index(("record", 3, "copy"))
+    # Each block's weight and bias were handed to the compute stream before their memory went back.
+    assert fakes.log.count(("read by compute",)) == 2 * len(encoder.block)
 
 
 def test_resident_keeps_everything_on_the_device():
