@@ -66,9 +66,9 @@ def test_ddim_eta_draws_noise_only_when_positive():
 
 @pytest.mark.parametrize("name, steps, message", [
     ("euler", 20, "iddpm, ddim, dpm-solver\\+\\+, dpm-solver"),
-    ("dpm-solver++", 0, "from 1 to 1000"),
-    ("ddim", 1001, "from 1 to 1000"),
-    ("dpm-solver", 1, "from 2 to 1000"),
+    ("dpm-solver++", 0, "from 1 to 999"),
+    ("ddim", 1000, "from 1 to 999"),
+    ("dpm-solver", 1, "from 2 to 999"),
     ("ddim:eta=2", 20, "eta"),
     ("ddim:gamma=1", 20, "no option 'gamma'"),
     ("ddim:eta=x", 20, "not a float"),

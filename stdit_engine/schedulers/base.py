@@ -51,19 +51,20 @@ def guide(model_output: torch.Tensor, cfg_scale: float, channels: int) -> torch.
 class Sampler:
     """Base of every sampler: argument checks, the plain guided loop and the shared step loop.
 
-    Subclasses set `name`, `min_steps`, `draws_noise` and implement `model_timesteps`,
+    Subclasses set `name`, `min_steps`, `max_steps`, `draws_noise` and implement `model_timesteps`,
     `coefficient_table` and `update`; `step_rows` says which table row each step uses.
     """
 
     name: ClassVar[str]
     min_steps: ClassVar[int] = 1
+    max_steps: ClassVar[int] = NUM_TRAIN_STEPS
     draws_noise: ClassVar[bool] = True  # False: the update ignores its noise, none is drawn
     default_guidance_channels: ClassVar[int] = 3  # the released v1.0 sampler guides eps channels 0..2
 
     def __init__(self, num_steps: int = 100, cfg_scale: float = 7.0, guidance_channels: int | None = None):
-        if not isinstance(num_steps, int) or not self.min_steps <= num_steps <= NUM_TRAIN_STEPS:
+        if not isinstance(num_steps, int) or not self.min_steps <= num_steps <= self.max_steps:
             raise ConfigError(f"num_steps for sampler {self.name!r} must be an integer from {self.min_steps} to "
-                              f"{NUM_TRAIN_STEPS} (the training steps), got {num_steps!r}")
+                              f"{self.max_steps}, got {num_steps!r}")
         if not math.isfinite(cfg_scale):
             raise ConfigError(f"cfg_scale must be a finite number, got {cfg_scale!r} (the reference uses 7.0)")
         guidance_channels = self.default_guidance_channels if guidance_channels is None else guidance_channels
