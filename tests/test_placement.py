@@ -8,7 +8,7 @@ from torch import nn
 
 from stdit_engine import Engine
 from stdit_engine.configs import PRESETS
-from stdit_engine.engine.api import choose_placement
+from stdit_engine.engine.placement_choice import choose_placement
 from stdit_engine.engine.memory import (GIB, LEAN_RESERVED_BYTES, RESERVE_FACTOR, VAE_RESERVE_FACTOR, choose_vae_chunk,
                                         decode_chunk, estimate_memory, parameter_counts, vae_frame_bytes)
 from stdit_engine.engine.placement import BlockStream, Placement
@@ -152,7 +152,7 @@ def test_unknown_placement():
 def test_offload_on_cpu_engine_is_refused():
     with pytest.raises(ConfigError, match="on cpu use 'resident'"):
         Engine.from_random_weights("tiny", device="cpu", placement="offload")
-    assert choose_placement("auto", PRESETS["tiny"], torch.device("cpu"), torch.float32, torch.float32) == "resident"
+    assert choose_placement("auto", PRESETS["tiny"], torch.device("cpu"), torch.float32, torch.float32).mode == "resident"
 
 
 def test_estimate_matches_released_architecture_sizes():
@@ -178,7 +178,12 @@ def test_auto_placement_is_lean_where_it_fits(monkeypatch, free_gib, expected):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free_gib * GIB), int(80 * GIB)))
     preset = PRESETS["16x256x256"]
     # Estimates x 1.25 for reserved memory: lean 5.3 GiB, sequential 2.4 GiB.
-    assert choose_placement("auto", preset, torch.device("cuda"), torch.float16, torch.float32) == expected
+    choice = choose_placement("auto", preset, torch.device("cuda"), torch.float16, torch.float32)
+    assert choice.mode == expected
+    # One line says why: what the choice needs of what is free, and what did not fit.
+    assert choice.reason.startswith(f"auto, the first of lean, sequential that fits: about ")
+    assert f"reserved at 2 prompt(s) of {free_gib:.1f} GiB free" in choice.reason
+    assert ("lean would need 5.3 GiB" in choice.reason) == (expected == "sequential")
 
 
 def test_a_preset_that_cannot_fit_is_refused_before_loading(monkeypatch):
@@ -253,3 +258,9 @@ def test_resident_stays_below_the_reference_peak(preset, prompts):
     resident = default_estimate(preset, prompts, "resident")
     assert resident.peak <= reference_allocated * GIB
     assert resident.peak * RESERVE_FACTOR <= reference_reserved * GIB
+
+
+def test_the_stage_report_says_why_the_placement(capsys):
+    engine = Engine.from_random_weights("tiny", device="cpu")
+    engine.generate(["a red car in the snow"], seed=0, num_steps=2, output="latent", progress=True)
+    assert "placement resident (the only placement on cpu):" in capsys.readouterr().out

@@ -23,9 +23,9 @@ from ..schedulers import Sampler, make_sampler
 from .arguments import check_generate_arguments, check_prompts, check_seed, explain_nonfinite
 from .cancel import CancelToken
 from .denoise import GuidedDenoiser
-from .memory import GIB, RESERVE_FACTOR, StageStats, decode_chunk, estimate_memory, measure_stage
-from .placement import AUTO_ORDER, Placement
-from .placement import MODES as PLACEMENT_MODES
+from .memory import StageStats, decode_chunk, measure_stage
+from .placement import Placement
+from .placement_choice import choose_placement
 from .progress import ProgressBar, ProgressFn, StepMonitor
 from .prompt_cache import PromptEmbeddingCache
 from .seeds import PromptNoise, SharedNoise, call_noise
@@ -113,7 +113,8 @@ class Engine:
         ops = resolve_backend(backend, device)  # fail on a bad backend before loading anything
         if fp8:  # before loading anything
             check_fp8_supported(device, dtype)
-        placement = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name, fp8)
+        choice = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name, fp8)
+        placement = choice.mode
         stdit_source = stdit or preset.stdit_hub_id
         t5_source = t5 or preset.text.hub_id
         vae_source = vae or preset.vae.hub_id
@@ -127,8 +128,10 @@ class Engine:
         model = build_stdit(preset, load_device, dtype, ops.name, checkpoint=stdit_file, fp8=fp8)
         text_encoder = TextEncoder.from_pretrained(t5_source, device=load_device, dtype=t5_dtype)
         video_vae = VideoVAE.from_pretrained(vae_source, device=load_device, dtype=dtype)
-        return cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs, placement=placement,
-                   parallel=plan)
+        engine = cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs, placement=placement,
+                     parallel=plan)
+        engine.placement.reason = choice.reason
+        return engine
 
     @classmethod
     def from_random_weights(cls, preset: str | Preset, *, device: str | torch.device | None = None,
@@ -150,12 +153,15 @@ class Engine:
         ops = resolve_backend(backend, device)
         if fp8:  # before loading anything
             check_fp8_supported(device, dtype)
-        placement = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name, fp8)
+        choice = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name, fp8)
+        placement = choice.mode
         model = build_stdit(preset, device, dtype, ops.name, seed=seed, fp8=fp8)
         video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
         text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
-        return cls(preset, model, text_encoder, video_vae, device, random_weights=True,
-                   cuda_graphs=cuda_graphs, placement=placement, parallel=plan)
+        engine = cls(preset, model, text_encoder, video_vae, device, random_weights=True,
+                     cuda_graphs=cuda_graphs, placement=placement, parallel=plan)
+        engine.placement.reason = choice.reason
+        return engine
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Pays now, e.g. when a server starts, what the first call of each batch size (default: the
@@ -321,35 +327,7 @@ class Engine:
         note = " (random weights)" if self.random_weights else ""
         fp8 = " with FP8 block linears" if self.stdit.is_fp8 else ""
         print(f"stdit-engine {self.preset.name}{note} on {self.device}, {str(self.dtype).removeprefix('torch.')}{fp8}, "
-              f"placement {self.placement.mode}:")
+              f"placement {self.placement.mode} ({self.placement.reason}):")
         for stats in call_stats:
             print("  " + stats.describe(self.device))
 
-
-def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: torch.dtype,
-                     t5_dtype: torch.dtype, backend: str = "auto", fp8: bool = False) -> str:
-    """The placement to use; "auto" is the first of placement.AUTO_ORDER whose estimated peak fits in
-    free GPU memory.
-
-    Raises before anything is loaded when even the leanest mode cannot fit.
-    """
-    if mode not in ("auto", *PLACEMENT_MODES):
-        raise ConfigError(f"unknown placement {mode!r}; choose one of: auto, {', '.join(PLACEMENT_MODES)}")
-    if device.type != "cuda":
-        if mode not in ("auto", "resident"):
-            raise ConfigError(f"placement {mode!r} moves weights between host and GPU; on {device} use 'resident'")
-        return "resident"
-    free, _ = torch.cuda.mem_get_info(device)
-    candidates = AUTO_ORDER if mode == "auto" else (mode,)
-    samples = preset.prompts_per_batch
-    for candidate in candidates:
-        chunk = decode_chunk(preset, samples, candidate, dtype, t5_dtype, free, device, backend, fp8)
-        estimate = estimate_memory(preset, samples, candidate, dtype, t5_dtype, vae_chunk_frames=chunk,
-                                   device=device, backend=backend, fp8=fp8)
-        if estimate.peak * RESERVE_FACTOR <= free:
-            return candidate
-    raise ConfigError(
-        f"{preset.name} needs about {estimate.peak * RESERVE_FACTOR / GIB:.1f} GiB of GPU memory in placement "
-        f"{candidates[-1]!r} ({estimate.describe()}), but {device} has {free / GIB:.1f} GiB free; "
-        "free GPU memory, pass dtype=torch.float16/bfloat16 and t5_dtype=torch.bfloat16, or use another GPU"
-    )

@@ -142,6 +142,7 @@ class Placement:
         if mode not in MODES:
             raise ConfigError(f"unknown placement {mode!r}; choose one of: auto, {', '.join(MODES)}")
         self.mode, self.device = mode, device
+        self.reason = "as constructed"  # why this mode: one line (engine/placement_choice.py)
         self.copies: dict[str, HostCopy] = {}
         streamed = streamed if mode in STREAMING_PREFETCH else {}
         for stage, module in models.items():
