@@ -1,8 +1,7 @@
 """Several threads calling generate() on one engine each get what their call returns alone (CPU, tiny)."""
-import threading
-
 import pytest
 import torch
+from threads import run_together
 
 from stdit_engine import Engine
 
@@ -13,30 +12,6 @@ SEEDS = [1, 2, 3, 4]
 @pytest.fixture(scope="module")
 def engine():
     return Engine.from_random_weights("tiny", device="cpu")
-
-
-def run_together(calls, timeout_s: float = 120.0) -> list:
-    """Runs each call in its own thread, all released at once; returns their results in order."""
-    start = threading.Barrier(len(calls))
-    results: list = [None] * len(calls)
-
-    def worker(i):
-        start.wait()
-        try:
-            results[i] = calls[i]()
-        except BaseException as error:  # reported to the test below
-            results[i] = error
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout_s)
-    assert not any(thread.is_alive() for thread in threads), "a concurrent call did not finish in time"
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return results
 
 
 def test_four_threads_get_their_sequential_results(engine):

@@ -166,8 +166,10 @@ class Engine:
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Pays now, e.g. when a server starts, what the first call of each batch size (default: the
         preset's prompts per batch) would pay once: Triton's kernel compilation, the CUDA-graph
-        capture of the step (for the default guidance settings), library start-up. Runs a two-step
-        generation per batch size; `last_stats` then holds the last one's stage report."""
+        capture of the step (for the default guided channels and sampler; any cfg scale and number
+        of steps replay it; at most graph_cache.MAX_CACHED_GRAPHS batch sizes stay captured),
+        library start-up. Runs a two-step generation per batch size; `last_stats` then holds the
+        last one's stage report."""
         for size in batch_sizes or (self.preset.prompts_per_batch,):
             self.generate([WARMUP_PROMPT] * size, seed=0, num_steps=2, progress=False)
 

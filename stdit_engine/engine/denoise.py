@@ -4,9 +4,11 @@ Per call, the work that does not change between steps is done once: the caption 
 every block's caption K/V, the timestep embeddings of all steps, the sampler's coefficient table.
 A step is then the STDiT forward on the guidance batch, the guidance mix and the sampler's update
 (schedulers/base.py). On CUDA that step is captured once in a CUDA graph (per batch size, dtype and
-sampler kind, reused across calls) and replayed; the inputs that change per step are copied into
-its static buffers. The noise is drawn outside the graph by `Sampler.run`, so the reference's RNG
-protocol holds unchanged.
+sampler kind, reused across calls, the least recently used dropped beyond a few: graph_cache.py)
+and replayed; the inputs that change per step or per call (the cfg scale too) are copied into its
+static buffers. The engine's denoise lock makes one call at a time use them (stage_locks.py).
+The noise is drawn outside the graph by `Sampler.run`, so the reference's RNG protocol holds
+unchanged.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from ..models.stdit import STDiT
-from ..schedulers.base import Sampler, guide
+from ..schedulers.base import Sampler, guide, scale_dtype
+from .graph_cache import MAX_CACHED_GRAPHS, GraphCache
 
 
 class GuidanceBatch:
@@ -47,6 +50,7 @@ class StepInputs:
     kv_lengths: torch.Tensor  # [rows]
     coefs: torch.Tensor  # [K]: the sampler's coefficient row of this step
     memory: torch.Tensor  # what the sampler carries between steps (updated in place)
+    cfg_scale: float | torch.Tensor  # a float, or in a graph a 0-dim tensor (schedulers/base.py scale_by)
 
 
 def guided_step(model: STDiT, sampler: Sampler, x: torch.Tensor, noise: torch.Tensor,
@@ -54,14 +58,15 @@ def guided_step(model: STDiT, sampler: Sampler, x: torch.Tensor, noise: torch.Te
     """x after one step: the forward on the guidance batch [x; x], the guidance mix, the sampler's update."""
     out = batch.gather(model.forward_embedded(batch.latents(x), inputs.temb, inputs.t0, inputs.caption_kv,
                                               inputs.kv_lengths))
-    guided = guide(out, sampler.cfg_scale, sampler.guidance_channels)
+    guided = guide(out, inputs.cfg_scale, sampler.guidance_channels)
     return sampler.update(inputs.coefs, x, guided, noise, inputs.memory)
 
 
 class GraphedStep:
     """One captured `guided_step` with static buffers; reusable for any call of the same shapes,
-    guidance settings (cfg_scale and the guided channels are constants of the captured kernels) and
-    kind of sampler (its update's kernels; its per-step numbers are the coefficient row)."""
+    guided channels and kind of sampler (its update's kernels; its per-step numbers are the
+    coefficient row). The cfg scale is an input (a device scalar), so calls that vary it or the
+    number of steps share one graph."""
 
     def __init__(self, model: STDiT, sampler: Sampler, x: torch.Tensor, noise: torch.Tensor,
                  inputs: StepInputs, batch: GuidanceBatch):
@@ -70,7 +75,8 @@ class GraphedStep:
         self.noise = noise.float().clone()
         self.inputs = StepInputs(inputs.temb.clone(), inputs.t0.clone(),
                                  [(k.clone(), v.clone()) for k, v in inputs.caption_kv],
-                                 inputs.kv_lengths.clone(), inputs.coefs.clone(), inputs.memory.clone())
+                                 inputs.kv_lengths.clone(), inputs.coefs.clone(), inputs.memory.clone(),
+                                 torch.full((), inputs.cfg_scale, dtype=scale_dtype(model.dtype), device=x.device))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph: lazy init, autotuning, workspaces
@@ -81,16 +87,19 @@ class GraphedStep:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # Thread-local: other threads' calls (another request's encode or decode) may use the
+        # device during the capture; only this thread is barred from what a capture forbids.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.out = guided_step(model, sampler, self.x, self.noise, self.inputs, batch)
 
-    def set_captions(self, caption_kv: list, kv_lengths: torch.Tensor) -> None:
-        """The per-call inputs: every block's caption K/V and the caption lengths; the sampler's
-        memory starts from zeros."""
+    def set_call_inputs(self, caption_kv: list, kv_lengths: torch.Tensor, cfg_scale: float) -> None:
+        """The per-call inputs: every block's caption K/V, the caption lengths and the cfg scale;
+        the sampler's memory starts from zeros."""
         for (k_static, v_static), (k, v) in zip(self.inputs.caption_kv, caption_kv):
             k_static.copy_(k)
             v_static.copy_(v)
         self.inputs.kv_lengths.copy_(kv_lengths)
+        self.inputs.cfg_scale.fill_(cfg_scale)
         self.inputs.memory.zero_()
 
     def __call__(self, x: torch.Tensor, noise: torch.Tensor, temb, t0, coefs) -> torch.Tensor:
@@ -104,11 +113,12 @@ class GraphedStep:
 
 
 class GuidedDenoiser:
-    def __init__(self, model: STDiT, use_cuda_graphs: bool = True, batch: GuidanceBatch = WHOLE_BATCH):
+    def __init__(self, model: STDiT, use_cuda_graphs: bool = True, batch: GuidanceBatch = WHOLE_BATCH,
+                 max_graphs: int = MAX_CACHED_GRAPHS):
         self.model = model
         self.use_cuda_graphs = use_cuda_graphs
         self.batch = batch
-        self._graphs: dict[tuple, GraphedStep] = {}
+        self._graphs = GraphCache(max_graphs)
 
     def clear(self) -> None:
         """Drops the captured graphs (and their memory), e.g. after the model's weights moved."""
@@ -128,7 +138,7 @@ class GuidedDenoiser:
 
         def inputs_at(index: int) -> StepInputs:
             return StepInputs(temb_all[index].expand(rows, -1), t0_all[index].expand(rows, -1),
-                              caption_kv, kv_lengths, coefs[index], memory)
+                              caption_kv, kv_lengths, coefs[index], memory, sampler.cfg_scale)
 
         if not (self.use_cuda_graphs and z.device.type == "cuda"):
             def step(x: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:
@@ -136,12 +146,9 @@ class GuidedDenoiser:
 
             return sampler.run(step, z, generator=generator, progress=progress, noise_fn=noise_fn, monitor=monitor)
 
-        key = (tuple(z.shape), model.dtype, tuple(caption_kv[0][0].shape), sampler.cfg_scale,
-               sampler.guidance_channels, sampler.name)
-        if key not in self._graphs:
-            self._graphs[key] = GraphedStep(model, sampler, z, z, inputs_at(0), self.batch)
-        graphed = self._graphs[key]
-        graphed.set_captions(caption_kv, kv_lengths)
+        key = (tuple(z.shape), model.dtype, tuple(caption_kv[0][0].shape), sampler.guidance_channels, sampler.name)
+        graphed = self._graphs.get(key, lambda: GraphedStep(model, sampler, z, z, inputs_at(0), self.batch))
+        graphed.set_call_inputs(caption_kv, kv_lengths, sampler.cfg_scale)
 
         def replay(x: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:
             inputs = inputs_at(index)

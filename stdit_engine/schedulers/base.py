@@ -37,15 +37,33 @@ def upload(array: np.ndarray, device: torch.device | str) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def guide(model_output: torch.Tensor, cfg_scale: float, channels: int) -> torch.Tensor:
+def guide(model_output: torch.Tensor, cfg_scale: float | torch.Tensor, channels: int) -> torch.Tensor:
     """Classifier-free guidance on a [cond; uncond] batch -> the n guided rows.
 
     eps channels < `channels` become uncond + s*(cond - uncond); the other channels (the rest of
-    eps and the variance values) are the conditional half's, unchanged.
+    eps and the variance values) are the conditional half's, unchanged. `cfg_scale` may be a 0-dim
+    tensor (a CUDA graph's input): see `scale_by`.
     """
     cond, uncond = model_output.chunk(2)
-    guided = uncond[:, :channels] + cfg_scale * (cond[:, :channels] - uncond[:, :channels])
+    guided = uncond[:, :channels] + scale_by(cfg_scale, cond[:, :channels] - uncond[:, :channels])
     return torch.cat([guided, cond[:, channels:]], dim=1)
+
+
+def scale_by(scale: float | torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """scale * values, the same bits whether `scale` is a Python float or a 0-dim tensor holding it.
+
+    With a float, PyTorch multiplies in float32 (float64 for float64 values) and rounds the product
+    to the values' dtype; a tensor scale would instead be rounded to a half-precision dtype first.
+    So a tensor scale, held in that float32 (or float64) dtype, multiplies the values cast up to it.
+    """
+    if not isinstance(scale, torch.Tensor):
+        return scale * values
+    return (values.to(scale.dtype) * scale).to(values.dtype)
+
+
+def scale_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype in which a Python-float scale multiplies values of `dtype` (see scale_by)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class Sampler:
