@@ -41,6 +41,13 @@ def rows(records: list[dict]) -> list[list[str]]:
                               f"import {run['import_s']:.1f} s, load {run['load_s']:.1f} s",
                               f"- / {run['first']['peak_reserved_gib']:.2f} GiB", "-"])
             continue
+        if "videos_per_minute" in info:  # serving under load (benchmarks/test_serving.py)
+            table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
+                          f"p50 {info['latency_p50_s']:.2f} s / p99 {info['latency_p99_s']:.2f} s per video",
+                          f"{info['videos_per_minute']:.1f} videos/min, batches {info['batch_sizes']}, "
+                          f"{info['failed']} failed, {info['lost']} lost",
+                          f"{info['peak_allocated_gib']:.2f} / {info['peak_reserved_gib']:.2f} GiB", "-"])
+            continue
         if "breakdown_ms" in info:  # kernel time by kind
             total = sum(info["breakdown_ms"].values())
             parts = ", ".join(f"{kind} {ms:.1f}" for kind, ms in info["breakdown_ms"].items())

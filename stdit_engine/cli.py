@@ -1,4 +1,4 @@
-"""`stdit-engine generate | bench | export | info`: the command line.
+"""`stdit-engine generate | serve | bench | export | info`: the command line.
 
 Exit codes: 0 done, 2 bad input (an argument, a file, a device: the message says what to do),
 130 interrupted (Ctrl-C; files are written whole or not at all). torch is imported only by the
@@ -21,6 +21,7 @@ from .errors import ConfigError, EngineError
 from .export import command as export_command
 from .files import check_output_target, write_text_atomic
 from .options import DTYPES, KERNEL_BACKENDS as BACKENDS, PARALLEL_MODES, PLACEMENT_MODES, torch_dtype
+from .serving import command as serve_command
 
 OPTIONAL_PACKAGES = ("triton", "flash_attn", "xformers", "apex", "tensorrt", "onnx", "onnxruntime", "onnxscript")
 PIPELINE_PACKAGES = ("transformers", "diffusers", "safetensors", "huggingface_hub", "av", "ftfy", "beautifulsoup4")
@@ -31,15 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="text to video")
-    gen.add_argument("--preset", default="16x256x256", choices=list(PRESETS))
+    add_model_arguments(gen)
     gen.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     gen.add_argument("--prompts-file", type=Path, help="a text file with one prompt per line")
     gen.add_argument("--out", type=Path, required=True,
                      help="output .mp4 or .gif; with several prompts, NAME-0.mp4, NAME-1.mp4, ...")
-    gen.add_argument("--stdit", help="STDiT checkpoint file or hub repo id (default: the preset's release)")
-    gen.add_argument("--t5", help="T5 folder or hub id (default: DeepFloyd/t5-v1_1-xxl)")
-    gen.add_argument("--vae", help="VAE folder or hub id (default: stabilityai/sd-vae-ft-ema)")
-    gen.add_argument("--random-weights", action="store_true", help="random weights of the preset's architectures (demo, benchmarks)")
     gen.add_argument("--seed", type=int, default=42, help="default 42, as the reference script")
     gen.add_argument("--sampler", default="iddpm",
                      help="iddpm (the reference, default), ddim (ddim:eta=1 ancestral), dpm-solver++ (fast: "
@@ -48,15 +45,6 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--cfg-scale", type=float, default=7.0)
     gen.add_argument("--guidance-channels", type=int, choices=(3, 4),
                      help="3: the released v1.0 sampler; 4: guide every latent channel (default: the sampler's)")
-    gen.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
-    gen.add_argument("--dtype", choices=list(DTYPES), help="STDiT and VAE precision (default: fp16 on GPU, fp32 on CPU)")
-    gen.add_argument("--t5-dtype", choices=list(DTYPES), default="fp32")
-    gen.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="STDiT kernel backend")
-    gen.add_argument("--fp8", action="store_true",
-                     help="STDiT block linears in FP8 (GPUs of compute capability 8.9+): faster, bf16-like error")
-    gen.add_argument("--placement", default="auto", choices=["auto", *PLACEMENT_MODES],
-                     help="where the models live per stage (default: the fastest that fits in GPU memory)")
-    gen.add_argument("--no-cuda-graphs", action="store_true", help="run the denoising steps without CUDA graphs")
     gen.add_argument("--parallel", default="auto", choices=PARALLEL_MODES,
                      help="under torchrun: cfg (guidance halves on 2 GPUs), dsp (frames split over N GPUs), "
                           "cfg+dsp (N >= 4); auto picks (README, Several GPUs)")
@@ -74,8 +62,43 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", type=Path, help="also write the records to this JSON file")
 
     export_command.add_parser(commands)
+    serve_command.add_parser(commands, add_model_arguments)
     commands.add_parser("info", help="devices, versions, backends and optional packages")
     return parser
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which engine to build: the flags `generate` and `serve` share."""
+    parser.add_argument("--preset", default="16x256x256", choices=list(PRESETS))
+    parser.add_argument("--stdit", help="STDiT checkpoint file or hub repo id (default: the preset's release)")
+    parser.add_argument("--t5", help="T5 folder or hub id (default: DeepFloyd/t5-v1_1-xxl)")
+    parser.add_argument("--vae", help="VAE folder or hub id (default: stabilityai/sd-vae-ft-ema)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="random weights of the preset's architectures (demo, benchmarks)")
+    parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    parser.add_argument("--dtype", choices=list(DTYPES),
+                        help="STDiT and VAE precision (default: fp16 on GPU, fp32 on CPU)")
+    parser.add_argument("--t5-dtype", choices=list(DTYPES), default="fp32")
+    parser.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="STDiT kernel backend")
+    parser.add_argument("--fp8", action="store_true",
+                        help="STDiT block linears in FP8 (GPUs of compute capability 8.9+): faster, bf16-like error")
+    parser.add_argument("--placement", default="auto", choices=["auto", *PLACEMENT_MODES],
+                        help="where the models live per stage (default: the fastest that fits in GPU memory)")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="run the denoising steps without CUDA graphs")
+
+
+def build_engine(args: argparse.Namespace, parallel: str = "none"):
+    """The engine that add_model_arguments' flags describe."""
+    from .engine.api import Engine
+
+    args.doing = "loading the models"
+    dtype = torch_dtype(args.dtype) if args.dtype else None
+    common = dict(device=args.device, dtype=dtype, t5_dtype=torch_dtype(args.t5_dtype), backend=args.backend,
+                  placement=args.placement, cuda_graphs=not args.no_cuda_graphs, parallel=parallel, fp8=args.fp8)
+    if args.random_weights:
+        print("note: random weights; the video shows the pipeline working, not a picture of the prompt")
+        return Engine.from_random_weights(args.preset, **common)
+    return Engine.from_pretrained(args.preset, stdit=args.stdit, t5=args.t5, vae=args.vae, **common)
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -117,17 +140,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace, prompts: list[str], paths: list[Path], generate_arguments: dict) -> None:
-    from .engine.api import Engine
-
-    args.doing = "loading the models"
-    dtype = torch_dtype(args.dtype) if args.dtype else None
-    common = dict(device=args.device, dtype=dtype, t5_dtype=torch_dtype(args.t5_dtype), backend=args.backend,
-                  placement=args.placement, cuda_graphs=not args.no_cuda_graphs, parallel=args.parallel, fp8=args.fp8)
-    if args.random_weights:
-        print("note: random weights; the video shows the pipeline working, not a picture of the prompt")
-        engine = Engine.from_random_weights(args.preset, **common)
-    else:
-        engine = Engine.from_pretrained(args.preset, stdit=args.stdit, t5=args.t5, vae=args.vae, **common)
+    engine = build_engine(args, parallel=args.parallel)
     args.doing = f"generating {len(prompts)} video(s)"
     videos = engine.generate(prompts, **generate_arguments)
     for video, path in zip(videos, paths):
@@ -185,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     args.doing = "running"  # what the command is doing, for the line printed on Ctrl-C
     try:
         commands = {"generate": cmd_generate, "bench": cmd_bench, "info": cmd_info,
-                    "export": export_command.cmd_export}
+                    "export": export_command.cmd_export,
+                    "serve": lambda args: serve_command.cmd_serve(args, build_engine)}
         commands[args.command](args)
     except EngineError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -27,3 +27,30 @@ class PromptTruncatedWarning(UserWarning):
 
 class Cancelled(EngineError):
     """A call stopped because its CancelToken was cancelled; the engine stays usable."""
+
+
+class ServingError(EngineError):
+    """A request the video service cannot take or answer as asked (serving/)."""
+
+
+class QueueFull(ServingError):
+    """The service's queue holds its maximum of waiting jobs: retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UnknownJob(ServingError, KeyError):
+    """No job has this id (never made, or removed under the retention limit)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class JobNotReady(ServingError):
+    """The job has no video (yet): it is queued, running, failed or cancelled."""
+
+
+class ServiceStopped(ServingError, RuntimeError):
+    """The service is shutting down or stopped and takes no new jobs."""

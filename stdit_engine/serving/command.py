@@ -1,0 +1,58 @@
+"""`stdit-engine serve`: the HTTP API (http.py) of a VideoService on uvicorn."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+from .defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_VIDEOS
+
+API_KEY_VARIABLE = "STDIT_ENGINE_API_KEY"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def add_parser(commands, add_model_arguments) -> None:
+    parser = commands.add_parser("serve", help="an HTTP API of text-to-video jobs (README, Serving)")
+    add_model_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
+                        help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_VARIABLE}, "
+                             "which keeps the key out of the process list)")
+    parser.add_argument("--output-dir", type=Path, default=Path("videos"), help="where the MP4s are kept")
+    parser.add_argument("--db", type=Path, help="the SQLite job store (default: OUTPUT_DIR/jobs.sqlite3)")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                        help="waiting jobs beyond which a submission gets 429")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help="compatible jobs run in one guidance batch")
+    parser.add_argument("--max-videos", type=int, default=DEFAULT_MAX_VIDEOS,
+                        help="videos kept on disk (the oldest are deleted beyond it)")
+    parser.add_argument("--max-age-hours", type=float, help="also delete videos older than this")
+
+
+def cmd_serve(args: argparse.Namespace, build_engine) -> None:
+    try:
+        import uvicorn
+
+        from .http import create_app
+        from .service import VideoService
+    except ImportError as err:
+        raise ConfigError(f"serving needs the serve extra ({err.name} is missing): "
+                          "pip install 'stdit-engine[serve]'") from err
+    if args.host not in LOOPBACK and not args.api_key:
+        print(f"warning: listening on {args.host} without an API key: anyone who can reach it can submit jobs "
+              f"(set ${API_KEY_VARIABLE} or pass --api-key)")
+    engine = build_engine(args)
+    if engine.device.type == "cuda":  # the first call of each batch size compiles and captures: not a client's wait
+        engine.warmup(range(1, args.max_batch + 1))
+    service = VideoService(engine, max_queue=args.max_queue, max_batch=args.max_batch, output_dir=args.output_dir,
+                           db_path=args.db, max_videos=args.max_videos,
+                           max_age_s=None if args.max_age_hours is None else args.max_age_hours * 3600)
+    if service.interrupted_on_open:
+        print(f"{service.interrupted_on_open} job(s) left unfinished by the previous run are marked failed")
+    # uvicorn handles SIGTERM and Ctrl-C: it stops accepting, lets open requests end, then the
+    # app's shutdown closes the service (queued and running jobs cancelled, no partial file).
+    uvicorn.run(create_app(service, api_key=args.api_key), host=args.host, port=args.port,
+                timeout_graceful_shutdown=10)

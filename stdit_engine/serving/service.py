@@ -1,0 +1,319 @@
+"""`VideoService`: a job queue in front of one `Engine`, for servers and other Python stacks.
+
+    service = VideoService(engine, max_queue=16, max_batch=4, output_dir="videos")
+    job = service.submit({"prompt": "a sea turtle swimming over a coral reef", "num_steps": 50})
+    path = service.result(job.id, timeout=None)      # waits; the MP4's path
+    service.close()
+
+Scheduling. One worker thread runs the engine (one device does one batch at a time). Jobs start
+in submission order: the worker takes the oldest queued job and, with it, up to `max_batch - 1`
+later queued jobs that are compatible with it (same `VideoRequest.batch_key()`: steps, cfg scale,
+sampler, guidance channels), which then share one guidance batch. A job skipped for being incompatible is
+the oldest at the next pick, so none waits longer than one batch for its turn.
+
+What a job's video depends on. Each job has its own seed (the request's, or one drawn for it and
+reported in the job), and the batch is run with one generator per job (`seed=[...]`), so a job's
+noise never depends on its batch-mates: `engine.generate([prompt], seed=job.seed, num_steps=...,
+cfg_scale=..., sampler=..., guidance_channels=...)` with the request's values reproduces it, bitwise for a batch of one
+and within the fast path's batch-size tolerance (fp32 1e-5, fp16 1e-3, bf16 1e-2 relative) when
+batched.
+
+Records. Every job is written to a SQLite file (`db_path`, default `<output_dir>/jobs.sqlite3`)
+when it is submitted, starts and finishes. Opening a service on a file that a previous process
+left with queued or running jobs marks those failed (code "interrupted", saying why), so a restart
+loses no finished job and leaves none hanging. Videos go to `output_dir` under server-made names,
+written atomically (files.py); beyond `max_videos` (newest kept) or older than `max_age_s`, a
+video is deleted and its job reports `expired`.
+
+Faults. An exception from the engine (CUDA out of memory, NaN latent, a decode or encode error)
+fails the jobs of that batch with its message; the worker frees the allocator's cache and runs
+the next batch. `submit` refuses with `QueueFull` (carrying a retry delay) when `max_queue` jobs
+already wait, and with `ServiceStopped` after `close()`.
+
+Cancellation. `cancel(id)` cancels a queued job at once; a running job is reported cancelled at
+once and its batch's engine call is stopped through its CancelToken when every job of the batch
+is cancelled (within the engine's cancellation bound), otherwise its video is discarded.
+`close()` stops taking jobs, cancels the queued and running ones (status "cancelled", saying so)
+and waits for the worker: no partial file is left, finished videos and records stay.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from ..engine.cancel import CancelToken
+from ..engine.seeds import new_seed
+from ..errors import Cancelled, EngineError, JobNotReady, QueueFull, SamplingError, ServiceStopped, UnknownJob
+from .defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_VIDEOS
+from .files import VideoFolder
+from .jobs import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, QUEUED, Job, new_job_id
+from .metrics import ServiceMetrics
+from .schema import VideoRequest, parse_request
+from .store import JobStore
+
+log = logging.getLogger(__name__)
+
+# Until a batch has been timed, the delay a refused client is told to wait.
+_FIRST_RETRY_AFTER_S = 10
+
+
+class VideoService:
+    def __init__(self, engine, max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = DEFAULT_MAX_BATCH, *,
+                 output_dir: str | os.PathLike = "videos", db_path: str | os.PathLike | None = None,
+                 max_videos: int = DEFAULT_MAX_VIDEOS, max_age_s: float | None = None):
+        if max_queue < 1 or max_batch < 1 or max_videos < 1:
+            raise ValueError(f"max_queue, max_batch and max_videos must be >= 1, got {max_queue}, {max_batch}, "
+                             f"{max_videos}")
+        self.engine = engine
+        self.max_queue, self.max_batch = max_queue, max_batch
+        self.max_videos, self.max_age_s = max_videos, max_age_s
+        self.folder = VideoFolder(output_dir)
+        self.store = JobStore(db_path if db_path is not None else self.folder.path / "jobs.sqlite3")
+        self.interrupted_on_open = self.store.fail_unfinished()
+        self.metrics = ServiceMetrics()
+        self._changed = threading.Condition()  # guards everything below; notified on every job change
+        self._queue: deque[Job] = deque()
+        self._live: dict[str, Job] = {}  # queued and running jobs, by id
+        self._running: tuple[list[Job], CancelToken] | None = None
+        self._accepting = True
+        self._batch_seconds: float | None = None  # a moving average, for Retry-After
+        self._worker = threading.Thread(target=self._work, name="stdit-video-worker", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ the API
+
+    def submit(self, request: VideoRequest | dict) -> Job:
+        """Queues one video; raises pydantic's ValidationError (naming the field) for a bad request,
+        QueueFull when `max_queue` jobs wait, ServiceStopped after close()."""
+        request = parse_request(request)
+        seed = request.seed if request.seed is not None else new_seed()
+        job = Job(id=new_job_id(), request=request, seed=seed, created_at=time.time())
+        with self._changed:
+            if not self._accepting:
+                raise ServiceStopped("the service is shutting down and takes no new jobs")
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"{len(self._queue)} jobs are already waiting (the limit); retry later",
+                                retry_after=self._retry_after())
+            self.store.put(job)
+            self._queue.append(job)
+            self._live[job.id] = job
+            self._changed.notify_all()
+            return replace(job)
+
+    def get(self, job_id: str) -> Job:
+        with self._changed:
+            live = self._live.get(job_id)
+            if live is not None:
+                return replace(live)
+        job = self.store.get(job_id)
+        if job is None:
+            raise UnknownJob(f"no job {job_id!r}")
+        return job
+
+    def list(self, limit: int = 20, after: str | None = None) -> list[Job]:
+        """Up to `limit` jobs, newest first; `after`: a job id, to page on to older ones."""
+        jobs = self.store.newest(limit, after)
+        with self._changed:
+            return [replace(self._live.get(job.id, job)) for job in jobs]
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancels a queued or running job; a finished job is returned as it is."""
+        with self._changed:
+            job = self._live.get(job_id)
+            if job is None:
+                return self.get(job_id)
+            if job.status == QUEUED:
+                self._queue.remove(job)
+            self._finish(job, CANCELLED, error=("cancelled", "cancelled by the client"))
+            if self._running is not None and job in self._running[0]:
+                batch, token = self._running
+                if all(other.status == CANCELLED for other in batch):
+                    token.cancel()
+            return replace(job)
+
+    def result(self, job_id: str, timeout: float | None = 0) -> Path:
+        """The path of the job's MP4. Waits up to `timeout` seconds (None: as long as it takes)
+        for the job to finish; raises JobNotReady when it has no video (then), UnknownJob for an
+        unknown id."""
+        job = self.wait(job_id, timeout)
+        if job.status != COMPLETED:
+            why = f": {job.error['message']}" if job.error else ""
+            raise JobNotReady(f"job {job_id} has no video: it is {job.status}{why}")
+        if job.file is None:
+            raise JobNotReady(f"job {job_id}'s video was removed under the retention limit; submit it again")
+        return self.folder.file(job.file)
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """The job once finished, or as it is after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while job_id in self._live:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+        return self.get(job_id)
+
+    def queue_depth(self) -> int:
+        with self._changed:
+            return len(self._queue)
+
+    def render_metrics(self) -> str:
+        gpu = {}
+        if self.engine.device.type == "cuda":
+            gpu = {"allocated": torch.cuda.memory_allocated(self.engine.device),
+                   "reserved": torch.cuda.memory_reserved(self.engine.device),
+                   "peak_allocated": torch.cuda.max_memory_allocated(self.engine.device)}
+        counts = self.store.counts()
+        return self.metrics.render(self.queue_depth(), {s: counts.get(s, 0) for s in
+                                                        (QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED)}, gpu)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stops taking jobs, cancels the queued and running ones, waits for the worker to end."""
+        with self._changed:
+            self._accepting = False
+            for job in list(self._live.values()):
+                self._finish(job, CANCELLED, error=("shutdown", "the server shut down before the job finished; "
+                                                    "submit it again"))
+            self._queue.clear()
+            if self._running is not None:
+                self._running[1].cancel()
+            self._changed.notify_all()
+        self._worker.join(timeout)  # the job records stay readable (get, list, result)
+
+    def __enter__(self) -> "VideoService":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the worker
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                while self._accepting and not self._queue:
+                    self._changed.wait()
+                if not self._accepting:
+                    return
+                batch = self._take_batch()
+                token = CancelToken()
+                self._running = (batch, token)
+                now = time.time()
+                for job in batch:
+                    job.status, job.started_at, job.batch_size = IN_PROGRESS, now, len(batch)
+                    self.store.put(job)
+                self._changed.notify_all()
+            started = time.monotonic()
+            try:
+                self._run(batch, token)
+            finally:
+                with self._changed:
+                    self._running = None
+                    self._changed.notify_all()
+            self._time_batch(time.monotonic() - started)
+
+    def _take_batch(self) -> list[Job]:
+        head = self._queue.popleft()
+        batch, key = [head], head.request.batch_key()
+        for job in list(self._queue):
+            if len(batch) == self.max_batch:
+                break
+            if job.request.batch_key() == key:
+                self._queue.remove(job)
+                batch.append(job)
+        return batch
+
+    def _run(self, batch: list[Job], token: CancelToken) -> None:
+        request, stats = batch[0].request, []
+        last_step = [time.monotonic()]
+
+        def on_progress(step: int, total: int) -> None:
+            now = time.monotonic()
+            self.metrics.observe_step(now - last_step[0])
+            last_step[0] = now
+            with self._changed:
+                for job in batch:
+                    if job.status == IN_PROGRESS:
+                        job.progress = min(99, 100 * step // total)  # 100 once the video is saved
+
+        try:
+            videos = self.engine.generate([job.request.prompt for job in batch], seed=[job.seed for job in batch],
+                                          num_steps=request.num_steps, cfg_scale=request.cfg_scale,
+                                          sampler=request.sampler, guidance_channels=request.guidance_channels,
+                                          batch_size=len(batch),
+                                          progress=on_progress, cancel=token, stats=stats)
+        except Cancelled:
+            return  # every job of the batch was cancelled already (that is what cancels the call)
+        except Exception as err:  # noqa: BLE001 - any engine failure fails its jobs, never the server
+            self._fail(batch, err)
+            return
+        stages = [asdict(stage) for stage in stats]
+        for job, video in zip(batch, videos):
+            try:
+                name = self.folder.write(job.id, video) if job.status == IN_PROGRESS else None
+            except Exception as err:  # noqa: BLE001 - an encode failure fails this job only
+                self._fail([job], err, code="encode_error")
+                continue
+            with self._changed:
+                if job.status != IN_PROGRESS:  # cancelled while its video was being written
+                    if name is not None:
+                        self.folder.remove(name)
+                    continue
+                job.file, job.stages, job.progress = name, stages, 100
+                self._finish(job, COMPLETED)
+                self._apply_retention()  # before the lock lets waiters see the job completed
+            self.metrics.observe_request(job.finished_at - job.created_at)
+
+    def _fail(self, jobs: list[Job], err: Exception, code: str | None = None) -> None:
+        if isinstance(err, torch.OutOfMemoryError):
+            code = "out_of_memory"
+            torch.cuda.empty_cache()  # the failed call's blocks go back before the next batch
+        elif code is None:
+            code = ("sampling_error" if isinstance(err, SamplingError)
+                    else "engine_error" if isinstance(err, EngineError) else "internal_error")
+        if code == "internal_error":
+            log.exception("a batch of %d job(s) failed", len(jobs), exc_info=err)
+        with self._changed:
+            for job in jobs:
+                if job.status == IN_PROGRESS:
+                    self._finish(job, FAILED, error=(code, f"{type(err).__name__}: {err}"))
+
+    def _finish(self, job: Job, status: str, error: tuple[str, str] | None = None) -> None:
+        """Called holding the lock."""
+        job.status, job.finished_at = status, time.time()
+        if error is not None:
+            job.error = {"code": error[0], "message": error[1]}
+        self.store.put(job)
+        self._live.pop(job.id, None)
+        self._changed.notify_all()
+
+    def _time_batch(self, seconds: float) -> None:
+        with self._changed:
+            previous = self._batch_seconds
+            self._batch_seconds = seconds if previous is None else 0.8 * previous + 0.2 * seconds
+
+    def _retry_after(self) -> int:
+        """Seconds until a queue slot is likely free: about one batch. Called holding the lock."""
+        if self._batch_seconds is None:
+            return _FIRST_RETRY_AFTER_S
+        return max(1, math.ceil(self._batch_seconds))
+
+    def _apply_retention(self) -> None:
+        """Deletes the videos beyond `max_videos` (newest kept) and those older than `max_age_s`.
+        Called holding the lock."""
+        now = time.time()
+        for rank, job in enumerate(self.store.with_files()):
+            too_old = self.max_age_s is not None and now - job.finished_at > self.max_age_s
+            if rank >= self.max_videos or too_old:
+                self.folder.remove(job.file)
+                job.file, job.expired = None, True
+                self.store.put(job)

@@ -1,0 +1,57 @@
+"""`stdit-engine serve` as a process: the API key from its environment variable, and SIGTERM while
+a job runs (the job is cancelled and recorded so, the process ends, no partial file is left)."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from stdit_engine.serving.command import API_KEY_VARIABLE
+from stdit_engine.serving.store import JobStore
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+DEADLINE_S = 120
+
+
+def test_serve_process_with_api_key_and_sigterm(tmp_path, http, wait_until):
+    def answers() -> bool:
+        try:
+            return http(port, "GET", "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    port, videos = free_port(), tmp_path / "videos"
+    env = {**os.environ, API_KEY_VARIABLE: "key-from-env"}  # PYTHONPATH included: this checkout is imported
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stdit_engine", "serve", "--preset", "tiny", "--random-weights", "--device", "cpu",
+         "--port", str(port), "--output-dir", str(videos)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: answers() or process.poll() is not None, "the server to answer")
+        assert process.poll() is None, process.stdout.read()
+        body = {"prompt": "a long one", "num_steps": 1000}
+        assert http(port, "POST", "/v1/videos", body)[0] == 401
+        auth = {"Authorization": "Bearer key-from-env"}
+        status, _, job = http(port, "POST", "/v1/videos", body, headers=auth)
+        assert status == 202
+        wait_until(lambda: http(port, "GET", f"/v1/videos/{job['id']}", headers=auth)[2]["status"]
+                   == "in_progress", "the job to start")
+
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=DEADLINE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # uvicorn re-raises the signal once shut down, so the exit says "terminated by SIGTERM".
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Traceback" not in output, output
+    record = JobStore(videos / "jobs.sqlite3").get(job["id"])
+    assert record.status == "cancelled" and record.error["code"] == "shutdown"
+    assert sorted(p.name for p in videos.iterdir() if not p.name.startswith("jobs.sqlite3")) == []

@@ -1,0 +1,133 @@
+"""VideoService without HTTP: batching of compatible jobs only, the SQLite job store across a
+restart, retention, and the Python API's refusals."""
+import threading
+import time
+
+import pytest
+import torch
+
+from stdit_engine.errors import JobNotReady, QueueFull, ServiceStopped, UnknownJob
+from stdit_engine.serving import VideoService
+from stdit_engine.serving.jobs import Job, new_job_id
+from stdit_engine.serving.schema import ValidationError, VideoRequest
+from stdit_engine.serving.store import JobStore
+
+
+STEPS = 2
+DEADLINE_S = 120
+
+
+class Paused:
+    """The engine, holding its calls until `release()` (so that jobs submitted meanwhile queue up),
+    keeping the prompts of each call and the frames it returned per (prompt, seed)."""
+
+    def __init__(self, engine):
+        self.engine, self.device, self.gate = engine, engine.device, threading.Event()
+        self.calls, self.frames = [], {}
+
+    def release(self):
+        self.gate.set()
+
+    def generate(self, prompts, **kwargs):
+        assert self.gate.wait(DEADLINE_S)
+        self.calls.append(len(prompts))
+        videos = self.engine.generate(prompts, **kwargs)
+        self.frames.update({key: video.frames for key, video in zip(zip(prompts, kwargs["seed"]), videos)})
+        return videos
+
+
+def test_compatible_jobs_share_a_batch_and_match_their_direct_calls(engine, tmp_path):
+    paused = Paused(engine)
+    with VideoService(paused, max_queue=8, max_batch=2, output_dir=tmp_path) as service:
+        first = service.submit({"prompt": "first", "seed": 1, "num_steps": STEPS})
+        wait_for(lambda: service.get(first.id).status == "in_progress")
+        requests = [{"prompt": "a", "seed": 2, "num_steps": STEPS},
+                    {"prompt": "other steps", "seed": 3, "num_steps": STEPS + 1},  # not compatible
+                    {"prompt": "b", "seed": 4, "num_steps": STEPS},
+                    {"prompt": "c", "seed": 5, "num_steps": STEPS}]
+        jobs = [service.submit(request) for request in requests]
+        paused.release()
+        done = [service.wait(job.id, DEADLINE_S) for job in [first, *jobs]]
+    assert [job.status for job in done] == ["completed"] * 5
+    # FIFO heads, each taking the next compatible jobs up to max_batch: [first] [a, b] [other] [c].
+    assert paused.calls == [1, 2, 1, 1]
+    assert [job.batch_size for job in done] == [1, 2, 1, 2, 1]
+    for job in done:
+        served = paused.frames[job.request.prompt, job.seed]
+        direct = engine.generate([job.request.prompt], seed=job.seed, num_steps=job.request.num_steps,
+                                 progress=False)[0].frames
+        if job.batch_size == 1:
+            assert torch.equal(served, direct)
+        else:  # fp32 kernels may round differently at another batch size: a pixel level at most
+            assert (served.int() - direct.int()).abs().max() <= 1
+
+
+def test_a_restart_keeps_finished_jobs_and_fails_unfinished_ones_with_the_reason(engine, tmp_path):
+    db = tmp_path / "jobs.sqlite3"
+    with VideoService(engine, output_dir=tmp_path / "videos", db_path=db) as service:
+        finished = service.wait(service.submit({"prompt": "kept", "num_steps": STEPS}).id, DEADLINE_S)
+        path = service.result(finished.id)
+    # A process killed mid-job leaves its records queued and in progress.
+    store = JobStore(db)
+    stranded = {status: Job(id=new_job_id(), request=VideoRequest(prompt=status), seed=1, created_at=time.time(),
+                            status=status) for status in ("queued", "in_progress")}
+    for job in stranded.values():
+        store.put(job)
+    store.close()
+
+    with VideoService(engine, output_dir=tmp_path / "videos", db_path=db) as service:
+        assert service.interrupted_on_open == 2
+        again = service.get(finished.id)
+        assert again.status == "completed" and again.seed == finished.seed and service.result(again.id) == path
+        assert path.is_file()
+        for status, job in stranded.items():
+            failed = service.get(job.id)
+            assert failed.status == "failed" and failed.error["code"] == "interrupted"
+            assert "submit it again" in failed.error["message"]
+        assert {job.id for job in service.list(10)} == {finished.id, *(j.id for j in stranded.values())}
+
+
+def test_retention_keeps_the_newest_videos(engine, tmp_path):
+    with VideoService(engine, output_dir=tmp_path, max_videos=2) as service:
+        jobs = [service.wait(service.submit({"prompt": f"p{i}", "num_steps": STEPS}).id, DEADLINE_S)
+                for i in range(3)]
+        oldest = service.get(jobs[0].id)
+        assert oldest.status == "completed" and oldest.expired and oldest.file is None
+        with pytest.raises(JobNotReady, match="retention"):
+            service.result(oldest.id)
+        kept = sorted(p.name for p in tmp_path.glob("*.mp4"))
+        assert kept == sorted(f"{job.id}.mp4" for job in jobs[1:])
+
+
+def test_python_api_refusals(engine, tmp_path):
+    paused = Paused(engine)
+    service = VideoService(paused, max_queue=1, output_dir=tmp_path)
+    with pytest.raises(ValidationError, match="num_steps"):
+        service.submit({"prompt": "a cat", "num_steps": 0})
+    running = service.submit({"prompt": "held", "num_steps": STEPS})
+    wait_for(lambda: service.get(running.id).status == "in_progress")
+    queued = service.submit({"prompt": "waits", "num_steps": STEPS})
+    with pytest.raises(QueueFull) as refused:
+        service.submit({"prompt": "one too many", "num_steps": STEPS})
+    assert refused.value.retry_after >= 1
+    with pytest.raises(JobNotReady, match="queued"):
+        service.result(queued.id)
+    with pytest.raises(UnknownJob):
+        service.get(new_job_id())
+    paused.release()
+    service.close(DEADLINE_S)
+    # close() cancelled what had not finished, saying why, and left no partial file.
+    for job in (running, queued):
+        closed = service.get(job.id)
+        assert closed.status in ("cancelled", "completed")
+    assert service.get(queued.id).error["code"] == "shutdown"
+    assert not list(tmp_path.glob("*.partial.mp4"))
+    with pytest.raises(ServiceStopped):
+        service.submit({"prompt": "late", "num_steps": STEPS})
+
+
+def wait_for(condition, timeout=DEADLINE_S):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
