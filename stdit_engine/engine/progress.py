@@ -47,45 +47,43 @@ class StepMonitor:
 
     @contextmanager
     def loop(self):
-        """One denoising loop. On the way out it waits for the loop's queued steps (and reports
-        them, unless the loop failed), so that nothing it queued is still running afterwards."""
+        """One denoising loop. On the way out it waits for the loop's queued steps (reporting them,
+        unless the loop failed), so that nothing it queued is still running afterwards."""
         self.check_cancelled()
-        failed = False
         try:
             yield self
-        except BaseException:
-            failed = True
-            raise
-        finally:
             while self._pending:
                 self._pending[0].synchronize()
-                self._complete(report=not failed)
+                self._complete()
+        finally:  # after an error (a cancellation, a failing report): wait without reporting
+            while self._pending:
+                self._pending[0].synchronize()
+                self._spare.append(self._pending.popleft())
 
     def step_queued(self) -> None:
         """Called by the loop after queuing a step; raises Cancelled once the token is cancelled."""
         if self.device.type != "cuda":
-            self.done += 1
-            self._report()
-        else:
-            event = self._spare.pop() if self._spare else torch.cuda.Event(blocking=True)
-            event.record(torch.cuda.current_stream(self.device))
-            self._pending.append(event)
-            while len(self._pending) > self.lookahead:
-                self._pending[0].synchronize()
-                self._complete()
-            while self._pending and self._pending[0].query():
-                self._complete()
+            self._complete()
+            return
+        event = self._spare.pop() if self._spare else torch.cuda.Event(blocking=True)
+        event.record(torch.cuda.current_stream(self.device))
+        self._pending.append(event)
+        while len(self._pending) > self.lookahead:
+            self._pending[0].synchronize()
+            self._complete()
+        while self._pending and self._pending[0].query():
+            self._complete()
         self.check_cancelled()
 
-    def _complete(self, report: bool = True) -> None:
-        self._spare.append(self._pending.popleft())
+    def _complete(self) -> None:
+        """The oldest queued step is done: count it, report it, and stop here if cancelled (so a
+        cancelled call reports no step after the one at which it was cancelled)."""
+        if self._pending:  # off CUDA nothing is pending: a step is complete once queued
+            self._spare.append(self._pending.popleft())
         self.done += 1
-        if report:
-            self._report()
-
-    def _report(self) -> None:
         if self.report is not None:
             self.report(self.done, self.total)
+        self.check_cancelled()
 
 
 class ProgressBar:
