@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stdit_engine import Cancelled, CancelToken, Engine
+from stdit_engine.errors import ConfigError
 
 PROMPTS = ["a sea turtle swimming over a coral reef", "a red car in the snow"]
 STEPS = 4
@@ -73,3 +74,10 @@ def test_cancel_while_waiting_for_a_stage(engine):
         token.cancel()
         thread.join(10)
     assert not thread.is_alive() and len(outcome) == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(progress="yes"), "progress must be"),
+                                             (dict(cancel=threading.Event()), "cancel must be")])
+def test_bad_progress_or_cancel(engine, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        latents(engine, **kwargs)

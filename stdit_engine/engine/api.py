@@ -21,12 +21,12 @@ from ..models.vae import VideoVAE
 from ..parallel import ParallelPlan, decode_split, encode_on_first, parallel_denoiser, setup_parallel
 from ..schedulers import Sampler, make_sampler
 from .arguments import check_generate_arguments, check_prompts, check_seed, explain_nonfinite
-from .cancel import CancelToken
+from .cancel import CancelToken, check_cancel_token
 from .denoise import GuidedDenoiser
 from .memory import StageStats, decode_chunk, measure_stage
 from .placement import Placement
 from .placement_choice import choose_placement
-from .progress import ProgressBar, ProgressFn, StepMonitor
+from .progress import ProgressBar, ProgressFn, StepMonitor, progress_report
 from .prompt_cache import PromptEmbeddingCache
 from .seeds import PromptNoise, SharedNoise, call_noise
 from .stage_locks import StageLocks
@@ -50,7 +50,8 @@ class Engine:
     another's encode or decode; with placements that move weights (lean, offload, sequential), one
     lock for all stages, so one stage runs at a time as their memory plan assumes. Everything else a
     call mutates is its own: latents, noise generators, the progress and cancellation monitor, its
-    stage stats (published to `last_stats` whole when it ends). A parallel engine holds all stages for
+    stage stats (published to `last_stats` whole when it ends; on CUDA a stage's peak memory is the
+    device's, so it counts what concurrent calls hold too). A parallel engine holds all stages for
     the whole call, so its collectives never interleave with another call's; its ranks must still
     receive the same calls in the same order (drive it from one thread). Not guarded: `use_artifact()`
     and changing `denoiser` replace shared state; do that between calls.
@@ -254,8 +255,9 @@ class Engine:
         noise = call_noise(seed, self.device)
         batches = range(0, len(prompts), batch_size)
         total_steps = len(sampler.step_rows()) * len(batches)
-        bar = ProgressBar(total_steps) if progress is True else None
-        monitor = StepMonitor(total_steps, self.device, bar if progress is True else progress or None, cancel)
+        cancel = check_cancel_token(cancel)
+        report = progress_report(progress, total_steps)  # a bar to close below, when progress is True
+        monitor = StepMonitor(total_steps, self.device, report, cancel)
         # A parallel call's collectives must not interleave with another call's on this rank.
         whole_call = self._locks.hold_all(cancel) if self.parallel is not None else nullcontext()
         call_stats: list[StageStats] = []  # this call's own: published whole when it ends
@@ -282,8 +284,8 @@ class Engine:
                         if frames is not None:  # None: a rank other than 0, which keeps no video
                             videos.extend(Video(sample_frames, self.preset.fps) for sample_frames in frames)
         finally:
-            if bar is not None:
-                bar.close()
+            if isinstance(report, ProgressBar):
+                report.close()
         self.last_stats = call_stats
         if stats is not None:
             stats.extend(call_stats)

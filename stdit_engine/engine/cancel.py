@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from ..errors import Cancelled
+from ..errors import Cancelled, ConfigError
 
 
 class CancelToken:
@@ -30,3 +30,9 @@ class CancelToken:
 def raise_if_cancelled(token: CancelToken | None) -> None:
     if token is not None:
         token.raise_if_cancelled()
+
+
+def check_cancel_token(cancel) -> CancelToken | None:
+    if cancel is not None and not isinstance(cancel, CancelToken):
+        raise ConfigError(f"cancel must be a stdit_engine.CancelToken or None, got {type(cancel).__name__} {cancel!r}")
+    return cancel

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from ..errors import ConfigError
 from .cancel import CancelToken, raise_if_cancelled
 
 # Steps the host may have queued beyond those the device has completed. Two keep the device's queue
@@ -99,3 +100,15 @@ class ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def progress_report(progress, total: int) -> ProgressFn | None:
+    """`generate(progress=...)` as a report function: True a ProgressBar (close it after), False
+    None, a callable itself."""
+    if progress is True:
+        return ProgressBar(total)
+    if progress is False or progress is None:
+        return None
+    if not callable(progress):
+        raise ConfigError(f"progress must be True, False or a callable(steps_done, total_steps), got {progress!r}")
+    return progress
