@@ -1,4 +1,4 @@
-"""`stdit-engine generate | serve | bench | export | info`: the command line.
+"""`stdit-engine generate | serve | bench | export | quality | info`: the command line.
 
 Exit codes: 0 done, 2 bad input (an argument, a file, a device: the message says what to do),
 130 interrupted (Ctrl-C; files are written whole or not at all). torch is imported only by the
@@ -21,6 +21,7 @@ from .errors import ConfigError, EngineError
 from .export import command as export_command
 from .files import check_output_target, write_text_atomic
 from .options import DTYPES, KERNEL_BACKENDS as BACKENDS, PARALLEL_MODES, PLACEMENT_MODES, torch_dtype
+from .quality import command as quality_command
 from .serving import command as serve_command
 
 OPTIONAL_PACKAGES = ("triton", "flash_attn", "xformers", "apex", "tensorrt", "onnx", "onnxruntime", "onnxscript")
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     export_command.add_parser(commands)
     serve_command.add_parser(commands, add_model_arguments)
+    quality_command.add_parser(commands)
     commands.add_parser("info", help="devices, versions, backends and optional packages")
     return parser
 
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args.doing = "running"  # what the command is doing, for the line printed on Ctrl-C
     try:
         commands = {"generate": cmd_generate, "bench": cmd_bench, "info": cmd_info,
-                    "export": export_command.cmd_export,
+                    "export": export_command.cmd_export, "quality": quality_command.cmd_quality,
                     "serve": lambda args: serve_command.cmd_serve(args, build_engine)}
         commands[args.command](args)
     except EngineError as err:

@@ -1,0 +1,73 @@
+"""The quality harness: its numbers on the analytic model and on the tiny preset are sane, the
+command writes its CSV and plot, and the proxy model follows its captions."""
+import csv
+import math
+
+import pytest
+import torch
+
+from stdit_engine import Engine
+from stdit_engine.cli import main
+from stdit_engine.errors import ConfigError
+from stdit_engine.quality.analytic import GaussianModel
+from stdit_engine.quality.harness import SamplerConfig, evaluate
+from stdit_engine.quality.metrics import psnr, ssim
+from stdit_engine.quality.runners import AnalyticRunner, EngineRunner
+
+
+def configs(*texts):
+    return [SamplerConfig.parse(t) for t in texts]
+
+
+def test_more_steps_are_never_further_away_on_the_analytic_model():
+    generator = torch.Generator().manual_seed(0)
+    model = GaussianModel(torch.randn(4, 1, 2, 2, generator=generator), torch.randn(4, 1, 2, 2, generator=generator), 0.5)
+    runner = AnalyticRunner(model, (4, 1, 2, 2), draws=64)
+    for name in ("ddim", "dpm-solver++"):
+        steps = (5, 10, 20, 40, 80)
+        rows = evaluate(runner, configs(*(f"{name}@{s}" for s in steps)), seeds=[0], reference=SamplerConfig("ddim", 250))
+        distances = [row.latent_rel_l2 for row in rows[1:]]
+        assert all(fine <= coarse for coarse, fine in zip(distances, distances[1:])), distances
+
+
+def test_identical_config_is_infinitely_close_and_three_steps_clearly_worse():
+    engine = Engine.from_random_weights("tiny", device="cpu")
+    runner = EngineRunner(engine, ["a red car in the snow"])
+    rows = evaluate(runner, configs("ddim@20", "dpm-solver++@10", "dpm-solver++@3"), seeds=[0],
+                    reference=SamplerConfig("ddim", 20))
+    reference, same, good, poor = rows
+    assert same.latent_rel_l2 == 0 and math.isinf(same.psnr_db) and same.ssim == pytest.approx(1.0)
+    assert reference.config == "ddim@20" and math.isinf(reference.psnr_db)
+    assert good.psnr_db > poor.psnr_db + 6  # dB
+    assert good.latent_rel_l2 < poor.latent_rel_l2 / 2
+    assert not good.stochastic and good.seconds > 0
+
+
+def test_metrics_against_known_values():
+    frames = torch.full((2, 4, 16, 16, 3), 100, dtype=torch.uint8)
+    noisy = frames.clone()
+    noisy[..., 0, 0, :] += 10  # one pixel per frame off by 10
+    mse = 100 / (16 * 16)
+    assert psnr(noisy, frames) == pytest.approx(10 * math.log10(255 ** 2 / mse))
+    assert ssim(frames, frames) == pytest.approx(1.0)
+    assert 0 < ssim(torch.randint(0, 255, frames.shape, dtype=torch.uint8), frames) < 0.2
+
+
+@pytest.mark.parametrize("text", ["dpm-solver++", "ddim@x", "@20"])
+def test_bad_config_text_is_a_config_error(text):
+    with pytest.raises(ConfigError, match="NAME@STEPS|sampler"):
+        SamplerConfig.parse(text).build(7.0, None)
+
+
+def test_quality_command_writes_csv_and_plot(tmp_path):
+    code = main(["quality", "--model", "random", "--preset", "tiny", "--device", "cpu", "--prompt", "a cat",
+                 "--seeds", "0", "--configs", "dpm-solver++@4,iddpm@4", "--reference", "ddim@6",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    with open(tmp_path / "quality.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["config"] for r in rows] == ["ddim@6", "dpm-solver++@4", "iddpm@4"]
+    assert [r["stochastic"] for r in rows] == ["False", "False", "True"]
+    assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["quality", "--model", "random", "--preset", "tiny", "--prompt", "x", "--configs", "euler@5",
+                 "--out", str(tmp_path)]) == 2
