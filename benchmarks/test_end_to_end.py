@@ -43,3 +43,17 @@ def test_end_to_end(benchmark, preset, placement, cuda_graphs, dtype, fp8):
     engine.denoiser.clear()
     record = benchmark.pedantic(lambda: run_end_to_end(engine), rounds=1, iterations=1)
     benchmark.extra_info.update(record)
+
+
+SAMPLER_RUNS = [  # 16x256x256, 2 prompts, fp16, resident, CUDA graphs: time and peak VRAM per sampler config
+    ("iddpm", 100), ("iddpm", 20), ("ddim", 20),
+    ("dpm-solver++", 10), ("dpm-solver++", 15), ("dpm-solver++", 20), ("dpm-solver++", 25),
+]
+
+
+@pytest.mark.parametrize("sampler, steps", SAMPLER_RUNS, ids=[f"{s}-{n}" for s, n in SAMPLER_RUNS])
+def test_end_to_end_samplers(benchmark, sampler, steps):
+    engine = engine_for("16x256x256", "resident", FP16, False)
+    engine.denoiser.use_cuda_graphs = True
+    record = benchmark.pedantic(lambda: run_end_to_end(engine, num_steps=steps, sampler=sampler), rounds=1, iterations=1)
+    benchmark.extra_info.update(record)

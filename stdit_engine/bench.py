@@ -16,16 +16,17 @@ from .reference import REFERENCE_E2E
 PROMPTS = ["a sea turtle swimming over a coral reef", "a red vintage car driving through snow at dusk"]
 
 
-def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2) -> dict:
-    """Times one `generate()` of the preset's reference workload on `engine`; returns a flat record."""
+def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2, sampler: str = "iddpm") -> dict:
+    """Times one `generate()` of the preset's reference workload on `engine` (with `sampler` for
+    `num_steps` steps); returns a flat record."""
     preset = engine.preset
     reference = REFERENCE_E2E.get(preset.name)
     prompts_n = reference.prompts if reference else preset.prompts_per_batch
     prompts = (PROMPTS * prompts_n)[:prompts_n]
-    engine.generate(prompts, seed=42, num_steps=warmup_steps, progress=False)
+    engine.generate(prompts, seed=42, num_steps=warmup_steps, progress=False, sampler=sampler)
     if engine.device.type == "cuda":
         torch.cuda.empty_cache()
-    engine.generate(prompts, seed=42, num_steps=num_steps, progress=False)
+    engine.generate(prompts, seed=42, num_steps=num_steps, progress=False, sampler=sampler)
     stages = {s.name: s for s in engine.last_stats}
     estimate = estimate_memory(preset, prompts_n, engine.placement.mode, engine.dtype, engine.text_encoder.dtype,
                                vae_chunk_frames=engine.decode_chunk_frames(prompts_n), device=engine.device,
@@ -33,7 +34,8 @@ def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2) 
     peak_allocated = max(s.peak_allocated for s in stages.values())  # stages reset the peaks
     graphs = engine.denoiser.use_cuda_graphs and engine.device.type == "cuda"
     return dict(
-        workload=f"end to end {preset.name}, {prompts_n} prompt(s), {num_steps} steps",
+        workload=f"end to end {preset.name}, {prompts_n} prompt(s), {num_steps} steps"
+                 + ("" if sampler == "iddpm" else f" of {sampler}"),
         device=torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else "cpu",
         dtype=str(engine.dtype) + (", FP8 block linears" if engine.stdit.is_fp8 else ""),
         backend=engine.stdit.ops.name + (" + CUDA graph" if graphs else ""),
@@ -45,7 +47,7 @@ def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2) 
         peak_allocated_gib=peak_allocated / GIB,
         peak_reserved_gib=max(s.peak_reserved for s in stages.values()) / GIB,
         estimated_peak_gib=estimate.peak / GIB, estimate_error=estimate.peak / peak_allocated - 1,
-        reference_sampling_s=reference.sampling_s if reference and num_steps == 100 else None,
+        reference_sampling_s=reference.sampling_s if reference and num_steps == 100 and sampler == "iddpm" else None,
         reference_peak_allocated_gib=reference and reference.peak_allocated_gib,
         reference_peak_reserved_gib=reference and reference.peak_reserved_gib,
     )
