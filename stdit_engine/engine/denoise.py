@@ -12,13 +12,17 @@ unchanged.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
+from ..kernels.triton_support import compile_in_parallel
 from ..models.stdit import STDiT
 from ..schedulers.base import Sampler, guide, scale_dtype
 from .graph_cache import MAX_CACHED_GRAPHS, GraphCache
+
+logger = logging.getLogger(__name__)
 
 
 class GuidanceBatch:
@@ -79,9 +83,17 @@ class GraphedStep:
                                  torch.full((), inputs.cfg_scale, dtype=scale_dtype(model.dtype), device=x.device))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the graph: lazy init, autotuning, workspaces
-            for _ in range(2):  # twice: cuBLAS and SDPA pick and cache their kernels on first use
-                guided_step(model, sampler, self.x, self.noise, self.inputs, batch)
+        with torch.cuda.stream(side):  # warm-up outside the graph: compilation, lazy init, workspaces
+            # Twice: cuBLAS and SDPA pick and cache their kernels on first use. The first pass only
+            # compiles the Triton kernels, all at once (their outputs stay unwritten: values do not
+            # matter here), so that a process's first call does not compile them one by one.
+            try:
+                with compile_in_parallel():
+                    guided_step(model, sampler, self.x, self.noise, self.inputs, batch)
+            except Exception as err:  # an optimisation only: the pass below compiles what this did not
+                logger.warning("compiling the step's Triton kernels in parallel failed (%s); they compile as "
+                               "they are first launched", err)
+            guided_step(model, sampler, self.x, self.noise, self.inputs, batch)
         torch.cuda.current_stream().wait_stream(side)
         # Hand the warm-up's cached blocks back, so they and the graph's pool don't add up.
         torch.cuda.synchronize()

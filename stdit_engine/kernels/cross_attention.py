@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .alignment import element_alignment
-from .triton_support import jit, tl, triton
+from .triton_support import jit, launch, tl, triton
 
 # Launch shape: the fastest of a sweep of query blocks, key tiles and warps (BENCHMARKS.md). Key
 # tiles of 16 ran a little faster but with many times the rounding error against SDPA (more
@@ -152,7 +152,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_length
                          f"use at most {MAX_BLOCK_L_WITH_TAIL}")
     out = torch.empty((b, n, h, d), dtype=q.dtype, device=q.device)
     if out.numel():
-        _flash_attention_kernel[(triton.cdiv(n, block_n), b * h)](
+        launch(_flash_attention_kernel, (triton.cdiv(n, block_n), b * h))(
             q, k, v, kv_lengths, out, n, h, d**-0.5 * LOG2_E,
             *q.stride(), *k.stride(), *v.stride(), *out.transpose(1, 2).stride(),
             D=d, ALIGN=element_alignment(q, k, v, out),

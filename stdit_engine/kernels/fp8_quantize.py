@@ -16,7 +16,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .triton_support import jit, tl, triton
+from .triton_support import jit, launch, tl, triton
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
@@ -103,9 +103,9 @@ def quantize_rows_fp8_triton(x: torch.Tensor, gelu: bool = False) -> tuple[torch
     if rows:
         block_k = triton.next_power_of_2(k)
         block_m, warps = QUANTIZE_LAUNCH_NARROW if block_k <= 2048 else QUANTIZE_LAUNCH_WIDE
-        _quantize_rows_kernel[(triton.cdiv(rows, block_m),)](x, out, scale, rows, k, x.stride(0), MIN_SCALE, E4M3_MAX,
-                                                             GELU=gelu, BLOCK_M=block_m, BLOCK_K=block_k,
-                                                             num_warps=warps)
+        launch(_quantize_rows_kernel, (triton.cdiv(rows, block_m),))(
+            x, out, scale, rows, k, x.stride(0), MIN_SCALE, E4M3_MAX, GELU=gelu, BLOCK_M=block_m, BLOCK_K=block_k,
+            num_warps=warps)
     return as_e4m3(out), scale
 
 

@@ -22,7 +22,7 @@ import torch
 from .fp8_quantize import E4M3_MAX, MIN_SCALE, as_e4m3, e4m3_rows, fake_e4m3_rows, quantize_tokens
 from .ln_modulate import ln_modulate_ref, modulated_ln, store_norm
 from .rows import row_launch_config, row_tile
-from .triton_support import jit, tl
+from .triton_support import jit, launch, tl
 
 # Tokens per program and warps, the fastest of sweeps of both (BENCHMARKS.md): one token and 2
 # warps, for the fused kernel as for the norm alone, and for the residual without the norm (plain,
@@ -98,7 +98,7 @@ def _launch(x, gate, y, shift=None, scale=None, eps=0.0, quantize=False):
     # What the kernel never reads (no gate, no LN) is passed as x's first token: the pointers need a tensor.
     gate, shift, scale = (x[:, 0] if m is None else m for m in (gate, shift, scale))
     if out.numel():
-        _gated_residual_kernel[cfg.pop("grid")](
+        launch(_gated_residual_kernel, cfg.pop("grid"))(
             x, gate, y, out, shift, scale, ln, ln_scale, b * n, n, c, eps, MIN_SCALE, E4M3_MAX,
             *x.stride(), *gate.stride(), *y.stride(), *shift.stride(), *scale.stride(),
             HAS_GATE=has_gate, WITH_LN=with_ln, QUANTIZE=quantize, **cfg,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .fp8_quantize import E4M3_MAX, MIN_SCALE, as_e4m3, e4m3_rows, fake_e4m3_rows, quantize_tile, quantize_tokens
 from .rows import row_launch_config, row_tile
-from .triton_support import jit, tl
+from .triton_support import jit, launch, tl
 
 # One token per program and 2 warps, the fastest of a sweep of tokens x warps (BENCHMARKS.md): the
 # norm's two row reductions favour small programs.
@@ -78,7 +78,7 @@ def _launch(x, shift, scale, eps, quantize: bool):
     else:
         out = out_scale = torch.empty((b, n, c), dtype=x.dtype, device=x.device)  # no scales written
     if out.numel():
-        _ln_modulate_kernel[cfg.pop("grid")](
+        launch(_ln_modulate_kernel, cfg.pop("grid"))(
             x, shift, scale, out, out_scale, b * n, n, c, eps, MIN_SCALE, E4M3_MAX,
             *x.stride(), *shift.stride(), *scale.stride(),
             QUANTIZE=quantize, **cfg

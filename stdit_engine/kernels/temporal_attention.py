@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .alignment import element_alignment
 from .self_attention import self_attention_ref
-from .triton_support import jit, tl, triton
+from .triton_support import jit, launch, tl, triton
 
 MAX_LEN = 64  # the whole T x T score tile lives in registers: longer sequences want a flash kernel
 # Warps per program by the padded frame count: the fastest of benchmarks/probes/launch_sweep.py
@@ -86,7 +86,7 @@ def temporal_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
     out = torch.empty((b, t, s, h, d), dtype=q.dtype, device=q.device)
     block_t = max(16, triton.next_power_of_2(t))
     if out.numel():
-        _temporal_attention_kernel[(b * s * h,)](
+        launch(_temporal_attention_kernel, (b * s * h,))(
             q, k, v, out, s, h, t, d**-0.5,
             *q.stride(), *k.stride(), *v.stride(), *out.permute(0, 2, 3, 1, 4).stride(),
             D=d, ALIGN=element_alignment(q, k, v, out), BLOCK_T=block_t, BLOCK_D=max(16, triton.next_power_of_2(d)),

@@ -7,6 +7,12 @@ set it before importing stdit_engine to run the kernels on the CPU.
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from functools import partial
+
 try:
     import triton
     import triton.language as tl
@@ -19,3 +25,33 @@ HAVE_TRITON = triton is not None
 def jit(fn):
     """`triton.jit`, or the plain function where triton is missing (it is then never launched)."""
     return fn if triton is None else triton.jit(fn)
+
+
+
+_compiling = threading.local()  # this thread's launches only compile (inside `compile_in_parallel`)
+
+
+def launch(kernel, grid):
+    """`kernel[grid]`, the launch every launcher makes; inside `compile_in_parallel()` on this thread,
+    the kernel's compilation for these arguments instead (Triton's warmup: nothing runs, and the
+    outputs are left unwritten)."""
+    if getattr(_compiling, "active", False):
+        return partial(kernel.warmup, grid=grid)
+    return kernel[grid]
+
+
+@contextmanager
+def compile_in_parallel():
+    """Inside, this thread's launches submit their kernels' compilations to a pool of threads
+    (Triton's AsyncCompileMode) instead of compiling each at its first launch, one after another;
+    on leaving, all have compiled and sit in Triton's caches. For a process's first call, where
+    compiling the kernels one by one is most of what it pays (Triton releases the GIL while it compiles)."""
+    if triton is None:
+        yield
+        return
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, triton.AsyncCompileMode(pool):
+        _compiling.active = True
+        try:
+            yield
+        finally:
+            _compiling.active = False
