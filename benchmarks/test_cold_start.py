@@ -1,6 +1,7 @@
 """Cold start (issue 20): the first generate() after loading against a warm one, in a fresh process
-with an empty Triton cache and in a second process that finds the cache the first one left; import
-and loading times reported apart. Select with `-k cold_start`."""
+with an empty Triton cache, in a second process that finds the cache the first one left, and, for
+comparison, in a fresh process with another empty cache that compiles the kernels one by one at
+their first launch; import and loading times reported apart. Select with `-k cold_start`."""
 import json
 import os
 import subprocess
@@ -11,17 +12,19 @@ SCRIPT = Path(__file__).parent / "cold_start.py"
 PRESET, STEPS = "16x256x256", 20
 
 
-def run_process(env: dict) -> dict:
-    done = subprocess.run([sys.executable, str(SCRIPT), PRESET, "auto", str(STEPS)], env=env, capture_output=True,
-                          text=True, timeout=300, check=True)
+def run_process(triton_cache: Path, *options: str) -> dict:
+    env = dict(os.environ, TRITON_CACHE_DIR=str(triton_cache))
+    done = subprocess.run([sys.executable, str(SCRIPT), PRESET, "auto", str(STEPS), *options], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_cold_start(benchmark, tmp_path):
-    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"))  # empty: nothing compiled yet
-    first_process = benchmark.pedantic(lambda: run_process(env), rounds=1, iterations=1)
-    second_process = run_process(env)
+    first_process = benchmark.pedantic(lambda: run_process(tmp_path / "cache"), rounds=1, iterations=1)  # empty
+    second_process = run_process(tmp_path / "cache")  # what the first process compiled
+    one_by_one = run_process(tmp_path / "another-cache", "--compile-one-by-one")
     benchmark.extra_info.update(
         workload=f"cold start {PRESET}, {STEPS} steps, default placement", backend="triton + CUDA graph",
         dtype="torch.float16", empty_triton_cache=first_process, second_process=second_process,
+        empty_cache_compiled_one_by_one=one_by_one,
     )
