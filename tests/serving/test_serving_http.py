@@ -53,6 +53,9 @@ def test_job_life_cycle(serve):
 
     status, _, listing = server.request("GET", "/v1/videos")
     assert status == 200 and [j["id"] for j in listing["data"]] == [job["id"]] and not listing["has_more"]
+    status, _, again = server.request("DELETE", f"/v1/videos/{job['id']}")  # nothing left to cancel
+    assert status == 200 and again["status"] == "completed"
+    assert server.request("GET", f"/v1/videos/{job['id']}/content")[0] == 200
     status, _, health = server.request("GET", "/healthz")
     assert status == 200 and health == {"status": "ok", "queue_depth": 0}
     status, headers, metrics = server.request("GET", "/metrics")

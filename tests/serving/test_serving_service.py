@@ -99,6 +99,18 @@ def test_retention_keeps_the_newest_videos(engine, tmp_path):
         assert kept == sorted(f"{job.id}.mp4" for job in jobs[1:])
 
 
+def test_retention_by_age_and_listing_pages(engine, tmp_path):
+    with VideoService(engine, output_dir=tmp_path, max_age_s=1.0) as service:
+        old = service.wait(service.submit({"prompt": "old", "num_steps": STEPS}).id, DEADLINE_S)
+        time.sleep(1.1)
+        new = service.wait(service.submit({"prompt": "new", "num_steps": STEPS}).id, DEADLINE_S)
+        assert service.get(old.id).expired and not (tmp_path / f"{old.id}.mp4").exists()
+        assert service.result(new.id).is_file()
+        assert [job.id for job in service.list(1)] == [new.id]
+        assert [job.id for job in service.list(1, after=new.id)] == [old.id]
+        assert service.list(1, after=old.id) == []
+
+
 def test_python_api_refusals(engine, tmp_path):
     paused = Paused(engine)
     service = VideoService(paused, max_queue=1, output_dir=tmp_path)
