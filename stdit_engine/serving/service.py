@@ -5,8 +5,9 @@
     path = service.result(job.id, timeout=None)      # waits; the MP4's path
     service.close()
 
-Scheduling. One worker thread runs the engine (one device does one batch at a time). Jobs start
-in submission order: the worker takes the oldest queued job and, with it, up to `max_batch - 1`
+Scheduling. One worker thread runs the engine (one device does one batch at a time; `workers=N`
+runs N batches at once, for an engine that spreads calls over N devices, as the Ray Serve app's
+does). Jobs start in submission order: a worker takes the oldest queued job and, with it, up to `max_batch - 1`
 later queued jobs that are compatible with it (same `VideoRequest.batch_key()`: steps, cfg scale,
 sampler, guidance channels), which then share one guidance batch. A job skipped for being incompatible is
 the oldest at the next pick, so none waits longer than one batch for its turn.
@@ -34,7 +35,7 @@ Cancellation. `cancel(id)` cancels a queued job at once; a running job is report
 once and its batch's engine call is stopped through its CancelToken when every job of the batch
 is cancelled (within the engine's cancellation bound), otherwise its video is discarded.
 `close()` stops taking jobs, cancels the queued and running ones (status "cancelled", saying so)
-and waits for the worker: no partial file is left, finished videos and records stay.
+and waits for the workers: no partial file is left, finished videos and records stay.
 """
 from __future__ import annotations
 
@@ -68,10 +69,10 @@ _FIRST_RETRY_AFTER_S = 10
 class VideoService:
     def __init__(self, engine, max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = DEFAULT_MAX_BATCH, *,
                  output_dir: str | os.PathLike = "videos", db_path: str | os.PathLike | None = None,
-                 max_videos: int = DEFAULT_MAX_VIDEOS, max_age_s: float | None = None):
-        if max_queue < 1 or max_batch < 1 or max_videos < 1:
-            raise ValueError(f"max_queue, max_batch and max_videos must be >= 1, got {max_queue}, {max_batch}, "
-                             f"{max_videos}")
+                 max_videos: int = DEFAULT_MAX_VIDEOS, max_age_s: float | None = None, workers: int = 1):
+        if min(max_queue, max_batch, max_videos, workers) < 1:
+            raise ValueError(f"max_queue, max_batch, max_videos and workers must be >= 1, got {max_queue}, "
+                             f"{max_batch}, {max_videos}, {workers}")
         self.engine = engine
         self.max_queue, self.max_batch = max_queue, max_batch
         self.max_videos, self.max_age_s = max_videos, max_age_s
@@ -82,11 +83,13 @@ class VideoService:
         self._changed = threading.Condition()  # guards everything below; notified on every job change
         self._queue: deque[Job] = deque()
         self._live: dict[str, Job] = {}  # queued and running jobs, by id
-        self._running: tuple[list[Job], CancelToken] | None = None
+        self._running: list[tuple[list[Job], CancelToken]] = []  # the batches being generated
         self._accepting = True
         self._batch_seconds: float | None = None  # a moving average, for Retry-After
-        self._worker = threading.Thread(target=self._work, name="stdit-video-worker", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._work, name=f"stdit-video-worker-{i}", daemon=True)
+                         for i in range(workers)]
+        for worker in self._workers:
+            worker.start()
 
     # ------------------------------------------------------------------ the API
 
@@ -133,9 +136,8 @@ class VideoService:
             if job.status == QUEUED:
                 self._queue.remove(job)
             self._finish(job, CANCELLED, error=("cancelled", "cancelled by the client"))
-            if self._running is not None and job in self._running[0]:
-                batch, token = self._running
-                if all(other.status == CANCELLED for other in batch):
+            for batch, token in self._running:
+                if job in batch and all(other.status == CANCELLED for other in batch):
                     token.cancel()
             return replace(job)
 
@@ -177,17 +179,19 @@ class VideoService:
                                                         (QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED)}, gpu)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stops taking jobs, cancels the queued and running ones, waits for the worker to end."""
+        """Stops taking jobs, cancels the queued and running ones, waits for the workers to end."""
         with self._changed:
             self._accepting = False
             for job in list(self._live.values()):
                 self._finish(job, CANCELLED, error=("shutdown", "the server shut down before the job finished; "
                                                     "submit it again"))
             self._queue.clear()
-            if self._running is not None:
-                self._running[1].cancel()
+            for _batch, token in self._running:
+                token.cancel()
             self._changed.notify_all()
-        self._worker.join(timeout)  # the job records stay readable (get, list, result)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self._workers:  # the job records stay readable (get, list, result)
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "VideoService":
         return self
@@ -205,8 +209,8 @@ class VideoService:
                 if not self._accepting:
                     return
                 batch = self._take_batch()
-                token = CancelToken()
-                self._running = (batch, token)
+                running = (batch, CancelToken())
+                self._running.append(running)
                 now = time.time()
                 for job in batch:
                     job.status, job.started_at, job.batch_size = IN_PROGRESS, now, len(batch)
@@ -214,10 +218,10 @@ class VideoService:
                 self._changed.notify_all()
             started = time.monotonic()
             try:
-                self._run(batch, token)
+                self._run(*running)
             finally:
                 with self._changed:
-                    self._running = None
+                    self._running.remove(running)
                     self._changed.notify_all()
             self._time_batch(time.monotonic() - started)
 
