@@ -14,6 +14,7 @@ Routes (stable; the web page and the Ray Serve app build on them):
     GET    /healthz                  -> {"status": "ok", "queue_depth": n}
     GET    /metrics                  -> Prometheus text: queue depth, jobs by state, step and request
                                         latency histograms, GPU memory
+    GET    /                         -> the web page (page.py), which speaks these routes
 
 A job (Job.to_json): {"id": "video_<32 hex>", "object": "video", "status": "queued" | "in_progress"
 | "completed" | "failed" | "cancelled", "progress": 0-100, "created_at", "started_at",
@@ -36,6 +37,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from ..errors import JobNotReady, QueueFull, ServiceStopped, UnknownJob
 from .jobs import COMPLETED, is_job_id
+from .page import add_page
 from .schema import MAX_BODY_BYTES, VideoRequest, error_body, validation_error_body
 from .service import VideoService
 
@@ -153,6 +155,8 @@ def create_app(service: VideoService, *, api_key: str | None = None, close_servi
             return _error(410 if gone else 409, "expired" if gone else "not_ready", str(err))
         # FileResponse answers Range requests (206 with Content-Range) itself.
         return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
+
+    add_page(app)
 
     @app.get("/healthz")
     def healthz() -> dict:
