@@ -11,7 +11,7 @@ $(BIN)/stdit-engine: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# The CPU build of torch first, so the project's torch range installs nothing bigger.
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e '.[dev,export,serve,quality]'
+	$(BIN)/python -m pip install -q -e '.[dev,export,serve,quality,ray]'
 	touch $@
 
 venv: $(BIN)/stdit-engine

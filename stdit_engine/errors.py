@@ -54,3 +54,7 @@ class JobNotReady(ServingError):
 
 class ServiceStopped(ServingError, RuntimeError):
     """The service is shutting down or stopped and takes no new jobs."""
+
+
+class ReplicaFailed(ServingError, RuntimeError):
+    """A Ray Serve engine replica died or could not be reached while it ran a batch."""

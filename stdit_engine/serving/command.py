@@ -30,6 +30,10 @@ def add_parser(commands, add_model_arguments) -> None:
     parser.add_argument("--max-videos", type=int, default=DEFAULT_MAX_VIDEOS,
                         help="videos kept on disk (the oldest are deleted beyond it)")
     parser.add_argument("--max-age-hours", type=float, help="also delete videos older than this")
+    parser.add_argument("--ray", action="store_true",
+                        help="serve on Ray Serve, one engine per replica (needs the ray extra; README, Ray Serve)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="with --ray: engine replicas (a GPU each unless --device cpu)")
 
 
 def cmd_serve(args: argparse.Namespace, build_engine) -> None:
@@ -37,22 +41,41 @@ def cmd_serve(args: argparse.Namespace, build_engine) -> None:
         import uvicorn
 
         from .http import create_app
-        from .service import VideoService
     except ImportError as err:
         raise ConfigError(f"serving needs the serve extra ({err.name} is missing): "
                           "pip install 'stdit-engine[serve]'") from err
     if args.host not in LOOPBACK and not args.api_key:
         print(f"warning: listening on {args.host} without an API key: anyone who can reach it can submit jobs "
               f"(set ${API_KEY_VARIABLE} or pass --api-key)")
-    engine = build_engine(args)
-    if engine.device.type == "cuda":  # the first call of each batch size compiles and captures: not a client's wait
-        engine.warmup(range(1, args.max_batch + 1))
-    service = VideoService(engine, max_queue=args.max_queue, max_batch=args.max_batch, output_dir=args.output_dir,
-                           db_path=args.db, max_videos=args.max_videos,
-                           max_age_s=None if args.max_age_hours is None else args.max_age_hours * 3600)
+    if args.ray:
+        try:
+            from .ray_app import run
+        except ImportError as err:
+            raise ConfigError(f"--ray needs the ray extra ({err.name} is missing): "
+                              "pip install 'stdit-engine[ray]'") from err
+        return run(args)
+    service = build_service(args, serving_engine(args, build_engine))
     if service.interrupted_on_open:
         print(f"{service.interrupted_on_open} job(s) left unfinished by the previous run are marked failed")
     # uvicorn handles SIGTERM and Ctrl-C: it stops accepting, lets open requests end, then the
     # app's shutdown closes the service (queued and running jobs cancelled, no partial file).
     uvicorn.run(create_app(service, api_key=args.api_key), host=args.host, port=args.port,
                 timeout_graceful_shutdown=10)
+
+
+def serving_engine(args: argparse.Namespace, build_engine):
+    """The engine of the model flags, warmed up on a GPU: the first call of each batch size
+    compiles and captures, and that is not a client's wait."""
+    engine = build_engine(args)
+    if engine.device.type == "cuda":
+        engine.warmup(range(1, args.max_batch + 1))
+    return engine
+
+
+def build_service(args: argparse.Namespace, engine, workers: int = 1):
+    """The VideoService of the serve flags, in front of `engine`."""
+    from .service import VideoService
+
+    return VideoService(engine, max_queue=args.max_queue, max_batch=args.max_batch, output_dir=args.output_dir,
+                        db_path=args.db, max_videos=args.max_videos, workers=workers,
+                        max_age_s=None if args.max_age_hours is None else args.max_age_hours * 3600)
