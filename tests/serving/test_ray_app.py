@@ -10,6 +10,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 import torch
 import yaml
 from ray.serve import Application
@@ -62,6 +63,7 @@ def replicas(job: dict) -> set[str]:
     return {stage["replica"] for stage in job["stages"]}
 
 
+@pytest.mark.slow  # about 2 minutes on 2 cores: Ray's start, 2 replicas loading their engines
 def test_ray_app_runs_jobs_on_both_replicas_and_reports_faults(engine, tmp_path):
     report = run_scenario(tmp_path)
 
