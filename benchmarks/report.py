@@ -68,6 +68,11 @@ def rows(records: list[dict]) -> list[list[str]]:
             table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
                           f"{info['forward_ms']:.1f} ms graphed", compiled, "-", "-"])
             continue
+        if "step_ms" in info:  # one denoising step replayed from its graph (step caching)
+            table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
+                          f"{info['step_ms']:.2f} ms a step", "-",
+                          f"{info['peak_allocated_gib']:.2f} / {info['peak_reserved_gib']:.2f} GiB", "-"])
+            continue
         if "decode_ms" in info:
             table.append([info["workload"], info["backend"], info["dtype"].removeprefix("torch."),
                           f"{info['decode_ms']:.1f} ms", f"{info['frames_per_s']:.0f} frames/s", "-", "-"])

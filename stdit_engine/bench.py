@@ -16,17 +16,19 @@ from .reference import REFERENCE_E2E
 PROMPTS = ["a sea turtle swimming over a coral reef", "a red vintage car driving through snow at dusk"]
 
 
-def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2, sampler: str = "iddpm") -> dict:
+def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2, sampler: str = "iddpm",
+                   **generate_options) -> dict:
     """Times one `generate()` of the preset's reference workload on `engine` (with `sampler` for
-    `num_steps` steps); returns a flat record."""
+    `num_steps` steps); returns a flat record. `generate_options`: more arguments of both generate()
+    calls (e.g. a step cache's)."""
     preset = engine.preset
     reference = REFERENCE_E2E.get(preset.name)
     prompts_n = reference.prompts if reference else preset.prompts_per_batch
     prompts = (PROMPTS * prompts_n)[:prompts_n]
-    engine.generate(prompts, seed=42, num_steps=warmup_steps, progress=False, sampler=sampler)
+    engine.generate(prompts, seed=42, num_steps=warmup_steps, progress=False, sampler=sampler, **generate_options)
     if engine.device.type == "cuda":
         torch.cuda.empty_cache()
-    engine.generate(prompts, seed=42, num_steps=num_steps, progress=False, sampler=sampler)
+    engine.generate(prompts, seed=42, num_steps=num_steps, progress=False, sampler=sampler, **generate_options)
     stages = {s.name: s for s in engine.last_stats}
     estimate = estimate_memory(preset, prompts_n, engine.placement.mode, engine.dtype, engine.text_encoder.dtype,
                                vae_chunk_frames=engine.decode_chunk_frames(prompts_n), device=engine.device,

@@ -1,4 +1,4 @@
-"""`stdit-engine generate | serve | bench | export | quality | info`: the command line.
+"""`stdit-engine generate | calibrate-cache | serve | bench | export | quality | info`: the command line.
 
 Exit codes: 0 done, 2 bad input (an argument, a file, a device: the message says what to do),
 130 interrupted (Ctrl-C; files are written whole or not at all). torch is imported only by the
@@ -20,7 +20,7 @@ from .engine.arguments import check_generate_arguments
 from .errors import ConfigError, EngineError
 from .export import command as export_command
 from .files import check_output_target, write_text_atomic
-from .options import DTYPES, KERNEL_BACKENDS as BACKENDS, PARALLEL_MODES, PLACEMENT_MODES, torch_dtype
+from .options import CACHE_MODES, DTYPES, KERNEL_BACKENDS as BACKENDS, PARALLEL_MODES, PLACEMENT_MODES, torch_dtype
 from .quality import command as quality_command
 from .serving import command as serve_command
 
@@ -51,6 +51,27 @@ def _parser() -> argparse.ArgumentParser:
                           "cfg+dsp (N >= 4); auto picks (README, Several GPUs)")
     gen.add_argument("--batch-size", type=int, help="prompts per batch (default: the preset's)")
     gen.add_argument("--vae-chunk-frames", type=int, help="frames decoded at once (default: all)")
+    gen.add_argument("--cache", choices=CACHE_MODES,
+                     help="reuse work across denoising steps, at some loss of fidelity (default: off; README)")
+    gen.add_argument("--cache-calibration", type=Path,
+                     help="the file of `stdit-engine calibrate-cache` for this checkpoint (residual cache)")
+    gen.add_argument("--cache-threshold", type=float,
+                     help="residual cache: higher skips more steps, 0 never skips (default 0.1)")
+    gen.add_argument("--cache-intervals", metavar="S,T,X",
+                     help="attention cache: compute spatial, temporal, cross attention every S, T, X steps")
+    gen.add_argument("--cache-range", metavar="START:STOP", default="0.1:0.6",
+                     help="attention cache: the steps it applies to, as fractions of the run (default 0.1:0.6)")
+
+    calibrate = commands.add_parser("calibrate-cache",
+                                    help="fit the residual step cache to a checkpoint; writes the file that "
+                                         "generate --cache-calibration reads")
+    add_model_arguments(calibrate)
+    calibrate.add_argument("--out", type=Path, required=True, help="the calibration file to write (.json)")
+    calibrate.add_argument("--run", action="append", metavar="SAMPLER:STEPS",
+                           help="a sampler and step count to calibrate (repeatable; default iddpm:100)")
+    calibrate.add_argument("--prompt", action="append", default=[],
+                           help="a calibration prompt; repeat for several (default: eight varied prompts)")
+    calibrate.add_argument("--seed", type=int, default=0)
 
     bench = commands.add_parser("bench", help="time generate() on a preset's reference workload, random weights")
     bench.add_argument("--preset", action="append", choices=list(PRESETS),
@@ -96,7 +117,8 @@ def build_engine(args: argparse.Namespace, parallel: str = "none"):
     args.doing = "loading the models"
     dtype = torch_dtype(args.dtype) if args.dtype else None
     common = dict(device=args.device, dtype=dtype, t5_dtype=torch_dtype(args.t5_dtype), backend=args.backend,
-                  placement=args.placement, cuda_graphs=not args.no_cuda_graphs, parallel=parallel, fp8=args.fp8)
+                  placement=args.placement, cuda_graphs=not args.no_cuda_graphs, parallel=parallel, fp8=args.fp8,
+                  cache_calibration=getattr(args, "cache_calibration", None))  # generate's flag only
     if args.random_weights:
         print("note: random weights; the video shows the pipeline working, not a picture of the prompt")
         return Engine.from_random_weights(args.preset, **common)
@@ -128,7 +150,25 @@ def _generate_arguments(args: argparse.Namespace, prompts: list[str]) -> dict:
                                        batch_size=args.batch_size, vae_chunk_frames=args.vae_chunk_frames)
     return dict(seed=checked.seed, num_steps=checked.num_steps, cfg_scale=checked.cfg_scale,
                 guidance_channels=args.guidance_channels, sampler=args.sampler, batch_size=checked.batch_size,
-                vae_chunk_frames=checked.vae_chunk_frames)
+                vae_chunk_frames=checked.vae_chunk_frames, **_cache_arguments(args))
+
+
+def _cache_arguments(args: argparse.Namespace) -> dict:
+    """generate()'s cache arguments from the --cache flags."""
+    if args.cache != "attention":
+        if args.cache_intervals:
+            raise ConfigError("--cache-intervals sets the attention cache: add --cache attention")
+        return dict(cache=args.cache, cache_threshold=args.cache_threshold)
+    from .engine.step_cache import AttentionBroadcast
+
+    try:
+        intervals = [int(k) for k in (args.cache_intervals or "2,3,4").split(",")]
+        start, stop = (float(v) for v in args.cache_range.split(":"))
+    except ValueError:
+        raise ConfigError(f"--cache-intervals takes S,T,X (integers) and --cache-range START:STOP (fractions), got "
+                          f"{args.cache_intervals!r} and {args.cache_range!r}") from None
+    return dict(cache="attention", cache_threshold=args.cache_threshold,
+                cache_broadcast=AttentionBroadcast.uniform(intervals, start, stop))
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -149,6 +189,24 @@ def _generate(args: argparse.Namespace, prompts: list[str], paths: list[Path], g
         args.doing = f"writing {path}"
         video.save(path)
         print(f"wrote {path} ({len(video)} frames, {video.width}x{video.height}, {video.fps} fps)")
+
+
+def cmd_calibrate_cache(args: argparse.Namespace) -> None:
+    check_output_target(args.out, "--out")
+    runs = []
+    for run in args.run or ["iddpm:100"]:
+        sampler, _, steps = run.rpartition(":")  # the sampler's name may carry options after a colon
+        if not (sampler and steps.isdigit()):
+            raise ConfigError(f"--run takes SAMPLER:STEPS, e.g. iddpm:100, got {run!r}")
+        runs.append((sampler, int(steps)))
+    from .engine.cache_calibration import DEFAULT_PROMPTS, calibrate
+
+    engine = build_engine(args)
+    args.doing = "calibrating the step cache"
+    calibration = calibrate(engine, runs, prompts=args.prompt or DEFAULT_PROMPTS, seed=args.seed, progress=True)
+    calibration.save(args.out)
+    print(f"wrote {args.out}: cache polynomial {', '.join(f'{c:.4g}' for c in calibration.polynomial)}; "
+          f"curves for {', '.join(calibration.curves)}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -199,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.doing = "running"  # what the command is doing, for the line printed on Ctrl-C
     try:
-        commands = {"generate": cmd_generate, "bench": cmd_bench, "info": cmd_info,
+        commands = {"generate": cmd_generate, "calibrate-cache": cmd_calibrate_cache, "bench": cmd_bench,
+                    "info": cmd_info,
                     "export": export_command.cmd_export, "quality": quality_command.cmd_quality,
                     "serve": lambda args: serve_command.cmd_serve(args, build_engine)}
         commands[args.command](args)

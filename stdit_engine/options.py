@@ -3,6 +3,7 @@
 
 PLACEMENT_MODES = ("resident", "lean", "offload", "sequential")  # engine/placement.py
 PARALLEL_MODES = ("auto", "none", "cfg", "dsp", "cfg+dsp")  # parallel/plan.py
+CACHE_MODES = ("residual", "attention")  # engine/step_cache.py
 KERNEL_BACKENDS = ("eager", "sdpa", "triton")  # kernels/registry.py BACKENDS, in this order
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}  # command-line name -> torch attribute
 

@@ -82,3 +82,19 @@ def test_bench_writes_records(tmp_path, capsys):
     assert set(record["stage_seconds"]) == {"encode", "denoise", "decode"}
     assert record["sampling_s"] > 0 and record["reference_sampling_s"] is None
     assert "end to end tiny" in capsys.readouterr().out
+
+
+def test_calibrate_cache_then_generate_with_it(tmp_path, capsys):
+    calibration = tmp_path / "cache.json"
+    tiny = ["--preset", "tiny", "--random-weights", "--device", "cpu"]
+    assert main(["calibrate-cache", *tiny, "--run", "iddpm:4", "--prompt", "a cat", "--prompt", "a dog",
+                 "--out", str(calibration)]) == 0
+    assert "curves for iddpm:4" in capsys.readouterr().out
+    for cache in (["--cache", "residual", "--cache-calibration", str(calibration), "--cache-threshold", "0.5"],
+                  ["--cache", "attention", "--cache-intervals", "2,2,3", "--cache-range", "0:1"]):
+        out = tmp_path / f"{cache[1]}.gif"
+        assert main(["generate", *tiny, "--steps", "4", "--prompt", "a cat", "--out", str(out), *cache]) == 0
+        assert out.is_file()
+    assert main(["generate", *tiny, "--steps", "4", "--prompt", "a cat", "--out", str(tmp_path / "x.gif"),
+                 "--cache", "residual"]) == 2
+    assert "calibrate-cache" in capsys.readouterr().err

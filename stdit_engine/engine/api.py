@@ -22,6 +22,7 @@ from ..parallel import ParallelPlan, decode_split, encode_on_first, parallel_den
 from ..schedulers import Sampler, make_sampler
 from .arguments import check_generate_arguments, check_prompts, check_seed, explain_nonfinite
 from .cancel import CancelToken, check_cancel_token
+from .cache_calibration import CacheCalibration
 from .denoise import GuidedDenoiser
 from .memory import StageStats, decode_chunk, measure_stage
 from .placement import Placement
@@ -30,6 +31,7 @@ from .progress import ProgressBar, ProgressFn, StepMonitor, progress_report
 from .prompt_cache import PromptEmbeddingCache
 from .seeds import PromptNoise, SharedNoise, call_noise
 from .stage_locks import StageLocks
+from .step_cache import AttentionBroadcast, CachePlan, make_plan
 from .video import Video
 
 
@@ -79,6 +81,7 @@ class Engine:
         self._locks = StageLocks(separate=placement == "resident" and parallel is None)
         self.last_stats: list[StageStats] = []
         self.prompt_cache = PromptEmbeddingCache()  # capacity 0 turns it off
+        self.cache_calibration: CacheCalibration | None = None  # generate(cache="residual") needs it
 
     @property
     def dtype(self) -> torch.dtype:
@@ -96,7 +99,8 @@ class Engine:
                         vae: str | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
                         backend: str = "auto", cuda_graphs: bool = True, placement: str = "auto",
-                        parallel: str = "auto", fp8: bool = False) -> "Engine":
+                        parallel: str = "auto", fp8: bool = False,
+                        cache_calibration: str | Path | None = None) -> "Engine":
         """Loads each part from a local path or a hub id; defaults are the released weights of SPEC section 1.
 
         `stdit` is a .pth/.safetensors file or a hub repo id (the preset's file is taken from it).
@@ -106,7 +110,10 @@ class Engine:
         "cfg+dsp" or "auto" (parallel/plan.py); every rank calls this, and uses cuda:LOCAL_RANK.
         `fp8`: the STDiT block linears in FP8 (Ada / Hopper GPUs; models/fp8.py): faster, and as far
         from fp32 as bf16 is, but not the reference's fp16 rounding.
+        `cache_calibration`: the file `stdit-engine calibrate-cache` wrote for this checkpoint, which
+        generate(cache="residual") needs (engine/step_cache.py).
         """
+        calibration = None if cache_calibration is None else CacheCalibration.load(cache_calibration)
         preset = get_preset(preset)
         plan, device = setup_parallel(parallel, preset, None if device is None else resolve_device(device))
         device = resolve_device(device)
@@ -132,20 +139,22 @@ class Engine:
         engine = cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs, placement=placement,
                      parallel=plan)
         engine.placement.reason = choice.reason
-        return engine
+        return engine.use_cache_calibration(calibration)
 
     @classmethod
     def from_random_weights(cls, preset: str | Preset, *, device: str | torch.device | None = None,
                             dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
                             backend: str = "auto", seed: int = 0, cuda_graphs: bool = True,
-                            placement: str = "auto", parallel: str = "auto", fp8: bool = False) -> "Engine":
+                            placement: str = "auto", parallel: str = "auto", fp8: bool = False,
+                            cache_calibration: str | Path | None = None) -> "Engine":
         """The exact architectures of `preset` with random weights: for tests, demos and benchmarks.
 
         Its videos are noise-like; it exists to measure speed and memory and to exercise the code.
         Weights are drawn on `device` (fast) and then placed as `placement` says, so the load itself
         briefly holds each whole model on the device. With `parallel` (see from_pretrained), every
-        rank draws the same weights from `seed`. `fp8`: as in from_pretrained.
+        rank draws the same weights from `seed`. `fp8`, `cache_calibration`: as in from_pretrained.
         """
+        calibration = None if cache_calibration is None else CacheCalibration.load(cache_calibration)
         preset = get_preset(preset)
         seed = check_seed(seed)
         plan, device = setup_parallel(parallel, preset, None if device is None else resolve_device(device))
@@ -162,7 +171,17 @@ class Engine:
         engine = cls(preset, model, text_encoder, video_vae, device, random_weights=True,
                      cuda_graphs=cuda_graphs, placement=placement, parallel=plan)
         engine.placement.reason = choice.reason
-        return engine
+        return engine.use_cache_calibration(calibration)
+
+    def use_cache_calibration(self, calibration: CacheCalibration | str | Path | None) -> "Engine":
+        """The residual step cache's calibration for these weights (a CacheCalibration or its file);
+        refused when it was fitted for another model (engine/cache_calibration.py)."""
+        if isinstance(calibration, (str, Path)):
+            calibration = CacheCalibration.load(calibration)
+        if calibration is not None:
+            calibration.check_model(self.stdit, self.preset.name)
+        self.cache_calibration = calibration
+        return self
 
     def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Pays now, e.g. when a server starts, what the first call of each batch size (default: the
@@ -210,8 +229,9 @@ class Engine:
                  cfg_scale: float = 7.0, guidance_channels: int | None = None,
                  output: Literal["video", "latent"] = "video", progress: bool | ProgressFn = True,
                  cancel: CancelToken | None = None, sampler: str = "iddpm", batch_size: int | None = None,
-                 vae_chunk_frames: int | None = None,
-                 stats: list[StageStats] | None = None) -> list[Video] | torch.Tensor:
+                 vae_chunk_frames: int | None = None, stats: list[StageStats] | None = None,
+                 cache: Literal["residual", "attention"] | None = None, cache_threshold: float | None = None,
+                 cache_broadcast: AttentionBroadcast | None = None) -> list[Video] | torch.Tensor:
         """Videos (or final latents [n,C,T,H,W]) for `prompts`, sampled as the reference script does.
 
         `sampler`: "iddpm" (the reference, default), "ddim" ("ddim:eta=1" for its ancestral form),
@@ -238,6 +258,10 @@ class Engine:
         in `self.last_stats` (printed when `progress` is True): each call gathers its own, so calls from
         several threads do not mix their entries. Prompts longer than the text encoder's 120 tokens are
         truncated, as the reference does, with one PromptTruncatedWarning per call.
+        `cache` (default None: off) reuses work across denoising steps, at some cost in fidelity
+        (engine/step_cache.py, BENCHMARKS.md): "residual" skips the blocks on steps chosen by
+        `cache_threshold` (0: never skip; needs `cache_calibration`), "attention" reuses attention
+        outputs as `cache_broadcast` says (default AttentionBroadcast()).
         Bad arguments raise ConfigError before any work (engine/arguments.py).
         Over several ranks, every rank calls this with the same arguments and gets the same latents;
         videos are gathered on rank 0, and the other ranks get an empty list (so only rank 0 saves).
@@ -251,6 +275,7 @@ class Engine:
         self.text_encoder.warn_if_truncated(prompts)
         if self.parallel is not None and not self.parallel.is_first:
             progress = False  # one progress bar and one report, from rank 0
+        cache_plan = self._cache_plan(cache, sampler, num_steps, cache_threshold, cache_broadcast)
         sampler = make_sampler(sampler, num_steps=num_steps, cfg_scale=cfg_scale, guidance_channels=guidance_channels)
         noise = call_noise(seed, self.device)
         batches = range(0, len(prompts), batch_size)
@@ -274,7 +299,8 @@ class Engine:
                             y, mask = encode_on_first(self.parallel, lambda: self._encode_cached(batch), self.device)
                     with self._locks.hold("denoise", cancel), measure_stage("denoise", self.device, call_stats,
                                                                             self._models):
-                        latent = self._denoise(sampler, y, mask, noise.batch(start, start + len(batch)), monitor)
+                        latent = self._denoise(sampler, y, mask, noise.batch(start, start + len(batch)), monitor,
+                                               cache_plan)
                     if output == "latent":
                         latents.append(latent)
                         continue
@@ -293,14 +319,24 @@ class Engine:
             self._print_stats(call_stats)
         return torch.cat(latents) if output == "latent" else videos
 
-    def _denoise(self, sampler: Sampler, y, mask, noise: SharedNoise | PromptNoise, monitor: StepMonitor) -> torch.Tensor:
+    def _cache_plan(self, cache, sampler: str, num_steps: int, threshold, broadcast) -> CachePlan | None:
+        plan = make_plan(cache, sampler=sampler, evaluations=num_steps, threshold=threshold, broadcast=broadcast,
+                         calibration=self.cache_calibration)
+        if plan is not None and not isinstance(self.denoiser.model, STDiT):
+            raise ConfigError("step caching reaches into the STDiT's blocks, which an exported artifact does not "
+                              "expose: generate without cache=, or without use_artifact()")
+        return plan
+
+    def _denoise(self, sampler: Sampler, y, mask, noise: SharedNoise | PromptNoise, monitor: StepMonitor,
+                 cache_plan: CachePlan | None = None) -> torch.Tensor:
         with self.placement.stage("denoise"):
             # The reference draws the initial latent in the model's dtype on the sampling device.
             z = noise.draw((y.shape[0], *self.preset.latent_shape), self.dtype, self.device)
             y_null = self.stdit.y_embedder.y_embedding[None, None]
             try:
                 with monitor.loop():  # its steps are over on the device before the graphs or weights go
-                    return self.denoiser.sample(sampler, z, y, mask, y_null, noise_fn=noise.draw, monitor=monitor)
+                    return self.denoiser.sample(sampler, z, y, mask, y_null, noise_fn=noise.draw, monitor=monitor,
+                                                cache=cache_plan)
             except SamplingError as err:
                 dtype = str(self.dtype).removeprefix("torch.")
                 raise SamplingError(f"{err}: {explain_nonfinite(dtype, sampler.cfg_scale)}") from err

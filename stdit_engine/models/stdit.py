@@ -6,7 +6,9 @@ kernels.
 """
 from __future__ import annotations
 
+import functools
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -173,6 +175,12 @@ def add_and_norm(x, pending, shift, scale, ops: Ops, for_linear: nn.Module | Non
     return ops.gated_residual_ln_modulate(x, *pending, shift, scale, LN_EPS)
 
 
+def compute_attention(kind: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The default `attend` of a block: always compute. A step cache (engine/step_cache.py) passes
+    its own, which may return a stored output of the attention `kind` instead."""
+    return compute()
+
+
 def add_residual(x, gate, y, ops: Ops, for_linear: nn.Module | None = None):
     """(x + gate * y, and what `for_linear` reads of that sum: the sum itself or, for an FP8 linear,
     the sum quantized for it (QuantizedRows) in the same pass)."""
@@ -193,23 +201,24 @@ class STDiTBlock(nn.Module):
         self.mlp = GeluMLP(dim, int(dim * mlp_ratio))
 
     def forward(self, x, t0, caption_kv, kv_lengths, grid: tuple[int, int], ops: Ops, temporal_pos=None,
-                tokens=LocalTokens, pending=None):
+                tokens=LocalTokens, pending=None, attend=compute_attention):
         """x [B, T*S, C] (token = t*S + s), t0 [B, 6C]; `tokens` regroups x for temporal attention
         (T is this device's frames when the sequence is sharded, see parallel/exchange.py).
 
         A residual is added in the same pass as the norm that reads the sum (add_and_norm). The
         block's last residual has no norm of its own after it, so it is returned pending, as
         (gate, y), for the next block's first norm or the final layer's; `pending` is the previous
-        block's. Returns (x, pending): the block's output is x + gate * y."""
+        block's. Returns (x, pending): the block's output is x + gate * y. `attend(kind, compute)`
+        gives the output (projected) of the "spatial", "temporal" or "cross" attention: by default
+        `compute()`; a step cache may return a stored one (engine/step_cache.py)."""
         b, n, c = x.shape
         frames, positions = grid
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            self.scale_shift_table[None] + t0.view(b, 6, c)
-        ).unbind(1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(t0)
 
         # Spatial attention within each frame, on the modulated norm of x.
         x, h = add_and_norm(x, pending, shift_msa, scale_msa, ops, self.attn.qkv)
-        h = self.attn(h.reshape(b * frames, positions, c), ops.self_attention).reshape(b, n, c)
+        h = attend("spatial",
+                   lambda: self.attn(h.reshape(b * frames, positions, c), ops.self_attention).reshape(b, n, c))
         # The temporal qkv reads this sum as it is stored, unless a sequence-parallel exchange
         # regroups it or the temporal embedding is added first (block 0): then it gets x itself.
         same_memory = tokens is LocalTokens and temporal_pos is None
@@ -220,14 +229,19 @@ class STDiTBlock(nn.Module):
         h = tokens.to_temporal(h, b, frames, positions)
         if temporal_pos is not None:
             h = h + temporal_pos[:, :, None]
-        h = tokens.from_temporal(self.attn_temp.over_frames(h, ops.temporal_attention), b, frames, positions)
+        h = attend("temporal", lambda: tokens.from_temporal(self.attn_temp.over_frames(h, ops.temporal_attention), b,
+                                                            frames, positions))
         x, h = add_residual(x, gate_msa, h, ops, self.cross_attn.q_linear)
 
         # Cross-attention's residual is ungated; its query is computed from x (h: x as the query's
         # linear takes it).
-        x, h = add_and_norm(x, (None, self.cross_attn(h, caption_kv, kv_lengths, ops)), shift_mlp, scale_mlp, ops,
-                            self.mlp.fc1)
+        x, h = add_and_norm(x, (None, attend("cross", lambda: self.cross_attn(h, caption_kv, kv_lengths, ops))),
+                            shift_mlp, scale_mlp, ops, self.mlp.fc1)
         return x, (gate_mlp, self.mlp(h, ops))
+
+    def modulation(self, t0: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), each [B, C], for t0 [B, 6C]."""
+        return (self.scale_shift_table[None] + t0.view(t0.shape[0], 6, -1)).unbind(1)
 
 
 class FinalLayer(nn.Module):
@@ -351,9 +365,18 @@ class STDiT(nn.Module):
         temb = self.t_embedder(timestep)
         return temb, self.t_block(temb)
 
-    def forward_embedded(self, x, temb, t0, caption_kv, kv_lengths) -> torch.Tensor:
+    def forward_embedded(self, x, temb, t0, caption_kv, kv_lengths, attend=None) -> torch.Tensor:
         """x may hold a slice of the frames (sequence parallel): the patch embedding, the spatial
-        position embedding and the final layer are frame-local, `self.tokens` does the rest."""
+        position embedding and the final layer are frame-local, `self.tokens` does the rest.
+        `attend(block_index, kind, compute)`: see STDiTBlock.forward (default: compute)."""
+        h, grid = self.embed_tokens(x)
+        h, pending = self.run_blocks(h, t0, caption_kv, kv_lengths, grid, attend)
+        return self.decode_tokens(h, temb, pending)
+
+    # The three parts of forward_embedded, apart for a step cache that skips the blocks (engine/step_cache.py).
+
+    def embed_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(tokens [B, T'*S, C] of the latent x with the spatial position embedding, (T', S))."""
         b = x.shape[0]
         _, rows, cols = self.grid
         positions = rows * cols
@@ -362,12 +385,20 @@ class STDiT(nn.Module):
         h = self.x_embedder.proj(x.to(self.dtype).contiguous(memory_format=torch.channels_last_3d))  # [B, C, T', H', W']
         frames = h.shape[2]
         h = h.flatten(2).transpose(1, 2).view(b, frames, positions, self.hidden_size)
-        h = (h + self.pos_embed.to(h.dtype)).view(b, frames * positions, self.hidden_size)
+        return (h + self.pos_embed.to(h.dtype)).view(b, frames * positions, self.hidden_size), (frames, positions)
+
+    def run_blocks(self, h, t0, caption_kv, kv_lengths, grid: tuple[int, int], attend=None):
+        """(x, pending) after the last block: its output is x + gate * y with pending = (gate, y)."""
         temporal_pos = self.pos_embed_temporal.to(h.dtype)
         pending = None
         for i, block in enumerate(self.blocks):
-            h, pending = block(h, t0, caption_kv[i], kv_lengths, (frames, positions), self.ops,
-                               temporal_pos if i == 0 else None, self.tokens, pending)
+            block_attend = compute_attention if attend is None else functools.partial(attend, i)
+            h, pending = block(h, t0, caption_kv[i], kv_lengths, grid, self.ops,
+                               temporal_pos if i == 0 else None, self.tokens, pending, block_attend)
+        return h, pending
+
+    def decode_tokens(self, h, temb, pending=None) -> torch.Tensor:
+        """The final layer on h plus the pending residual, unpatchified: [B, C_out, T, H, W]."""
         return self.unpatchify(self.final_layer(h, temb, self.ops, pending))
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

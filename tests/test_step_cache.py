@@ -1,0 +1,254 @@
+"""Step caching (engine/step_cache.py, engine/cache_calibration.py) on the tiny preset, CPU: never-skip
+settings change nothing, skipped steps do not run the skipped modules, stored outputs stand for the
+computed ones, the schedule rules, per-request and per-call independence, the calibration file."""
+import threading
+
+import pytest
+import torch
+
+from stdit_engine import Engine
+from stdit_engine.engine.cache_calibration import CacheCalibration, calibrate
+from stdit_engine.engine.denoise import GuidedDenoiser
+from stdit_engine.engine.step_cache import (FULL, RESIDUAL, AttentionBroadcast, BroadcastRange, StepVariant,
+                                            attention_plan, make_plan, residual_plan)
+from stdit_engine.errors import ConfigError
+from stdit_engine.schedulers import make_sampler
+
+PROMPTS = ["a sea turtle swimming over a coral reef", "a red car in the snow"]
+STEPS = 8
+NEVER_REUSE = AttentionBroadcast.uniform((1, 1, 1), 0.0, 1.0)
+EVERY_OTHER = AttentionBroadcast.uniform((2, 2, 2), 0.0, 1.0)
+
+
+def null_caption(engine):
+    """The learned caption of guidance's unconditional half, [1, 1, L, C]."""
+    return engine.stdit.y_embedder.y_embedding[None, None]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = Engine.from_random_weights("tiny", device="cpu")
+    engine.cache_calibration = calibrate(engine, runs=[("iddpm", STEPS)], prompts=PROMPTS)
+    return engine
+
+
+def latents(engine, prompts=PROMPTS, seed=1, **kwargs):
+    return engine.generate(prompts, seed=seed, num_steps=STEPS, output="latent", progress=False, **kwargs)
+
+
+def skipping_threshold(engine, skips: int) -> float:
+    """The smallest threshold (of a few) at which the calibrated schedule skips at least `skips` steps."""
+    for threshold in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2):
+        plan = make_plan("residual", sampler="iddpm", evaluations=STEPS, threshold=threshold,
+                         calibration=engine.cache_calibration)
+        if plan.reused(RESIDUAL) >= skips:
+            return threshold
+    raise AssertionError("no threshold skips enough")
+
+
+# ------------------------------------------------------------------ never skip: nothing changes
+
+def test_never_skip_settings_give_the_uncached_output_bitwise(engine):
+    reference = latents(engine)
+    assert torch.equal(latents(engine, cache="residual", cache_threshold=0.0), reference)
+    assert torch.equal(latents(engine, cache="attention", cache_broadcast=NEVER_REUSE), reference)
+
+
+def test_steps_that_store_for_later_give_the_uncached_output_bitwise(engine):
+    """A recording forward (the step before a skip) returns exactly what forward_embedded does."""
+    model, inputs = engine.stdit, forward_inputs(engine)
+    plain = model.forward_embedded(*inputs)
+    for plan in (residual_plan([0.0] * 4, threshold=1.0), attention_plan(EVERY_OTHER, 4)):
+        recording = next(v for v in plan.variants if v.record)
+        forwards = plan.forwards(model, inputs[0])
+        assert torch.equal(forwards(recording)(*inputs), plain), plan.mode
+
+
+def test_reused_outputs_stand_for_the_computed_ones(engine):
+    """Reusing what was stored at the same inputs gives the computed output: the residual (up to
+    rounding of h0 + (out - h0)) and the attention outputs (exactly)."""
+    model, inputs = engine.stdit, forward_inputs(engine)
+    plain = model.forward_embedded(*inputs)
+    forwards = residual_plan([0.0] * 4, threshold=1.0).forwards(model, inputs[0])
+    forwards(StepVariant(record=frozenset({RESIDUAL})))(*inputs)
+    torch.testing.assert_close(forwards(StepVariant(reuse=frozenset({RESIDUAL})))(*inputs), plain,
+                               rtol=1e-5, atol=1e-5)
+    kinds = frozenset({"spatial", "temporal", "cross"})
+    forwards = attention_plan(EVERY_OTHER, 4).forwards(model, inputs[0])
+    forwards(StepVariant(record=kinds))(*inputs)
+    assert torch.equal(forwards(StepVariant(reuse=kinds))(*inputs), plain)
+
+
+def forward_inputs(engine):
+    """forward_embedded's inputs for a guidance batch of the two prompts at step 3 of STEPS."""
+    model = engine.stdit
+    y, mask = engine.encode_prompts(PROMPTS)
+    captions = torch.cat([y, null_caption(engine).expand_as(y)])
+    caption_kv, lengths = model.embed_caption(captions, mask)
+    temb, t0 = model.embed_timestep(make_sampler("iddpm", num_steps=STEPS).model_timesteps("cpu")[3:4].expand(4))
+    x = torch.randn(4, *engine.preset.latent_shape, generator=torch.Generator().manual_seed(0))
+    return x, temb, t0, caption_kv, lengths
+
+
+# ------------------------------------------------------------------ skipped work is not run
+
+class ModuleCalls:
+    def __init__(self, modules):
+        self.count = 0
+        self.handles = [m.register_forward_hook(self.hook) for m in modules]
+
+    def hook(self, *_):
+        self.count += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        for handle in self.handles:
+            handle.remove()
+
+
+def test_residual_cache_skips_the_blocks(engine):
+    threshold = skipping_threshold(engine, 3)
+    plan = make_plan("residual", sampler="iddpm", evaluations=STEPS, threshold=threshold,
+                     calibration=engine.cache_calibration)
+    with ModuleCalls(engine.stdit.blocks) as blocks:
+        cached = latents(engine, cache="residual", cache_threshold=threshold)
+    assert blocks.count == (STEPS - plan.reused(RESIDUAL)) * len(engine.stdit.blocks)
+    assert not plan.variants[0].reuse and not plan.variants[-1].reuse  # first and last always run
+    reference = latents(engine)
+    assert not torch.equal(cached, reference)
+    assert torch.isfinite(cached).all()
+
+
+@pytest.mark.parametrize("kind, module", [("spatial", "attn"), ("temporal", "attn_temp"), ("cross", "cross_attn")])
+def test_attention_cache_skips_each_kind_on_its_own_interval(engine, kind, module):
+    broadcast = AttentionBroadcast(**{k: BroadcastRange(3 if k == kind else 1, 0.0, 1.0)
+                                      for k in ("spatial", "temporal", "cross")})
+    plan = make_plan("attention", sampler="iddpm", evaluations=STEPS, broadcast=broadcast)
+    # Steps 1..6 are inside the range; the first of them computes, then two of every three reuse.
+    assert [i for i, v in enumerate(plan.variants) if v.reuse] == [2, 3, 5, 6]
+    assert all(v.reuse <= {kind} for v in plan.variants)
+    modules = [getattr(block, module).proj for block in engine.stdit.blocks]
+    with ModuleCalls(modules) as calls:
+        cached = latents(engine, cache="attention", cache_broadcast=broadcast)
+    assert calls.count == (STEPS - 4) * len(modules)
+    assert not torch.equal(cached, latents(engine))
+
+
+# ------------------------------------------------------------------ the schedules
+
+def test_residual_rule_accumulates_and_resets():
+    plan = residual_plan([0.0, 0.3, 0.3, 0.3, 0.3, 0.9, 0.1, 0.1], threshold=0.5)
+    # step 1: 0.3 < 0.5 skip; 2: 0.6 run (reset); 3: skip; 4: run; 5: run; 6: skip; 7: last, runs.
+    assert [bool(v.reuse) for v in plan.variants] == [False, True, False, True, False, False, True, False]
+    # The step before a skip stores the residual; the others store nothing.
+    assert [bool(v.record) for v in plan.variants] == [True, False, True, False, False, True, False, False]
+    assert residual_plan([5.0] * 6, threshold=0.0).variants == (FULL,) * 6
+
+
+def test_attention_ranges_are_fractions_of_the_steps():
+    broadcast = AttentionBroadcast(spatial=BroadcastRange(2, 0.0, 0.5), temporal=BroadcastRange(1),
+                                   cross=BroadcastRange(4, 0.5, 1.0))
+    plan = attention_plan(broadcast, 20)
+    assert [i for i, v in enumerate(plan.variants) if "spatial" in v.reuse] == [2, 4, 6, 8]
+    assert [i for i, v in enumerate(plan.variants) if "cross" in v.reuse] == [11, 12, 13, 15, 16, 17]
+    assert plan.reused("temporal") == 0
+    assert plan.recorded == {"spatial", "cross"}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(cache="teacache"), "unknown cache 'teacache'"),
+    (dict(cache_threshold=0.1), "without a cache"),
+    (dict(cache="attention", cache_threshold=0.1), "cache_threshold belongs to cache='residual'"),
+    (dict(cache="residual", cache_threshold=-1.0), "cache_threshold must be a number >= 0"),
+    (dict(cache="residual", num_steps=7), "no curve for sampler 'iddpm' at 7 steps"),
+])
+def test_bad_cache_arguments(engine, kwargs, message):
+    kwargs = {"num_steps": STEPS, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        engine.generate(PROMPTS, seed=1, output="latent", progress=False, **kwargs)
+
+
+def test_bad_broadcast_ranges():
+    with pytest.raises(ConfigError, match="integer >= 1"):
+        BroadcastRange(0)
+    with pytest.raises(ConfigError, match="0 <= start <= stop <= 1"):
+        BroadcastRange(2, 0.7, 0.2)
+
+
+# ------------------------------------------------------------------ per request, per call
+
+@pytest.mark.parametrize("cache, setting", [("residual", None), ("attention", EVERY_OTHER)])
+def test_a_requests_skips_do_not_depend_on_its_batchmates(engine, cache, setting):
+    threshold = skipping_threshold(engine, 3) if cache == "residual" else None
+    plan = make_plan(cache, sampler="iddpm", evaluations=STEPS, threshold=threshold, broadcast=setting,
+                     calibration=engine.cache_calibration)
+    denoiser = GuidedDenoiser(engine.stdit, use_cuda_graphs=False)
+    y, mask = engine.encode_prompts(PROMPTS)
+    z = torch.randn(2, *engine.preset.latent_shape, generator=torch.Generator().manual_seed(3))
+
+    def sample(rows: slice, plan):
+        # DDIM (eta 0) draws no noise: a request's latent does not depend on a draw for the batch.
+        return denoiser.sample(make_sampler("ddim", num_steps=STEPS), z[rows], y[rows], mask[rows], null_caption(engine),
+                               cache=plan)
+
+    def one_by_one(plan):
+        return torch.cat([sample(slice(i, i + 1), plan) for i in range(2)])
+
+    alone, alone_uncached = one_by_one(plan), one_by_one(None)
+    batching_noise = (sample(slice(0, 2), None) - alone_uncached).abs().max()
+    assert (sample(slice(0, 2), plan) - alone).abs().max() <= batching_noise + 1e-6
+    assert not torch.allclose(alone, alone_uncached)
+
+
+def test_concurrent_calls_do_not_share_a_cache(engine):
+    settings = [dict(cache="residual", cache_threshold=skipping_threshold(engine, 3)),
+                dict(cache="attention", cache_broadcast=EVERY_OTHER), dict()]
+    alone = [latents(engine, seed=i, **kw) for i, kw in enumerate(settings)]
+    results = [None] * len(settings)
+    barrier = threading.Barrier(len(settings))
+
+    def run(i):
+        barrier.wait(timeout=60)
+        results[i] = latents(engine, seed=i, **settings[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(settings))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    for got, expected in zip(results, alone):
+        assert torch.equal(got, expected)
+
+
+# ------------------------------------------------------------------ the calibration file
+
+def test_calibration_file_round_trip_and_model_check(engine, tmp_path):
+    path = tmp_path / "cache.json"
+    engine.cache_calibration.save(path)
+    again = Engine.from_random_weights("tiny", device="cpu", cache_calibration=path)
+    assert again.cache_calibration == engine.cache_calibration
+    threshold = skipping_threshold(engine, 3)
+    assert torch.equal(latents(again, cache="residual", cache_threshold=threshold),
+                       latents(engine, cache="residual", cache_threshold=threshold))
+    with pytest.raises(ConfigError, match="other weights"):
+        Engine.from_random_weights("tiny", device="cpu", seed=1, cache_calibration=path)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a step-cache calibration"):
+        CacheCalibration.load(tmp_path / "bad.json")
+
+
+def test_residual_cache_needs_a_calibration():
+    engine = Engine.from_random_weights("tiny", device="cpu")
+    with pytest.raises(ConfigError, match="calibrate-cache"):
+        latents(engine, cache="residual")
+
+
+def test_calibration_curve_and_polynomial(engine):
+    calibration = engine.cache_calibration
+    curve = calibration.curves[f"iddpm:{STEPS}"]
+    assert len(curve) == STEPS and curve[0] == 0.0 and all(c > 0 for c in curve[1:])
+    assert len(calibration.polynomial) == 5
+    assert calibration.model["preset"] == "tiny" and calibration.prompts == len(PROMPTS)
