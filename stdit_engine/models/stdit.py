@@ -224,13 +224,8 @@ class STDiTBlock(nn.Module):
         same_memory = tokens is LocalTokens and temporal_pos is None
         x, h = add_residual(x, gate_msa, h, ops, self.attn_temp.qkv if same_memory else None)
 
-        # Temporal attention within each spatial position, on x itself (no norm), same gate. h is
-        # [b, all frames, this device's positions, C], so the full temporal embedding applies.
-        h = tokens.to_temporal(h, b, frames, positions)
-        if temporal_pos is not None:
-            h = h + temporal_pos[:, :, None]
-        h = attend("temporal", lambda: tokens.from_temporal(self.attn_temp.over_frames(h, ops.temporal_attention), b,
-                                                            frames, positions))
+        # Temporal attention within each spatial position, on x itself (no norm), same gate.
+        h = attend("temporal", lambda: self.temporal_attention(h, grid, ops, temporal_pos, tokens))
         x, h = add_residual(x, gate_msa, h, ops, self.cross_attn.q_linear)
 
         # Cross-attention's residual is ungated; its query is computed from x (h: x as the query's
@@ -238,6 +233,15 @@ class STDiTBlock(nn.Module):
         x, h = add_and_norm(x, (None, attend("cross", lambda: self.cross_attn(h, caption_kv, kv_lengths, ops))),
                             shift_mlp, scale_mlp, ops, self.mlp.fc1)
         return x, (gate_mlp, self.mlp(h, ops))
+
+    def temporal_attention(self, h, grid: tuple[int, int], ops: Ops, temporal_pos, tokens) -> torch.Tensor:
+        """Over the frames at each position; h regrouped by `tokens` is [b, all frames, this device's
+        positions, C], so the full temporal embedding applies."""
+        b, frames, positions = h.shape[0], *grid
+        h = tokens.to_temporal(h, b, frames, positions)
+        if temporal_pos is not None:
+            h = h + temporal_pos[:, :, None]
+        return tokens.from_temporal(self.attn_temp.over_frames(h, ops.temporal_attention), b, frames, positions)
 
     def modulation(self, t0: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), each [B, C], for t0 [B, 6C]."""
