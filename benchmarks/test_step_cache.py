@@ -56,7 +56,7 @@ def graphed_steps(dtype: torch.dtype, fp8: bool, mode: str):
             rows, index = lengths.shape[0], STEPS // 2
             z = torch.randn(PROMPTS, 4, *model.input_size, device=device, dtype=dtype, generator=g)
             inputs = StepInputs(temb[index].expand(rows, -1), t0[index].expand(rows, -1), caption_kv, lengths,
-                                coefs[index], sampler.new_memory(z))
+                                coefs[index], sampler.new_memory(z), sampler.cfg_scale)
             recording = StepVariant(record=frozenset({RESIDUAL}) if mode == RESIDUAL else ALL_ATTENTION)
             graphed = GraphedStep(model, sampler, z, z, inputs, WHOLE_BATCH,
                                   CachePlan(mode, (recording,)).forwards(model, WHOLE_BATCH.latents(z)))
@@ -64,8 +64,9 @@ def graphed_steps(dtype: torch.dtype, fp8: bool, mode: str):
     return _steps[key]
 
 
-@pytest.mark.parametrize("dtype, fp8", PRECISIONS, ids=["fp16", "bf16+fp8"])
+# The last parametrize varies slowest: one model (and its graphs) per precision.
 @pytest.mark.parametrize("name, mode, variant", STEP_KINDS, ids=[k[0] for k in STEP_KINDS])
+@pytest.mark.parametrize("dtype, fp8", PRECISIONS, ids=["fp16", "bf16+fp8"])
 def test_step_time(benchmark, name, mode, variant, dtype, fp8):
     step, graphed = graphed_steps(dtype, fp8, mode)
     with torch.inference_mode():
@@ -108,9 +109,9 @@ def engine_for(dtype: torch.dtype, fp8: bool) -> Engine:
     return _engines[key]
 
 
-@pytest.mark.parametrize("dtype, fp8", PRECISIONS, ids=["fp16", "bf16+fp8"])
 @pytest.mark.parametrize("sampler, steps, cache", E2E,
                          ids=[f"{s}{n}-{c.get('cache', 'nocache')}{c.get('cache_threshold', '')}" for s, n, c in E2E])
+@pytest.mark.parametrize("dtype, fp8", PRECISIONS, ids=["fp16", "bf16+fp8"])
 def test_end_to_end_with_cache(benchmark, sampler, steps, cache, dtype, fp8):
     engine = engine_for(dtype, fp8)
     plan = make_plan(cache.get("cache"), sampler=sampler, evaluations=steps, threshold=cache.get("cache_threshold"),
