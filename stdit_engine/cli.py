@@ -146,9 +146,9 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 def _generate_arguments(args: argparse.Namespace, prompts: list[str]) -> dict:
     """generate()'s arguments from the command line, checked before anything loads."""
-    checked = check_generate_arguments(prompts, seed=args.seed, num_steps=args.steps, cfg_scale=args.cfg_scale,
-                                       batch_size=args.batch_size, vae_chunk_frames=args.vae_chunk_frames)
-    return dict(seed=checked.seed, num_steps=checked.num_steps, cfg_scale=checked.cfg_scale,
+    checked = check_generate_arguments(prompts, seed=args.seed, cfg_scale=args.cfg_scale, batch_size=args.batch_size,
+                                       vae_chunk_frames=args.vae_chunk_frames)
+    return dict(seed=checked.seed, num_steps=args.steps, cfg_scale=checked.cfg_scale,
                 guidance_channels=args.guidance_channels, sampler=args.sampler, batch_size=checked.batch_size,
                 vae_chunk_frames=checked.vae_chunk_frames, **_cache_arguments(args))
 

@@ -267,8 +267,8 @@ class Engine:
         videos are gathered on rank 0, and the other ranks get an empty list (so only rank 0 saves).
         Thread-safe: see the class docstring.
         """
-        args = check_generate_arguments(prompts, seed=seed, num_steps=num_steps, cfg_scale=cfg_scale, output=output,
-                                        batch_size=batch_size, vae_chunk_frames=vae_chunk_frames)
+        args = check_generate_arguments(prompts, seed=seed, cfg_scale=cfg_scale, output=output, batch_size=batch_size,
+                                        vae_chunk_frames=vae_chunk_frames)
         seed, vae_chunk_frames = args.seed, args.vae_chunk_frames
         batch_size = args.batch_size or self.preset.prompts_per_batch
         prompts = [clean_prompt(p) for p in args.prompts]  # cleaned once, for the warning and the batches

@@ -57,13 +57,12 @@ def check_seeds(seed, count: int) -> int | list[int] | None:
     return check_seed(seed)
 
 
-def check_positive_int(value, name: str, optional: bool = False) -> int | None:
-    """An integer >= 1 (or None when `optional`, meaning the default)."""
-    if value is None and optional:
+def check_count(value, name: str) -> int | None:
+    """None (the default) or an integer >= 1."""
+    if value is None:
         return None
     if not _is_int(value) or value < 1:
-        default = " or None for the default" if optional else ""
-        raise ConfigError(f"{name} must be an integer >= 1{default}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= 1 or None for the default, got {value!r}")
     return int(value)
 
 
@@ -80,24 +79,23 @@ def check_cfg_scale(cfg_scale) -> float:
 class GenerateArguments:
     prompts: list[str]
     seed: int | list[int] | None
-    num_steps: int
     cfg_scale: float
     output: str
     batch_size: int | None  # None: the preset's
     vae_chunk_frames: int | None  # None: chosen from free memory
 
 
-def check_generate_arguments(prompts, *, seed=None, num_steps=100, cfg_scale=7.0, output="video",
-                             batch_size=None, vae_chunk_frames=None) -> GenerateArguments:
-    """The arguments of `Engine.generate()`, checked and normalised (prompts as a list)."""
+def check_generate_arguments(prompts, *, seed=None, cfg_scale=7.0, output="video", batch_size=None,
+                             vae_chunk_frames=None) -> GenerateArguments:
+    """The arguments of `Engine.generate()`, checked and normalised (prompts as a list). `num_steps`
+    and `guidance_channels` are the sampler's to check (each sampler has its own range)."""
     prompts = check_prompts(prompts)
     if output not in OUTPUTS:
         raise ConfigError(f"output must be 'video' or 'latent', got {output!r}")
     return GenerateArguments(
-        prompts=prompts, seed=check_seeds(seed, len(prompts)),
-        num_steps=check_positive_int(num_steps, "num_steps"), cfg_scale=check_cfg_scale(cfg_scale), output=output,
-        batch_size=check_positive_int(batch_size, "batch_size", optional=True),
-        vae_chunk_frames=check_positive_int(vae_chunk_frames, "vae_chunk_frames", optional=True),
+        prompts=prompts, seed=check_seeds(seed, len(prompts)), cfg_scale=check_cfg_scale(cfg_scale), output=output,
+        batch_size=check_count(batch_size, "batch_size"),
+        vae_chunk_frames=check_count(vae_chunk_frames, "vae_chunk_frames"),
     )
 
 
