@@ -86,7 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     export_command.add_parser(commands)
     serve_command.add_parser(commands, add_model_arguments)
     quality_command.add_parser(commands)
-    commands.add_parser("info", help="devices, versions, backends and optional packages")
+    info = commands.add_parser("info", help="devices, versions, backends, optional packages, and the runtime plan")
+    info.add_argument("--preset", default="16x256x256", choices=list(PRESETS),
+                      help="print the runtime plan `generate --preset PRESET` resolves here with its default options")
     return parser
 
 
@@ -232,10 +234,11 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def cmd_info(_: argparse.Namespace) -> None:
+def cmd_info(args: argparse.Namespace) -> None:
     import torch
 
     from . import __version__
+    from .engine.plan import resolve_plan
     from .models.fp8 import FP8_MIN_CAPABILITY
 
     print(f"stdit-engine {__version__}, Python {platform.python_version()}, torch {torch.__version__}")
@@ -251,6 +254,7 @@ def cmd_info(_: argparse.Namespace) -> None:
     # Optional packages are probed by import spec only: nothing is imported or initialised here.
     found = {name: importlib.util.find_spec(name) is not None for name in OPTIONAL_PACKAGES}
     print("optional packages: " + ", ".join(f"{n} {'yes' if ok else 'no'}" for n, ok in found.items()))
+    print(f"runtime plan of `generate --preset {args.preset}` here: {resolve_plan(args.preset).describe()}")
 
 
 def main(argv: list[str] | None = None) -> int:

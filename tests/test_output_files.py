@@ -8,7 +8,7 @@ import torch
 from stdit_engine import Engine, Video
 from stdit_engine.cli import main
 from stdit_engine.configs import get_preset
-from stdit_engine.engine.api import build_stdit
+from stdit_engine.models.checkpoint import build_stdit
 from stdit_engine.errors import ConfigError
 from stdit_engine.export import aoti, onnx
 from stdit_engine.files import atomic_folder_outputs, check_output_target, write_text_atomic

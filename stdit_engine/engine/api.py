@@ -8,17 +8,14 @@ from typing import Literal, Sequence
 import torch
 
 from ..configs import Preset, get_preset
-from ..devices import default_dtype, resolve_device
 from ..errors import ConfigError, SamplingError
-from ..models.fp8 import check_fp8_supported
-from ..kernels.registry import resolve_backend
 from ..models.caption import clean_prompt
 from ..models.checkpoint import build_stdit
 from ..models.hub import resolve_model_file
 from ..models.stdit import STDiT
 from ..models.text_encoder import TextEncoder
 from ..models.vae import VideoVAE
-from ..parallel import ParallelPlan, decode_split, encode_on_first, parallel_denoiser, setup_parallel
+from ..parallel import ParallelPlan, decode_split, encode_on_first, parallel_denoiser
 from ..schedulers import Sampler, make_sampler
 from .arguments import check_generate_arguments, check_prompts, check_seed, explain_nonfinite
 from .cancel import CancelToken, check_cancel_token
@@ -26,7 +23,7 @@ from .cache_calibration import CacheCalibration
 from .denoise import GuidedDenoiser
 from .memory import StageStats, decode_chunk, measure_stage
 from .placement import Placement
-from .placement_choice import choose_placement
+from .plan import RuntimePlan, resolve_plan
 from .progress import ProgressBar, ProgressFn, StepMonitor, progress_report
 from .prompt_cache import PromptEmbeddingCache
 from .seeds import PromptNoise, SharedNoise, call_noise
@@ -59,15 +56,14 @@ class Engine:
     and changing `denoiser` replace shared state; do that between calls.
     """
 
-    def __init__(self, preset: Preset, stdit: STDiT, text_encoder: TextEncoder, vae: VideoVAE,
-                 device: torch.device, random_weights: bool = False, cuda_graphs: bool = True,
-                 placement: str = "resident", parallel: ParallelPlan | None = None):
-        self.preset = preset
+    def __init__(self, plan: RuntimePlan, stdit: STDiT, text_encoder: TextEncoder, vae: VideoVAE,
+                 random_weights: bool = False):
+        self.plan = plan  # every load-time choice, resolved (engine/plan.py)
         self.stdit = stdit.eval()
         self.text_encoder = text_encoder
         self.vae = vae
-        self.device = device
         self.random_weights = random_weights
+        device, parallel, cuda_graphs, placement = plan.device, plan.parallel, plan.cuda_graphs, plan.placement
         models = {"encode": text_encoder.model, "denoise": self.stdit, "decode": vae.model}
         if parallel is not None and not parallel.is_first:
             # T5 runs on rank 0 only (the others receive its embeddings): it stays off this device.
@@ -75,13 +71,26 @@ class Engine:
             text_encoder.model.to("cpu")
         self.placement = Placement(placement, device, models=models,
                                    streamed={"encode": text_encoder.model.encoder.block})
-        self.parallel = parallel  # None: this process does all the work
+        self.placement.reason = plan.placement_reason
         self.denoiser = (GuidedDenoiser(self.stdit, use_cuda_graphs=cuda_graphs) if parallel is None
                          else parallel_denoiser(parallel, self.stdit, use_cuda_graphs=cuda_graphs))
         self._locks = StageLocks(separate=placement == "resident" and parallel is None)
         self.last_stats: list[StageStats] = []
         self.prompt_cache = PromptEmbeddingCache()  # capacity 0 turns it off
         self.cache_calibration: CacheCalibration | None = None  # generate(cache="residual") needs it
+
+    @property
+    def preset(self) -> Preset:
+        return self.plan.preset
+
+    @property
+    def device(self) -> torch.device:
+        return self.plan.device
+
+    @property
+    def parallel(self) -> ParallelPlan | None:
+        """How the ranks share the work; None: this process does all of it."""
+        return self.plan.parallel
 
     @property
     def dtype(self) -> torch.dtype:
@@ -114,15 +123,9 @@ class Engine:
         generate(cache="residual") needs (engine/step_cache.py).
         """
         calibration = None if cache_calibration is None else CacheCalibration.load(cache_calibration)
-        preset = get_preset(preset)
-        plan, device = setup_parallel(parallel, preset, None if device is None else resolve_device(device))
-        device = resolve_device(device)
-        dtype = dtype or default_dtype(device)
-        ops = resolve_backend(backend, device)  # fail on a bad backend before loading anything
-        if fp8:  # before loading anything
-            check_fp8_supported(device, dtype)
-        choice = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name, fp8)
-        placement = choice.mode
+        plan = resolve_plan(preset, device=device, dtype=dtype, t5_dtype=t5_dtype, backend=backend,
+                            cuda_graphs=cuda_graphs, placement=placement, parallel=parallel, fp8=fp8)
+        preset = plan.preset
         stdit_source = stdit or preset.stdit_hub_id
         t5_source = t5 or preset.text.hub_id
         vae_source = vae or preset.vae.hub_id
@@ -131,15 +134,12 @@ class Engine:
                 f"preset {preset.name!r} has no released weights: use Engine.from_random_weights, or pass stdit=, t5= and vae="
             )
         # Off the GPU unless resident: Placement brings each part in for its stage.
-        load_device = device if placement == "resident" else torch.device("cpu")
+        load_device = plan.device if plan.placement == "resident" else torch.device("cpu")
         stdit_file = resolve_model_file(stdit_source, preset.stdit_filename, what="STDiT checkpoint")
-        model = build_stdit(preset, load_device, dtype, ops.name, checkpoint=stdit_file, fp8=fp8)
-        text_encoder = TextEncoder.from_pretrained(t5_source, device=load_device, dtype=t5_dtype)
-        video_vae = VideoVAE.from_pretrained(vae_source, device=load_device, dtype=dtype)
-        engine = cls(preset, model, text_encoder, video_vae, device, cuda_graphs=cuda_graphs, placement=placement,
-                     parallel=plan)
-        engine.placement.reason = choice.reason
-        return engine.use_cache_calibration(calibration)
+        model = build_stdit(preset, load_device, plan.dtype, plan.backend, checkpoint=stdit_file, fp8=plan.fp8)
+        text_encoder = TextEncoder.from_pretrained(t5_source, device=load_device, dtype=plan.t5_dtype)
+        video_vae = VideoVAE.from_pretrained(vae_source, device=load_device, dtype=plan.dtype)
+        return cls(plan, model, text_encoder, video_vae).use_cache_calibration(calibration)
 
     @classmethod
     def from_random_weights(cls, preset: str | Preset, *, device: str | torch.device | None = None,
@@ -157,21 +157,13 @@ class Engine:
         calibration = None if cache_calibration is None else CacheCalibration.load(cache_calibration)
         preset = get_preset(preset)
         seed = check_seed(seed)
-        plan, device = setup_parallel(parallel, preset, None if device is None else resolve_device(device))
-        device = resolve_device(device)
-        dtype = dtype or default_dtype(device)
-        ops = resolve_backend(backend, device)
-        if fp8:  # before loading anything
-            check_fp8_supported(device, dtype)
-        choice = choose_placement(placement, preset, device, dtype, t5_dtype, ops.name, fp8)
-        placement = choice.mode
-        model = build_stdit(preset, device, dtype, ops.name, seed=seed, fp8=fp8)
-        video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=dtype, seed=seed)
-        text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=t5_dtype, seed=seed)
-        engine = cls(preset, model, text_encoder, video_vae, device, random_weights=True,
-                     cuda_graphs=cuda_graphs, placement=placement, parallel=plan)
-        engine.placement.reason = choice.reason
-        return engine.use_cache_calibration(calibration)
+        plan = resolve_plan(preset, device=device, dtype=dtype, t5_dtype=t5_dtype, backend=backend,
+                            cuda_graphs=cuda_graphs, placement=placement, parallel=parallel, fp8=fp8)
+        preset, device = plan.preset, plan.device
+        model = build_stdit(preset, device, plan.dtype, plan.backend, seed=seed, fp8=plan.fp8)
+        video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=plan.dtype, seed=seed)
+        text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=plan.t5_dtype, seed=seed)
+        return cls(plan, model, text_encoder, video_vae, random_weights=True).use_cache_calibration(calibration)
 
     def use_cache_calibration(self, calibration: CacheCalibration | str | Path | None) -> "Engine":
         """The residual step cache's calibration for these weights (a CacheCalibration or its file);
@@ -281,6 +273,8 @@ class Engine:
         batches = range(0, len(prompts), batch_size)
         total_steps = len(sampler.step_rows()) * len(batches)
         cancel = check_cancel_token(cancel)
+        if progress is True:
+            print(self._title())
         report = progress_report(progress, total_steps)  # a bar to close below, when progress is True
         monitor = StepMonitor(total_steps, self.device, report, cancel)
         # A parallel call's collectives must not interleave with another call's on this rank.
@@ -363,11 +357,12 @@ class Engine:
         return decode_chunk(self.preset, samples, self.placement.mode, self.dtype, self.text_encoder.dtype, free,
                             device=self.device, backend=self.stdit.ops.name, fp8=self.stdit.is_fp8)
 
+    def _title(self) -> str:
+        """The plan this engine runs, as the progress output and the stage report head it."""
+        return f"stdit-engine{' (random weights)' if self.random_weights else ''}: {self.plan.describe()}"
+
     def _print_stats(self, call_stats: list[StageStats]) -> None:
-        note = " (random weights)" if self.random_weights else ""
-        fp8 = " with FP8 block linears" if self.stdit.is_fp8 else ""
-        print(f"stdit-engine {self.preset.name}{note} on {self.device}, {str(self.dtype).removeprefix('torch.')}{fp8}, "
-              f"placement {self.placement.mode} ({self.placement.reason}):")
+        print(f"{self._title()}:")
         for stats in call_stats:
             print("  " + stats.describe(self.device))
 

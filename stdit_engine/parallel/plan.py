@@ -126,5 +126,5 @@ def setup_parallel(mode: str, preset: Preset, device: str | torch.device | None)
     if mode == "auto" and uses_cuda and gpus > 1:
         warnings.warn(f"{gpus} GPUs are visible but this engine uses one; launch with `torchrun --nproc_per_node "
                       f"{gpus} -m stdit_engine generate ...` to use them all, or pass parallel='none' to silence this",
-                      stacklevel=3)
+                      stacklevel=4)
     return None, device
