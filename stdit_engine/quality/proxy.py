@@ -42,6 +42,7 @@ def load_proxy_engine(checkpoint: str | Path = CHECKPOINT, device: str | torch.d
     """An Engine on the trained proxy (STDiT and text encoder from `checkpoint`, random tiny VAE);
     `dtype` of the STDiT and VAE, float32 by default (the text encoder stays float32)."""
     from ..engine.api import Engine
+    from ..engine.plan import resolve_plan
 
     dtype = dtype or torch.float32
 
@@ -52,6 +53,7 @@ def load_proxy_engine(checkpoint: str | Path = CHECKPOINT, device: str | torch.d
     model, text_encoder = build_proxy_parts()
     model.load_state_dict(state["stdit"])
     text_encoder.model.load_state_dict(state["text_encoder"])
-    device = torch.device(device)
-    vae = VideoVAE.from_random_weights(PROXY_PRESET.vae, device=device, dtype=dtype, seed=0)
-    return Engine(PROXY_PRESET, model.to(device=device, dtype=dtype), text_encoder.to(device), vae, device)
+    plan = resolve_plan(PROXY_PRESET, device=device, dtype=dtype, backend=model.ops.name, placement="resident",
+                        parallel="none")
+    vae = VideoVAE.from_random_weights(PROXY_PRESET.vae, device=plan.device, dtype=dtype, seed=0)
+    return Engine(plan, model.to(device=plan.device, dtype=dtype), text_encoder.to(plan.device), vae)
