@@ -25,6 +25,7 @@ def released_style_state(model: STDiT) -> dict:
     return state
 
 
+@pytest.mark.slow
 def test_full_size_released_pth_with_ema_and_pos_embed(tmp_path):
     model = meta_xl2()
     state = released_style_state(model)

@@ -9,6 +9,7 @@ from stdit_engine.cli import main
 DEMO_PROMPT = "a sea turtle swimming over a coral reef"
 
 
+@pytest.mark.slow
 def test_demo_command_writes_playable_mp4(tmp_path, capsys):
     out = tmp_path / "demo.mp4"
     # What `make demo` runs, 100 steps included.

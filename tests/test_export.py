@@ -124,6 +124,7 @@ def test_single_block_onnx_with_external_data_matches_the_block(engine, tmp_path
 
 # ---------------------------------------------------------------- AOTInductor
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [2, 6])
 def test_aoti_package_matches_the_eager_forward(engine, aoti_export, batch):
     path, printed = aoti_export
@@ -156,6 +157,7 @@ def cpp_runner(tmp_path_factory):
     return build / "run_aoti"
 
 
+@pytest.mark.slow
 def test_cpp_runner_matches_the_eager_forward(engine, aoti_export, cpp_runner, tmp_path):
     x, t, y, mask, lengths = masked_inputs(2)
     torch.save([x, t, y, lengths], tmp_path / "inputs.pt")

@@ -122,6 +122,7 @@ def test_producers_hand_their_fp8_linears_quantized_rows(golden):
                      "gated_residual_ln_modulate": 1}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["eager", "triton"])
 def test_fp8_forward_is_as_close_to_fp32_as_bf16(golden, backend):
     reference = golden_model(golden).to(DEVICE)

@@ -47,6 +47,7 @@ def test_two_ranks_give_the_one_process_latent(one_process, two_ranks, mode):
     assert_latents_match(two_ranks, mode, 2, one_process[0], tolerance=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["cfg", "dsp"])
 def test_two_ranks_with_fp8_linears_give_the_one_process_latent(two_ranks_fp8, mode):
     """The FP8 model shards as the fp32 one does (its norms hand quantized rows to local linears
@@ -59,6 +60,7 @@ def test_split_decode_gathers_the_video_on_rank_0(one_process, two_ranks):
     assert_videos_match(two_ranks, *one_process[1:])
 
 
+@pytest.mark.slow
 def test_four_ranks_cfg_and_dsp_together(one_process, four_ranks):
     assert_latents_match(four_ranks, "auto", 4, one_process[0], tolerance=1e-5, resolved="cfg+dsp")
 

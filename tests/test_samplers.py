@@ -18,6 +18,7 @@ def engine():
     return Engine.from_random_weights("tiny", device="cpu")
 
 
+@pytest.mark.slow
 def test_reference_dpm_solver_matches_golden_vectors():
     golden = load_golden("dpm_solver.pt")
     weights = load_golden(golden["model"])
@@ -33,6 +34,7 @@ def test_reference_dpm_solver_matches_golden_vectors():
         assert rel_error(sample, case["sample"]) < 1e-4, case["steps"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ddim", "ddim:eta=1", "dpm-solver++", "dpm-solver"])
 def test_engine_loop_matches_plain_loop(engine, name):
     y, mask = engine.encode_prompts(PROMPTS)
@@ -47,6 +49,7 @@ def test_engine_loop_matches_plain_loop(engine, name):
     assert torch.equal(hoisted, again)  # the multistep memory does not leak from the previous call
 
 
+@pytest.mark.slow
 def test_samplers_give_different_latents_and_iddpm_stays_the_default(engine):
     def run(**kwargs):
         return engine.generate(PROMPTS[:1], seed=1, num_steps=6, output="latent", progress=False, **kwargs)

@@ -12,6 +12,7 @@ from test_stdit_golden import GOLDEN_MODELS, golden_model
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GOLDEN_MODELS)
 def test_triton_backend_matches_golden_in_fp32(name):
     golden = load_golden(name)
@@ -22,6 +23,7 @@ def test_triton_backend_matches_golden_in_fp32(name):
     assert rel_error(out.cpu(), golden["out"]) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_backend_matches_eager_in_half_precision(dtype):
     golden = load_golden("stdit_tiny_16x256.pt")
