@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-REFERENCE_CARD = "NVIDIA H100 80GB, PyTorch 2.11, fp16, SDPA"
-
 
 @dataclass(frozen=True)
 class ReferenceRun:
