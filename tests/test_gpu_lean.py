@@ -52,7 +52,13 @@ def t5_xxl():
 def test_t5_xxl_rows_do_not_depend_on_their_batch(t5_xxl):
     third = "two dogs playing on the beach at sunset, aerial view"
     prompts = [*PROMPTS, third]
-    together, _ = t5_xxl.encode(prompts)
+    seen = []  # the batch each block's attention layer gets: 1, prompt by prompt
+    hook = t5_xxl.model.encoder.block[5].layer[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        together, _ = t5_xxl.encode(prompts)
+    finally:
+        hook.remove()
+    assert seen == [1, 1, 1]
     together_again, _ = t5_xxl.encode(prompts)
     for i, prompt in enumerate(prompts):
         alone, _ = t5_xxl.encode([prompt])
