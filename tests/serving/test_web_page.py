@@ -53,7 +53,7 @@ def video_state(driver) -> dict:
         "        width: v.videoWidth, height: v.videoHeight, error: v.error && v.error.code};")
 
 
-def test_the_page_makes_and_plays_a_video(serve, browser, tmp_path):
+def test_the_page_makes_and_plays_a_video(serve, browser, tmp_path, capsys):
     server = serve(api_key=API_KEY)
     browser.get(f"http://127.0.0.1:{server.port}/")
 
@@ -87,7 +87,8 @@ def test_the_page_makes_and_plays_a_video(serve, browser, tmp_path):
     artifacts.mkdir(parents=True, exist_ok=True)
     screenshot = artifacts / "web-page.png"
     assert browser.save_screenshot(str(screenshot))
-    print(f"screenshot of the page: {screenshot}")
+    with capsys.disabled():  # printed in CI's log too, where output is captured
+        print(f"\nscreenshot of the page: {screenshot}")
 
     # A long job, stopped with the cancel button.
     type_into(browser, "steps", "1000")
