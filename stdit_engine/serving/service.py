@@ -52,7 +52,8 @@ import torch
 
 from ..engine.cancel import CancelToken
 from ..engine.seeds import new_seed
-from ..errors import Cancelled, EngineError, JobNotReady, QueueFull, SamplingError, ServiceStopped, UnknownJob
+from ..errors import (Cancelled, ConfigError, EngineError, JobNotReady, QueueFull, SamplingError, ServiceStopped,
+                      UnknownJob)
 from .defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_VIDEOS
 from .files import VideoFolder
 from .jobs import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, QUEUED, Job, new_job_id
@@ -71,8 +72,8 @@ class VideoService:
                  output_dir: str | os.PathLike = "videos", db_path: str | os.PathLike | None = None,
                  max_videos: int = DEFAULT_MAX_VIDEOS, max_age_s: float | None = None, workers: int = 1):
         if min(max_queue, max_batch, max_videos, workers) < 1:
-            raise ValueError(f"max_queue, max_batch, max_videos and workers must be >= 1, got {max_queue}, "
-                             f"{max_batch}, {max_videos}, {workers}")
+            raise ConfigError(f"max_queue, max_batch, max_videos and workers must be >= 1, got {max_queue}, "
+                              f"{max_batch}, {max_videos}, {workers}")
         self.engine = engine
         self.max_queue, self.max_batch = max_queue, max_batch
         self.max_videos, self.max_age_s = max_videos, max_age_s

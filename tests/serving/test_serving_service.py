@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from stdit_engine.errors import JobNotReady, QueueFull, ServiceStopped, UnknownJob
+from stdit_engine.errors import ConfigError, JobNotReady, QueueFull, ServiceStopped, UnknownJob
 from stdit_engine.serving import VideoService
 from stdit_engine.serving.jobs import Job, new_job_id
 from stdit_engine.serving.schema import ValidationError, VideoRequest
@@ -114,6 +114,8 @@ def test_retention_by_age_and_listing_pages(engine, tmp_path):
 def test_python_api_refusals(engine, tmp_path):
     paused = Paused(engine)
     service = VideoService(paused, max_queue=1, output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="max_batch"):
+        VideoService(engine, max_batch=0, output_dir=tmp_path)
     with pytest.raises(ValidationError, match="num_steps"):
         service.submit({"prompt": "a cat", "num_steps": 0})
     running = service.submit({"prompt": "held", "num_steps": STEPS})
