@@ -47,8 +47,8 @@ def client(url: str, index: int, requests: int) -> list[dict]:
     results = []
     for turn in range(requests):
         start = time.perf_counter()
-        job = json.loads(call(f"{url}/v1/videos", "POST",
-                              {"prompt": f"client {index} video {turn}", "seed": 1000 * index + turn, "num_steps": STEPS}))
+        request = {"prompt": f"client {index} video {turn}", "seed": 1000 * index + turn, "num_steps": STEPS}
+        job = json.loads(call(f"{url}/v1/videos", "POST", request))
         deadline = time.monotonic() + DEADLINE_S
         while job["status"] in ("queued", "in_progress") and time.monotonic() < deadline:
             time.sleep(POLL_S)

@@ -141,7 +141,8 @@ def test_bad_requests_get_422_naming_the_field(serve, body, field):
 
 def test_other_refusals(serve):
     server = serve()
-    assert server.request("POST", "/v1/videos", raw=b"{not json", headers={"Content-Type": "application/json"})[0] == 422
+    json_header = {"Content-Type": "application/json"}
+    assert server.request("POST", "/v1/videos", raw=b"{not json", headers=json_header)[0] == 422
     big = {"prompt": "a" * (MAX_BODY_BYTES + 1)}
     status, _, reply = server.request("POST", "/v1/videos", big)
     assert status == 413 and reply["error"]["code"] == "body_too_large"
