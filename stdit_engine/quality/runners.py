@@ -20,6 +20,7 @@ class EngineRunner:
         self.y, self.mask = engine.encode_prompts(list(prompts))
         self.y_null = engine.stdit.y_embedder.y_embedding[None, None]
         self.decodes = decode
+        self.cache = None  # a step-cache plan for the next denoise calls (engine/step_cache.py)
 
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(self.engine.device).manual_seed(seed)
@@ -35,7 +36,8 @@ class EngineRunner:
         generator = self._generator(seed)
         self._draw_latent(generator)  # past the initial latent, as generate() is when sampling starts
         with self.engine.placement.stage("denoise"):
-            return self.engine.denoiser.sample(sampler, z, self.y, self.mask, self.y_null, generator=generator)
+            return self.engine.denoiser.sample(sampler, z, self.y, self.mask, self.y_null, generator=generator,
+                                               cache=self.cache)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor | None:
         if not self.decodes:
