@@ -69,7 +69,7 @@ def test_ddim_eta_draws_noise_only_when_positive():
 
 @pytest.mark.parametrize("name, steps, message", [
     ("euler", 20, "iddpm, ddim, dpm-solver\\+\\+, dpm-solver"),
-    ("dpm-solver++", 0, "from 1 to 999"),
+    ("dpm-solver++", 0, "num_steps"),
     ("ddim", 1000, "from 1 to 999"),
     ("dpm-solver", 1, "from 2 to 999"),
     ("ddim:eta=2", 20, "eta"),
