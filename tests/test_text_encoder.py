@@ -1,5 +1,7 @@
 """TextEncoder (T5 + tokenizer) and the hub resolution in stdit_engine.models.hub, on the tiny preset."""
 import dataclasses
+import threading
+import time
 
 import pytest
 import torch
@@ -201,3 +203,51 @@ def test_rows_apart_where_the_library_batch_rounds_differently():
     together, _ = encoder.encode(PROMPTS)
     for i, prompt in enumerate(PROMPTS):
         assert torch.equal(together[i], encoder.encode([prompt])[0][0])
+
+
+
+def test_tokenizer_calls_from_threads_never_overlap(encoder):
+    # A fast tokenizer applies each call's padding and truncation to its one backend before
+    # tokenizing, so overlapping calls with different settings (encode pads to max_length,
+    # warn_if_truncated does not) can get each other's. TextEncoder lets one call in at a time.
+    inside, most_inside = 0, 0
+    guard = threading.Lock()
+    real = encoder.tokenizer
+
+    def watched(*args, **kwargs):
+        nonlocal inside, most_inside
+        with guard:
+            inside += 1
+            most_inside = max(most_inside, inside)
+        time.sleep(0.005)  # long enough for another thread to enter, were it let in
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                inside -= 1
+
+    start = threading.Barrier(4)
+    shapes, errors = [], []
+
+    def work(index: int) -> None:
+        try:
+            start.wait(timeout=60)
+            for turn in range(5):
+                if (index + turn) % 2:
+                    encoder.warn_if_truncated([f"a short prompt {index}"])
+                else:
+                    shapes.append(encoder.encode([f"a red car {turn}"])[1].shape)
+        except Exception as err:  # reported in the test's thread
+            errors.append(err)
+
+    encoder.tokenizer = watched
+    try:
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+    finally:
+        encoder.tokenizer = real
+    assert not errors and most_inside == 1
+    assert set(shapes) == {(1, encoder.max_length)}

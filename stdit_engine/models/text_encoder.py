@@ -7,6 +7,7 @@ encoder's blocks and final norm compute one prompt at a time (`compute_rows_apar
 from __future__ import annotations
 
 import string
+import threading
 import warnings
 from contextlib import contextmanager
 
@@ -59,6 +60,10 @@ class TextEncoder(WrappedModel):
     def __init__(self, model: T5EncoderModel, tokenizer, *, max_length: int = 120):
         super().__init__(model)
         self.tokenizer = tokenizer
+        # A fast tokenizer applies each call's padding and truncation to its one Rust backend before
+        # tokenizing: two threads calling it with different settings can get each other's (a prompt
+        # padded to its own length instead of max_length). Every call goes through `_tokenize`.
+        self._tokenizer_lock = threading.Lock()
         self.max_length = max_length
         for module in (*model.encoder.block, model.encoder.final_layer_norm):
             compute_rows_apart(module)
@@ -117,20 +122,22 @@ class TextEncoder(WrappedModel):
         and the attention mask `[n, max_length]` int64 (1 for the tokens up to the end token, a prefix)."""
         if isinstance(prompts, str) or not prompts:
             raise ConfigError("TextEncoder.encode() takes a non-empty list of prompts, not a single string")
-        tokens = self.tokenizer(
-            list(prompts), max_length=self.max_length, padding="max_length", truncation=True,
-            add_special_tokens=True, return_tensors="pt",
-        )
+        tokens = self._tokenize(list(prompts), max_length=self.max_length, padding="max_length", truncation=True,
+                                add_special_tokens=True, return_tensors="pt")
         ids = tokens["input_ids"].to(self.device)
         mask = tokens["attention_mask"].to(self.device, torch.int64)
         with torch.inference_mode():
             y = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
         return y[:, None], mask
 
+    def _tokenize(self, prompts: list[str], **settings):
+        with self._tokenizer_lock:
+            return self.tokenizer(prompts, **settings)
+
     def warn_if_truncated(self, prompts: list[str]) -> None:
         """One PromptTruncatedWarning for all the prompts that `encode` will cut to `max_length`
         tokens (the end token included), as the reference does; none when every prompt fits."""
-        lengths = [len(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=True, verbose=False)["input_ids"]]
+        lengths = [len(ids) for ids in self._tokenize(list(prompts), add_special_tokens=True, verbose=False)["input_ids"]]
         long = [(i, n) for i, n in enumerate(lengths) if n > self.max_length]
         if not long:
             return
