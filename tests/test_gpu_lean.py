@@ -49,6 +49,10 @@ def t5_xxl():
     return TextEncoder.from_random_weights(PRESETS["16x256x256"].text, device="cuda")
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "open (issue 20): on an H200 every block sees one prompt at a time and runs are deterministic, yet a "
+    "prompt encoded in a batch of three differs from it encoded alone by up to 8.3e-6 (BENCHMARKS.md, "
+    "2026-12-02); strict, so the run that fixes it says so"))
 def test_t5_xxl_rows_do_not_depend_on_their_batch(t5_xxl):
     third = "two dogs playing on the beach at sunset, aerial view"
     prompts = [*PROMPTS, third]
