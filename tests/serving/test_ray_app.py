@@ -41,9 +41,10 @@ def run_scenario(out: Path) -> dict:
 
 
 def assert_is_the_direct_call(engine, job: dict, tmp_path: Path) -> None:
-    """The frames the replica made are bitwise the direct call's. The served MP4 is compared
-    loosely: x264 (through PyAV) now and then encodes the same frames to slightly different
-    bytes, so two encodings of equal frames may differ by a little encoder noise."""
+    """The frames the replica made are bitwise the direct call's. The served MP4 is judged by how
+    far its decoded frames are from those frames, against our own encoding of them: x264 (through
+    PyAV) now and then encodes the same frames to slightly different bytes, so two encodings are
+    not compared with each other, only each with the frames (its codec loss)."""
     direct = engine.generate([job["prompt"]], seed=job["seed"], num_steps=job["num_steps"],
                              cfg_scale=job["cfg_scale"], guidance_channels=job["guidance_channels"], progress=False)[0]
     made = torch.load(frames_file(tmp_path / "frames", job["prompt"]), weights_only=True)
@@ -51,7 +52,9 @@ def assert_is_the_direct_call(engine, job: dict, tmp_path: Path) -> None:
     served = frames_of((tmp_path / f"{job['id']}.mp4").read_bytes())
     encoded = frames_of(direct.save(tmp_path / f"direct-{job['id']}.mp4").read_bytes())
     assert served.shape == encoded.shape == (4, 64, 64, 3)
-    assert np.abs(served.astype(np.int16) - encoded).mean() < 1, job["id"]
+    exact = made.numpy().astype(np.int16)
+    codec_loss = np.abs(encoded.astype(np.int16) - exact).mean()
+    assert np.abs(served.astype(np.int16) - exact).mean() <= codec_loss + 1, job["id"]
 
 
 def frames_of(mp4: bytes) -> np.ndarray:
