@@ -14,7 +14,7 @@ from stdit_engine import Engine
 from stdit_engine.bench import run_end_to_end
 from stdit_engine.engine.cache_calibration import CacheCalibration, curve_key
 from stdit_engine.engine.denoise import WHOLE_BATCH, GraphedStep, StepInputs
-from stdit_engine.engine.step_cache import (ATTENTION, ATTENTION_KINDS, FULL, RESIDUAL, AttentionBroadcast, CachePlan,
+from stdit_engine.engine.step_cache import (ATTENTION, ATTENTION_KINDS, FULL, RESIDUAL, CachePlan,
                                             StepVariant, make_plan)
 from stdit_engine.schedulers import make_sampler
 
@@ -88,11 +88,11 @@ E2E = [
     ("dpm-solver++", 20, {}),
     ("dpm-solver++", 20, dict(cache="residual", cache_threshold=0.15)),
     ("dpm-solver++", 20, dict(cache="residual", cache_threshold=0.25)),
-    ("dpm-solver++", 20, dict(cache="attention", cache_broadcast=AttentionBroadcast())),
+    ("dpm-solver++", 20, dict(cache="attention")),
     ("iddpm", 100, {}),
     ("iddpm", 100, dict(cache="residual", cache_threshold=0.15)),
     ("iddpm", 100, dict(cache="residual", cache_threshold=0.25)),
-    ("iddpm", 100, dict(cache="attention", cache_broadcast=AttentionBroadcast())),
+    ("iddpm", 100, dict(cache="attention")),
 ]
 SCHEDULES = CacheCalibration((1.0, 0.0), {curve_key(s, n): (0.0,) + (0.1,) * (n - 1) for s, n, _ in E2E}, {}, 0)
 _engines: dict = {}

@@ -56,11 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--cache-calibration", type=Path,
                      help="the file of `stdit-engine calibrate-cache` for this checkpoint (residual cache)")
     gen.add_argument("--cache-threshold", type=float,
-                     help="residual cache: higher skips more steps, 0 never skips (default 0.1)")
+                     help="residual cache: higher skips more steps, 0 never skips (default: the sampler's and "
+                          "step count's, engine/cache_defaults.py)")
     gen.add_argument("--cache-intervals", metavar="S,T,X",
-                     help="attention cache: compute spatial, temporal, cross attention every S, T, X steps")
-    gen.add_argument("--cache-range", metavar="START:STOP", default="0.1:0.6",
-                     help="attention cache: the steps it applies to, as fractions of the run (default 0.1:0.6)")
+                     help="attention cache: compute spatial, temporal, cross attention every S, T, X steps "
+                          "(default: the sampler's)")
+    gen.add_argument("--cache-range", metavar="START:STOP",
+                     help="attention cache: the steps it applies to, as fractions of the run (default: the sampler's)")
 
     calibrate = commands.add_parser("calibrate-cache",
                                     help="fit the residual step cache to a checkpoint; writes the file that "
@@ -158,14 +160,19 @@ def _generate_arguments(args: argparse.Namespace, prompts: list[str]) -> dict:
 def _cache_arguments(args: argparse.Namespace) -> dict:
     """generate()'s cache arguments from the --cache flags."""
     if args.cache != "attention":
-        if args.cache_intervals:
-            raise ConfigError("--cache-intervals sets the attention cache: add --cache attention")
+        if args.cache_intervals or args.cache_range:
+            raise ConfigError("--cache-intervals and --cache-range set the attention cache: add --cache attention")
         return dict(cache=args.cache, cache_threshold=args.cache_threshold)
+    if not (args.cache_intervals or args.cache_range):
+        return dict(cache="attention", cache_threshold=args.cache_threshold)  # the sampler's default
+    from .engine.cache_defaults import cache_defaults
     from .engine.step_cache import AttentionBroadcast
 
+    default = cache_defaults(args.sampler, args.steps)  # for the flag left out
     try:
-        intervals = [int(k) for k in (args.cache_intervals or "2,3,4").split(",")]
-        start, stop = (float(v) for v in args.cache_range.split(":"))
+        intervals = ([int(k) for k in args.cache_intervals.split(",")] if args.cache_intervals
+                     else default.attention_intervals)
+        start, stop = (float(v) for v in args.cache_range.split(":")) if args.cache_range else default.attention_range
     except ValueError:
         raise ConfigError(f"--cache-intervals takes S,T,X (integers) and --cache-range START:STOP (fractions), got "
                           f"{args.cache_intervals!r} and {args.cache_range!r}") from None

@@ -99,3 +99,24 @@ def test_calibrate_cache_then_generate_with_it(tmp_path, capsys):
     assert main(["generate", *tiny, "--steps", "4", "--prompt", "a cat", "--out", str(tmp_path / "x.gif"),
                  "--cache", "residual"]) == 2
     assert "calibrate-cache" in capsys.readouterr().err
+
+
+def test_cache_flags_left_out_take_the_samplers_defaults():
+    from stdit_engine.cli import _cache_arguments, _parser
+    from stdit_engine.engine.cache_defaults import cache_defaults
+    from stdit_engine.engine.step_cache import AttentionBroadcast
+    from stdit_engine.errors import ConfigError
+
+    def cache_arguments(*flags):
+        return _cache_arguments(_parser().parse_args(["generate", "--prompt", "a cat", "--out", "x.mp4",
+                                                      "--sampler", "dpm-solver++", "--steps", "20", *flags]))
+
+    assert cache_arguments("--cache", "residual") == dict(cache="residual", cache_threshold=None)
+    assert cache_arguments("--cache", "attention") == dict(cache="attention", cache_threshold=None)
+    default = cache_defaults("dpm-solver++", 20)
+    assert cache_arguments("--cache", "attention", "--cache-intervals", "1,2,8")["cache_broadcast"] == \
+        AttentionBroadcast.uniform((1, 2, 8), *default.attention_range)
+    assert cache_arguments("--cache", "attention", "--cache-range", "0:1")["cache_broadcast"] == \
+        AttentionBroadcast.uniform(default.attention_intervals, 0.0, 1.0)
+    with pytest.raises(ConfigError, match="add --cache attention"):
+        cache_arguments("--cache-range", "0:1")

@@ -8,6 +8,7 @@ import torch
 
 from stdit_engine import Engine
 from stdit_engine.engine.cache_calibration import CacheCalibration, calibrate
+from stdit_engine.engine.cache_defaults import DEFAULTS, FALLBACK, cache_defaults
 from stdit_engine.engine.denoise import GuidedDenoiser
 from stdit_engine.engine.step_cache import (FULL, RESIDUAL, AttentionBroadcast, BroadcastRange, StepVariant,
                                             attention_plan, make_plan, residual_plan)
@@ -155,6 +156,44 @@ def test_attention_ranges_are_fractions_of_the_steps():
     assert [i for i, v in enumerate(plan.variants) if "cross" in v.reuse] == [11, 12, 13, 15, 16, 17]
     assert plan.reused("temporal") == 0
     assert plan.recorded == {"spatial", "cross"}
+
+
+# ------------------------------------------------------------------ defaults per sampler and steps
+
+# A curve that changes by 0.1 at every step after an identity polynomial: a threshold t runs the
+# blocks about every t / 0.1 steps, so different thresholds give different plans.
+EVEN_CHANGES = CacheCalibration((1.0, 0.0), {f"{s}:{n}": (0.0,) + (0.1,) * (n - 1) for s, n in DEFAULTS}, {}, 0)
+
+
+@pytest.mark.parametrize("sampler, steps", list(DEFAULTS))
+def test_default_settings_are_the_tables(sampler, steps):
+    table = DEFAULTS[sampler, steps]
+    changes = EVEN_CHANGES.rescaled_changes(sampler, steps)
+    default = make_plan("residual", sampler=sampler, evaluations=steps, calibration=EVEN_CHANGES)
+    assert default == residual_plan(changes, table.residual_threshold)
+    assert default.reused(RESIDUAL) > 0
+    explicit = make_plan("residual", sampler=sampler, evaluations=steps, threshold=0.15, calibration=EVEN_CHANGES)
+    assert explicit == residual_plan(changes, 0.15) != default
+    expected = attention_plan(AttentionBroadcast.uniform(table.attention_intervals, *table.attention_range), steps)
+    assert make_plan("attention", sampler=sampler, evaluations=steps) == expected
+    assert (make_plan("attention", sampler=sampler, evaluations=steps, broadcast=EVERY_OTHER)
+            == attention_plan(EVERY_OTHER, steps) != expected)
+
+
+def test_defaults_of_calls_without_an_entry():
+    """The sampler's entry of the nearest step count; FALLBACK (the most cautious entry) for a
+    sampler the table does not name."""
+    assert cache_defaults("iddpm", 250) == DEFAULTS["iddpm", 100]
+    assert cache_defaults("dpm-solver++", 10) == DEFAULTS["dpm-solver++", 20]
+    assert cache_defaults("ddim", 50) == FALLBACK
+    assert FALLBACK.residual_threshold == min(d.residual_threshold for d in DEFAULTS.values())
+
+
+def test_generate_uses_the_default_threshold(engine):
+    threshold = cache_defaults("iddpm", STEPS).residual_threshold
+    default = latents(engine, cache="residual")
+    assert torch.equal(default, latents(engine, cache="residual", cache_threshold=threshold))
+    assert not torch.equal(default, latents(engine))  # the default skips steps here
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -30,7 +30,7 @@ from stdit_engine.schedulers import make_sampler
 RUNS = [("dpm-solver++", 20), ("iddpm", 100)]
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
 BROADCASTS = {
-    "2,3,4 over 0.1-0.6 (default)": AttentionBroadcast(),
+    "2,3,4 over 0.1-0.6": AttentionBroadcast.uniform((2, 3, 4), 0.1, 0.6),
     "2,3,4 over 0.1-0.9": AttentionBroadcast.uniform((2, 3, 4), 0.1, 0.9),
     "4,6,8 over 0.05-0.95": AttentionBroadcast.uniform((4, 6, 8), 0.05, 0.95),
 }

@@ -33,6 +33,7 @@ import torch
 from ..errors import ConfigError
 from ..models.stdit import STDiT
 from ..options import CACHE_MODES
+from .cache_defaults import cache_defaults
 
 if TYPE_CHECKING:
     from .cache_calibration import CacheCalibration
@@ -73,12 +74,12 @@ class BroadcastRange:
 
 @dataclass(frozen=True)
 class AttentionBroadcast:
-    """The attention cache's setting: one BroadcastRange per attention kind. Cross-attention's
-    output changes least from step to step, spatial attention's most (hence the intervals)."""
+    """The attention cache's setting: one BroadcastRange per attention kind; a kind not given is
+    computed at every step. generate()'s default depends on the sampler (default_broadcast)."""
 
-    spatial: BroadcastRange = field(default_factory=lambda: BroadcastRange(2))
-    temporal: BroadcastRange = field(default_factory=lambda: BroadcastRange(3))
-    cross: BroadcastRange = field(default_factory=lambda: BroadcastRange(4))
+    spatial: BroadcastRange = field(default_factory=lambda: BroadcastRange(1))
+    temporal: BroadcastRange = field(default_factory=lambda: BroadcastRange(1))
+    cross: BroadcastRange = field(default_factory=lambda: BroadcastRange(1))
 
     @classmethod
     def uniform(cls, intervals: Sequence[int], start: float = 0.1, stop: float = 0.6) -> "AttentionBroadcast":
@@ -150,7 +151,8 @@ def attention_plan(broadcast: AttentionBroadcast, evaluations: int) -> CachePlan
 def make_plan(cache: str | None, *, sampler: str, evaluations: int, threshold: float | None = None,
               broadcast: AttentionBroadcast | None = None, calibration: CacheCalibration | None = None
               ) -> CachePlan | None:
-    """The plan of one call from generate()'s cache arguments (None: no cache)."""
+    """The plan of one call from generate()'s cache arguments (None: no cache); a threshold or
+    broadcast not given is the sampler's default (engine/cache_defaults.py)."""
     if cache is None:
         if threshold is not None or broadcast is not None:
             raise ConfigError("cache_threshold / cache_broadcast were given without a cache: pass cache='residual' "
@@ -160,12 +162,12 @@ def make_plan(cache: str | None, *, sampler: str, evaluations: int, threshold: f
         if threshold is not None:
             raise ConfigError("cache_threshold belongs to cache='residual'; the attention cache is set with "
                               "cache_broadcast=AttentionBroadcast(...)")
-        return attention_plan(broadcast or AttentionBroadcast(), evaluations)
+        return attention_plan(broadcast or default_broadcast(sampler, evaluations), evaluations)
     if cache != RESIDUAL:
         raise ConfigError(f"unknown cache {cache!r}; choose one of: {', '.join(CACHE_MODES)} (or None)")
     if broadcast is not None:
         raise ConfigError("cache_broadcast belongs to cache='attention'; the residual cache is set with cache_threshold")
-    threshold = DEFAULT_RESIDUAL_THRESHOLD if threshold is None else threshold
+    threshold = cache_defaults(sampler, evaluations).residual_threshold if threshold is None else threshold
     if not threshold >= 0:
         raise ConfigError(f"cache_threshold must be a number >= 0 (0: never skip), got {threshold!r}")
     if calibration is None:
@@ -174,9 +176,10 @@ def make_plan(cache: str | None, *, sampler: str, evaluations: int, threshold: f
     return residual_plan(calibration.rescaled_changes(sampler, evaluations), threshold)
 
 
-# The published residual caches' setting for a speed-up at little visible loss; BENCHMARKS.md has
-# what each threshold costs on the proxy model.
-DEFAULT_RESIDUAL_THRESHOLD = 0.1
+def default_broadcast(sampler: str, evaluations: int) -> AttentionBroadcast:
+    """The attention cache's setting when the call gives none (engine/cache_defaults.py)."""
+    defaults = cache_defaults(sampler, evaluations)
+    return AttentionBroadcast.uniform(defaults.attention_intervals, *defaults.attention_range)
 
 
 class CacheBuffers:
