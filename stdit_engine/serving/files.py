@@ -1,8 +1,8 @@
 """`VideoFolder`: where the service keeps its MP4s, under server-made names, written atomically.
 
-A video is encoded to `<job id>.partial.mp4` and renamed to `<job id>.mp4` only when whole, so a
-reader (or a crash, or SIGTERM) never sees half a file; partial files a killed process left are
-removed when the folder is opened. Job ids are made by the server (jobs.new_job_id): no client
+A video is saved as `<job id>.mp4` by `Video.save`, which writes it under a temporary
+`*.partial.mp4` name and renames it only when whole, so a reader (or a crash, or SIGTERM) never
+sees half a file; partial files a killed process left are removed when the folder is opened. Job ids are made by the server (jobs.new_job_id): no client
 text ever reaches a path.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from ..engine.video import Video
 from .jobs import is_job_id
 
-_PARTIAL = ".partial.mp4"
+_PARTIAL = ".partial.mp4"  # the suffix of files.atomic_path's temporary names for an MP4
 
 
 class VideoFolder:
@@ -27,13 +27,9 @@ class VideoFolder:
         """Saves `video` as the job's file; returns the file's name in this folder."""
         if not is_job_id(job_id):  # a guard on the invariant, not a client check
             raise ValueError(f"not a server-made job id: {job_id!r}")
-        partial = self.path / (job_id + _PARTIAL)
-        try:
-            video.save(partial)
-            os.replace(partial, self.path / f"{job_id}.mp4")
-        finally:
-            partial.unlink(missing_ok=True)
-        return f"{job_id}.mp4"
+        name = f"{job_id}.mp4"
+        video.save(self.path / name)
+        return name
 
     def file(self, name: str) -> Path:
         return self.path / name
