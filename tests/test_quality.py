@@ -13,7 +13,7 @@ from stdit_engine.quality.analytic import GaussianModel
 from stdit_engine.quality.harness import SamplerConfig, evaluate
 from stdit_engine.quality.metrics import psnr, ssim
 from stdit_engine.quality.proxy import load_proxy_engine
-from stdit_engine.quality.proxy_task import CAPTIONS, caption_accuracy
+from stdit_engine.quality.proxy_task import CAPTIONS, caption_accuracy, render
 from stdit_engine.quality.runners import AnalyticRunner, EngineRunner
 from stdit_engine.schedulers import make_sampler
 from stdit_engine.schedulers.base import guide
@@ -75,6 +75,15 @@ def test_quality_command_writes_csv_and_plot(tmp_path):
     assert (tmp_path / "quality.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["quality", "--model", "random", "--preset", "tiny", "--prompt", "x", "--configs", "euler@5",
                  "--out", str(tmp_path)]) == 2
+
+
+def test_proxy_task_is_read_back_exactly_from_its_clean_latents():
+    """The task is well posed: colour, direction and speed of every caption read back from its
+    rendered latents at every start place drawn (so a model's samples can be scored by them)."""
+    ids = torch.arange(len(CAPTIONS)).repeat(8)
+    latents = render(ids, torch.Generator().manual_seed(0))
+    assert latents.shape == (len(ids), 4, 16, 32, 32)
+    assert caption_accuracy(latents, [CAPTIONS[i] for i in ids]) == {"colour": 1.0, "direction": 1.0, "speed": 1.0}
 
 
 def test_trained_proxy_predicts_the_captions_colour_from_pure_noise():

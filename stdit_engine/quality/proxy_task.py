@@ -8,6 +8,7 @@ follow their captions (chance: 1/4, 1/4, 1/2).
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -41,27 +42,32 @@ PROXY_CAPTIONS = [Caption("red", "left", "slowly"), Caption("green", "right", "q
                   Caption("blue", "up", "slowly"), Caption("yellow", "down", "quickly")]
 
 
-def render(captions: list[Caption], generator: torch.Generator) -> torch.Tensor:
-    """Latent videos [n, 4, FRAMES, SIZE, SIZE] (float32, CPU) of `captions`, random start places."""
-    videos = []
-    frames = torch.arange(FRAMES, dtype=torch.float32)
-    grid = torch.arange(SIZE, dtype=torch.float32)
-    for caption in captions:
-        dy, dx = DIRECTIONS[caption.direction]
-        travel = SPEEDS[caption.speed] * (FRAMES - 1)
-        start = []
-        for step in (dy, dx):
-            low, high = MARGIN, SIZE - 1 - MARGIN - abs(step) * travel
-            position = low + (high - low) * torch.rand((), generator=generator).item()
-            start.append(position + travel if step < 0 else position)
-        speed = SPEEDS[caption.speed]
-        cy = start[0] + dy * speed * frames  # [FRAMES]
-        cx = start[1] + dx * speed * frames
-        ball = torch.exp(-((grid[None, :, None] - cy[:, None, None]) ** 2
-                           + (grid[None, None, :] - cx[:, None, None]) ** 2) / (2 * RADIUS ** 2))
-        colour = torch.tensor(COLOURS[caption.colour]) * AMPLITUDE / 2  # unit-norm rows, times AMPLITUDE
-        videos.append(colour[:, None, None, None] * ball[None])
-    return torch.stack(videos)
+@functools.cache
+def _caption_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per caption of CAPTIONS: channel vector (norm AMPLITUDE), (dy, dx) direction, speed; made
+    once per device (a host-to-device copy waits for the GPU's queue)."""
+    return (torch.tensor([COLOURS[c.colour] for c in CAPTIONS], device=device) * AMPLITUDE / 2,  # unit rows
+            torch.tensor([DIRECTIONS[c.direction] for c in CAPTIONS], device=device),
+            torch.tensor([[SPEEDS[c.speed]] for c in CAPTIONS], device=device))
+
+
+def render(ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Latent videos [n, 4, FRAMES, SIZE, SIZE] (float32) of the captions CAPTIONS[ids], random start
+    places drawn from `generator`, on its device (where `ids` must be): all captions at once, so a
+    training batch is made on the GPU without waiting for it."""
+    device = generator.device
+    colours, steps, speeds = (table[ids] for table in _caption_tables(device))  # [n, 4], [n, 2], [n, 1]
+    travel = speeds * (FRAMES - 1)
+    # Each axis's start is uniform over the places from which the whole path stays within the margins.
+    low, high = MARGIN, SIZE - 1 - MARGIN - steps.abs() * travel
+    start = low + (high - low) * torch.rand(steps.shape, generator=generator, device=device)
+    start = torch.where(steps < 0, start + travel, start)
+    frames = torch.arange(FRAMES, dtype=torch.float32, device=device)
+    centres = start[:, None, :] + steps[:, None, :] * speeds[:, None, :] * frames[None, :, None]  # [n, T, 2]
+    grid = torch.arange(SIZE, dtype=torch.float32, device=device)
+    cy, cx = centres[..., 0, None, None], centres[..., 1, None, None]  # [n, T, 1, 1]
+    ball = torch.exp(-((grid[:, None] - cy) ** 2 + (grid[None, :] - cx) ** 2) / (2 * RADIUS ** 2))  # [n, T, H, W]
+    return colours[:, :, None, None, None] * ball[:, None]
 
 
 def read_captions(latents: torch.Tensor) -> list[Caption]:
