@@ -21,7 +21,7 @@ from .arguments import check_generate_arguments, check_prompts, check_seed, expl
 from .cancel import CancelToken, check_cancel_token
 from .cache_calibration import CacheCalibration
 from .denoise import GuidedDenoiser
-from .memory import StageStats, decode_chunk, measure_stage
+from .memory import CallStats, StageStats, decode_chunk, measure_stage
 from .placement import Placement
 from .plan import RuntimePlan, resolve_plan
 from .progress import ProgressBar, ProgressFn, StepMonitor, progress_report
@@ -75,7 +75,7 @@ class Engine:
         self.denoiser = (GuidedDenoiser(self.stdit, use_cuda_graphs=cuda_graphs) if parallel is None
                          else parallel_denoiser(parallel, self.stdit, use_cuda_graphs=cuda_graphs))
         self._locks = StageLocks(separate=placement == "resident" and parallel is None)
-        self.last_stats: list[StageStats] = []
+        self.last_stats = CallStats(self._title())
         self.prompt_cache = PromptEmbeddingCache()  # capacity 0 turns it off
         self.cache_calibration: CacheCalibration | None = None  # generate(cache="residual") needs it
 
@@ -247,8 +247,9 @@ class Engine:
         (engine/progress.py) and the engine stays usable.
         `vae_chunk_frames`: frames decoded at once (default: as many as fit in free memory).
         Stage times and peak memory are appended to `stats` (a list) when the call completes, and kept
-        in `self.last_stats` (printed when `progress` is True): each call gathers its own, so calls from
-        several threads do not mix their entries. Prompts longer than the text encoder's 120 tokens are
+        in `self.last_stats` (a CallStats, whose `plan` line says which placement ran and why; printed
+        when `progress` is True): each call gathers its own, so calls from several threads do not mix
+        their entries. Prompts longer than the text encoder's 120 tokens are
         truncated, as the reference does, with one PromptTruncatedWarning per call.
         `cache` (default None: off) reuses work across denoising steps, at some cost in fidelity
         (engine/step_cache.py, BENCHMARKS.md): "residual" skips the blocks on steps chosen by
@@ -281,7 +282,7 @@ class Engine:
         monitor = StepMonitor(total_steps, self.device, report, cancel)
         # A parallel call's collectives must not interleave with another call's on this rank.
         whole_call = self._locks.hold_all(cancel) if self.parallel is not None else nullcontext()
-        call_stats: list[StageStats] = []  # this call's own: published whole when it ends
+        call_stats = CallStats(self._title())  # this call's own: published whole when it ends
         latents, videos = [], []
         try:
             with whole_call:
@@ -312,7 +313,7 @@ class Engine:
         if stats is not None:
             stats.extend(call_stats)
         if progress is True:
-            self._print_stats(call_stats)
+            print(call_stats.describe(self.device))
         return torch.cat(latents) if output == "latent" else videos
 
     def _cache_plan(self, cache, sampler: str, num_steps: int, threshold, broadcast) -> CachePlan | None:
@@ -362,9 +363,4 @@ class Engine:
     def _title(self) -> str:
         """The plan this engine runs, as the progress output and the stage report head it."""
         return f"stdit-engine{' (random weights)' if self.random_weights else ''}: {self.plan.describe()}"
-
-    def _print_stats(self, call_stats: list[StageStats]) -> None:
-        print(f"{self._title()}:")
-        for stats in call_stats:
-            print("  " + stats.describe(self.device))
 

@@ -45,6 +45,19 @@ class StageStats:
         return f"{self.name:<8} {self.seconds:8.2f} s   {mem}"
 
 
+class CallStats(list):
+    """One call's StageStats in order, with `plan`: the one line of the plan that ran them (the
+    engine's describe(): kernels, CUDA graphs, the placement and why it was chosen)."""
+
+    def __init__(self, plan: str, stages: Iterable[StageStats] = ()):
+        super().__init__(stages)
+        self.plan = plan
+
+    def describe(self, device: torch.device) -> str:
+        """The stage report: the plan's line, then one line a stage."""
+        return "\n".join([f"{self.plan}:", *("  " + stats.describe(device) for stats in self)])
+
+
 def _process_peak_rss() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
@@ -78,6 +91,12 @@ def measure_stage(name: str, device: torch.device, record: list[StageStats], mod
 
 # ---------------------------------------------------------------- predicting the peak before loading
 #
+# The estimate is of the peak ALLOCATED bytes (on CUDA torch.cuda.max_memory_allocated, the live
+# tensor peak elsewhere), not the reserved: the allocator's cache holds more (RESERVE_FACTOR,
+# VAE_RESERVE_FACTOR), and a captured step's memory pool is reserved between calls but allocated
+# only while the step runs eagerly or is captured (a replay allocates nothing). Each stage's figure
+# is the most that any call allocates in it, the first call's capture included.
+#
 # Each stage's activations are counted in tensors of the preset's own sizes: the set alive at the
 # stage's peak, read from traces of live tensors (LiveTensorPeak on the CPU, fp32: the tiny preset,
 # and the full presets' widths at small sizes). On CUDA the allocator's peak also holds memory that
@@ -96,8 +115,13 @@ def measure_stage(name: str, device: torch.device, record: list[StageStats], mod
 # allocator's peak on a GPU, BENCHMARKS.md; the CPU reference quantizer's fp32 temporaries, a
 # tests-only path, are not counted).
 STDIT_TOKEN_TENSORS = 3
-# What the GPU fit found beyond the token-sized tensors, less the caption K/V of its 2-prompt runs
-# (counted above): presumably workspaces and the CUDA graph's static caption K/V.
+# The triton backend's step (fp16 / bf16 linears) on CUDA peaks this many token-sized tensors above
+# the MLP's count: fitted to the allocator's peaks of first calls (eager warm-up and capture of the
+# step) and of sequential calls (each captures again), not traced (its kernels do not run on the
+# CPU; BENCHMARKS.md).
+STDIT_TRITON_EXTRA_TOKEN_TENSORS = 2
+# Allocated on CUDA beyond the weights and the tensors counted here, between calls as well: the
+# libraries' workspaces (cuBLAS keeps one per stream that ran a GEMM), as the GPU fit found.
 STDIT_CUDA_EXTRA_BYTES = int(0.142 * GIB)
 # T5 v1.1, in its gated-GELU FFN: wi_0's output, two temporaries of the tanh GELU and wi_1's output
 # ([tokens, d_ff] each) beside the embeddings, the residual stream, its sum and the normed input
@@ -180,23 +204,42 @@ def t5_activation_bytes(preset, batch: int, t5_dtype: torch.dtype) -> int:
     return (batch * text.max_length * per_token + position_bias) * _bytes(t5_dtype)
 
 
-def stdit_activation_bytes(preset, batch: int, dtype: torch.dtype, device: torch.device | str,
-                           backend: str = "auto", fp8: bool = False) -> int:
-    """Denoise activations of `batch` samples (a guidance batch of twice as many)."""
+def stdit_step_bytes(preset, batch: int, dtype: torch.dtype, device: torch.device | str,
+                     backend: str = "auto", fp8: bool = False) -> int:
+    """The activations of one denoising step of `batch` samples (a guidance batch of twice as many)
+    at its peak: what a captured step's memory pool holds (reserved between calls)."""
     cfg = preset.stdit
-    rows = 2 * batch
     frames, positions = token_grid(preset)
-    tokens = rows * frames * positions
+    tokens = 2 * batch * frames * positions
     if fp8:
         mlp_peak = STDIT_TOKEN_TENSORS + 1.5 * cfg.mlp_ratio + 1
     else:
         gelu_in_fc1 = _is_cuda(device) and backend_name(backend, device) == "triton"
         at_gelu = STDIT_TOKEN_TENSORS + (1 if gelu_in_fc1 else 2) * cfg.mlp_ratio
         mlp_peak = max(at_gelu, STDIT_TOKEN_TENSORS + cfg.mlp_ratio + 1)
-    block = mlp_peak * tokens * cfg.hidden_size
-    caption_kv = cfg.depth * 2 * rows * cfg.model_max_length * cfg.hidden_size
-    extra = STDIT_CUDA_EXTRA_BYTES if _is_cuda(device) else 0
-    return int(block + caption_kv) * _bytes(dtype) + extra
+        mlp_peak += STDIT_TRITON_EXTRA_TOKEN_TENSORS if gelu_in_fc1 else 0
+    return int(mlp_peak * tokens * cfg.hidden_size) * _bytes(dtype)
+
+
+def caption_kv_bytes(preset, batch: int, dtype: torch.dtype) -> int:
+    """Every block's caption K/V for `batch` samples' guidance rows, computed once per call."""
+    cfg = preset.stdit
+    return cfg.depth * 2 * (2 * batch) * cfg.model_max_length * cfg.hidden_size * _bytes(dtype)
+
+
+def graph_kept_bytes(preset, batch: int, dtype: torch.dtype, device: torch.device | str) -> int:
+    """Allocated between calls on CUDA while the step's graph is kept (resident, lean): the graph's
+    static copy of the caption K/V (its other static buffers are latent-sized: a few MiB) and the
+    libraries' workspaces. Its memory pool is reserved, not allocated. Nothing off CUDA."""
+    return caption_kv_bytes(preset, batch, dtype) + STDIT_CUDA_EXTRA_BYTES if _is_cuda(device) else 0
+
+
+def stdit_activation_bytes(preset, batch: int, dtype: torch.dtype, device: torch.device | str,
+                           backend: str = "auto", fp8: bool = False) -> int:
+    """Denoise activations of `batch` samples at the stage's peak, a capture's on CUDA: the step's
+    activations beside the call's caption K/V and, on CUDA, what the graph keeps (graph_kept_bytes)."""
+    return (stdit_step_bytes(preset, batch, dtype, device, backend, fp8) + caption_kv_bytes(preset, batch, dtype)
+            + graph_kept_bytes(preset, batch, dtype, device))
 
 
 def vae_peak_channels(vae: VAEConfig) -> int:
@@ -222,8 +265,11 @@ def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.
                     t5_dtype: torch.dtype = torch.float32, batch_size: int | None = None,
                     vae_chunk_frames: int | None = None, device: torch.device | str = "cuda",
                     backend: str = "auto", fp8: bool = False) -> MemoryEstimate:
-    """Predicted peak allocated memory of `generate()` on `device` in placement `mode` with the
-    STDiT kernel `backend` (and FP8 block linears: a byte a weight, a wider MLP peak), before loading."""
+    """Predicted peak ALLOCATED memory (not reserved: see above) of each stage of `generate()` on
+    `device` in placement `mode` with the STDiT kernel `backend` (and FP8 block linears: a byte a
+    weight, a wider MLP peak), before loading; on CUDA with the step's CUDA graph (the default).
+    Each stage's figure is the most any call allocates in it: the denoise's is the first call's
+    (its step runs eagerly, then is captured); later calls replay the graph and allocate less."""
     preset = get_preset(preset)
     counts = parameter_counts(preset)
     stdit_weights = counts["stdit"] * _bytes(dtype) - fp8 * counts["stdit_fp8_weights"] * (_bytes(dtype) - 1)
@@ -234,18 +280,21 @@ def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.
     chunk = min(vae_chunk_frames or batch * preset.num_frames, batch * preset.num_frames)
     decode_act = chunk * vae_frame_bytes(preset, dtype, device)
     encode_act = t5_activation_bytes(preset, batch, t5_dtype)
+    # Where the step's graph stays between calls, the encode and decode of a later call see its
+    # static buffers and the workspaces (not its pool: reserved, not allocated).
+    graph_kept = graph_kept_bytes(preset, batch, dtype, device)
 
     if mode == "resident":
         resident = sum(weights.values())
-        return MemoryEstimate(resident + encode_act, resident + denoise_act, resident + decode_act, weights)
+        return MemoryEstimate(resident + graph_kept + encode_act, resident + denoise_act,
+                              resident + graph_kept + decode_act, weights)
     t5_block = counts["t5_block"] * _bytes(t5_dtype)
     t5_streamed = counts["t5"] * _bytes(t5_dtype) - t5_block * (preset.text.num_layers - 1)  # one block in
     if mode == "lean":
-        # The STDiT and its captured step's memory pool (the denoise activations) stay between calls;
-        # T5 streams with the next block prefetched: two blocks in.
-        kept = weights["stdit"] + denoise_act
-        return MemoryEstimate(kept + t5_streamed + t5_block + encode_act, kept, kept + weights["vae"] + decode_act,
-                              weights)
+        # The STDiT and its graph stay between calls; T5 streams with the next block prefetched: two blocks in.
+        kept = weights["stdit"] + graph_kept
+        return MemoryEstimate(kept + t5_streamed + t5_block + encode_act, weights["stdit"] + denoise_act,
+                              kept + weights["vae"] + decode_act, weights)
     t5_on_gpu = t5_streamed if mode == "sequential" else weights["t5"]
     return MemoryEstimate(t5_on_gpu + encode_act, weights["stdit"] + denoise_act, weights["vae"] + decode_act, weights)
 
@@ -269,8 +318,13 @@ def decode_budget(preset, samples: int, mode: str, dtype: torch.dtype, t5_dtype:
     estimate = estimate_memory(preset, samples, mode, dtype, t5_dtype, vae_chunk_frames=1, device=device,
                                backend=backend, fp8=fp8)
     if mode == "lean":
-        kept = estimate.decode - vae_frame_bytes(get_preset(preset), dtype, device)
-        return min(free_bytes, max(0, int((LEAN_RESERVED_BYTES - RESERVE_FACTOR * kept) / VAE_RESERVE_FACTOR)))
+        preset = get_preset(preset)
+        # Reserved beside the decode: what stays allocated (with the allocator's margin) and the
+        # captured step's memory pool, reserved whole.
+        kept = estimate.decode - vae_frame_bytes(preset, dtype, device)
+        pool = stdit_step_bytes(preset, samples, dtype, device, backend, fp8)
+        budget = LEAN_RESERVED_BYTES - RESERVE_FACTOR * kept - pool
+        return min(free_bytes, max(0, int(budget / VAE_RESERVE_FACTOR)))
     return estimate.denoise // 2
 
 

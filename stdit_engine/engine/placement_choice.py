@@ -8,7 +8,7 @@ import torch
 
 from ..configs import Preset
 from ..errors import ConfigError
-from .memory import GIB, RESERVE_FACTOR, decode_chunk, estimate_memory
+from .memory import GIB, LEAN_RESERVED_BYTES, RESERVE_FACTOR, decode_chunk, estimate_memory
 from .placement import AUTO_ORDER, MODES
 
 
@@ -20,8 +20,8 @@ class PlacementChoice:
 
 def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: torch.dtype,
                      t5_dtype: torch.dtype, backend: str = "auto", fp8: bool = False) -> PlacementChoice:
-    """The placement to use; "auto" is the first of placement.AUTO_ORDER whose estimated peak (for
-    the preset's prompts per batch, reserved) fits in free GPU memory.
+    """The placement to use; "auto" is the first of placement.AUTO_ORDER whose estimated peak
+    (allocated, for the preset's prompts per batch) times RESERVE_FACTOR fits in free GPU memory.
 
     Raises before anything is loaded when even the leanest mode cannot fit.
     """
@@ -42,9 +42,13 @@ def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: tor
         needs = estimate.peak * RESERVE_FACTOR
         if needs <= free:
             how = "auto, the first of " + ", ".join(AUTO_ORDER) + " that fits" if mode == "auto" else "as asked"
+            # The lean decode takes what its budget leaves, so its reserved peak is that budget's, not needs.
+            decode = (f", its decode sized to stay within {LEAN_RESERVED_BYTES / GIB:.0f} GiB reserved"
+                      if candidate == "lean" else "")
             skipped = "".join(f"; {name} would need {gib:.1f} GiB" for name, gib in passed)
-            return PlacementChoice(candidate, f"{how}: about {needs / GIB:.1f} GiB reserved at {samples} prompt(s) "
-                                              f"of {free / GIB:.1f} GiB free{skipped}")
+            return PlacementChoice(candidate, f"{how}: needs {needs / GIB:.1f} GiB of {free / GIB:.1f} GiB free "
+                                              f"(estimated peak {estimate.peak / GIB:.1f} GiB allocated at {samples} "
+                                              f"prompt(s), x{RESERVE_FACTOR} for the allocator's cache{decode}){skipped}")
         passed.append((candidate, needs / GIB))
     raise ConfigError(
         f"{preset.name} needs about {needs / GIB:.1f} GiB of GPU memory in placement "
