@@ -7,6 +7,7 @@ import weakref
 import pytest
 import torch
 
+from stdit_engine.engine.denoise import warmup_stream
 from stdit_engine.engine.graph_cache import GraphCache
 from stdit_engine.schedulers.base import guide, scale_by, scale_dtype
 
@@ -43,3 +44,17 @@ def test_a_tensor_cfg_scale_gives_the_python_float_bits(dtype, cfg):
     scale = torch.full((), cfg, dtype=scale_dtype(dtype))
     assert torch.equal(guide(out, scale, 3), guide(out, cfg, 3))
     assert torch.equal(scale_by(scale, out), cfg * out)
+
+
+def test_captures_warm_up_on_one_side_stream_per_device(monkeypatch):
+    # cuBLAS keeps a workspace per stream that ran a GEMM: a new stream per capture would leak one
+    # on every call of a placement that drops its graphs (test_gpu_lean.py checks the memory itself).
+    made = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: made.append(device) or object())
+    warmup_stream.cache_clear()
+    try:
+        first, second = torch.device("cuda", 0), torch.device("cuda", 1)
+        assert warmup_stream(first) is warmup_stream(torch.device("cuda", 0)) is not warmup_stream(second)
+        assert made == [first, second]
+    finally:
+        warmup_stream.cache_clear()

@@ -13,6 +13,7 @@ same static buffers.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from dataclasses import dataclass
@@ -72,6 +73,15 @@ def guided_step(model: STDiT, sampler: Sampler, x: torch.Tensor, noise: torch.Te
     return sampler.update(inputs.coefs, x, guided, noise, inputs.memory)
 
 
+@functools.lru_cache(maxsize=None)
+def warmup_stream(device: torch.device) -> torch.cuda.Stream:
+    """The side stream of every capture's warm-up on `device`, one for the process: cuBLAS keeps a
+    workspace for each stream that ran a GEMM, as long as the process lives, so a new stream per
+    capture (placements that drop their graphs capture on every call) would add one each call,
+    up to the size of torch's stream pool."""
+    return torch.cuda.Stream(device)
+
+
 class GraphedStep:
     """`guided_step` captured once per variant of the forward (one, unless a step cache varies it),
     with static buffers; reusable for any call of the same shapes, guided channels and kind of
@@ -108,7 +118,7 @@ class GraphedStep:
         def step() -> torch.Tensor:
             return guided_step(self.model, self.sampler, self.x, self.noise, self.inputs, self.batch, forward)
 
-        side = torch.cuda.Stream()
+        side = warmup_stream(self.x.device)
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph: compilation, lazy init, workspaces
             # Twice: cuBLAS and SDPA pick and cache their kernels on first use. The first pass only
