@@ -43,10 +43,16 @@ def rows(records: list[dict]) -> list[list[str]]:
             if "empty_cache_compiled_one_by_one" in info:
                 runs.append(("empty cache, kernels compiled one by one", info["empty_cache_compiled_one_by_one"]))
             for label, run in runs:
+                first, warm = run["first"], run["warm"]
+                stages = ", ".join(f"{name} {first['stages'][name]:.2f} / {warm['stages'].get(name, 0):.2f}"
+                                   for name in first["stages"])
+                instantiate = (f" (instantiation {first['graph_instantiate']['seconds']:.2f} s)"
+                               if "graph_instantiate" in first else "")
                 table.append([f"{info['workload']}, {label}", info["backend"], info["dtype"].removeprefix("torch."),
-                              f"first {run['first']['seconds']:.2f} s / warm {run['warm']['seconds']:.2f} s "
-                              f"({run['first_over_warm']:.1f}x); Triton compiling {run['first']['triton_compile']['seconds']:.1f} s (summed over threads), "
-                              f"graph capture {run['first']['graph_capture']['seconds']:.2f} s",
+                              f"first {first['seconds']:.2f} s / warm {warm['seconds']:.2f} s "
+                              f"({run['first_over_warm']:.1f}x; stages first / warm: {stages} s); Triton compiling "
+                              f"{first['triton_compile']['seconds']:.1f} s (summed over threads), "
+                              f"graph capture with its warm-up steps {first['graph_capture']['seconds']:.2f} s{instantiate}",
                               f"import {run['import_s']:.1f} s, load {run['load_s']:.1f} s",
                               f"- / {run['first']['peak_reserved_gib']:.2f} GiB", "-"])
             continue

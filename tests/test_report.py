@@ -144,3 +144,22 @@ def test_benchmarks_md_lean_table_is_what_report_generates():
     block = page[page.index(report.LEAN_BEGIN):page.index(report.LEAN_END) + len(report.LEAN_END)]
     sources = block.split("`python benchmarks/report.py ")[1].split(" --lean-into")[0].split()
     assert block == report.lean_table([(path, json.loads((root / path).read_text())) for path in sources])
+
+
+def test_cold_start_rows_give_each_stage_first_and_warm():
+    def process(first_s, warm_s):
+        first = {"seconds": first_s, "stages": {"encode": 0.5, "denoise": first_s - 0.8, "decode": 0.3},
+                 "peak_reserved_gib": 6.8, "triton_compile": {"calls": 30, "seconds": 12.0},
+                 "graph_capture": {"calls": 1, "seconds": 0.9}, "graph_instantiate": {"calls": 1, "seconds": 0.05}}
+        warm = {"seconds": warm_s, "stages": {"encode": 0.36, "denoise": warm_s - 0.56, "decode": 0.2}}
+        return {"first": first, "warm": warm, "first_over_warm": first_s / warm_s, "import_s": 11.5, "load_s": 22.0}
+
+    record = {"extra_info": {"workload": "cold start 16x256x256, 20 steps, default placement",
+                             "backend": "triton + CUDA graph", "dtype": "torch.float16",
+                             "empty_triton_cache": process(4.95, 1.44), "second_process": process(2.64, 1.43)}}
+    first_process, second = report.rows([record])
+    assert second[0].endswith(", second process")
+    assert second[3] == ("first 2.64 s / warm 1.43 s (1.8x; stages first / warm: encode 0.50 / 0.36, denoise "
+                         "1.84 / 0.87, decode 0.30 / 0.20 s); Triton compiling 12.0 s (summed over threads), graph "
+                         "capture with its warm-up steps 0.90 s (instantiation 0.05 s)")
+    assert second[4:6] == ["import 11.5 s, load 22.0 s", "- / 6.80 GiB"]
