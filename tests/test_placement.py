@@ -189,10 +189,10 @@ def test_auto_placement_is_lean_where_it_fits(monkeypatch, free_gib, expected):
     chunk = decode_chunk(preset, 2, expected, torch.float16, torch.float32, int(free_gib * GIB))
     peak = estimate_memory(preset, 2, expected, vae_chunk_frames=chunk).peak
     assert choice.reason == (
-        f"auto, the first of lean, sequential that fits: needs {peak * RESERVE_FACTOR / GIB:.1f} GiB of "
-        f"{free_gib:.1f} GiB free (estimated peak {peak / GIB:.1f} GiB allocated at 2 prompt(s), x1.25 for the "
-        "allocator's cache" + (", its decode sized to stay within 8 GiB reserved)" if expected == "lean" else
-                               ")" + "; lean would need 4.9 GiB"))
+        f"auto, the first of lean, sequential that fits: its estimated peak of {peak / GIB:.1f} GiB allocated at 2 "
+        f"prompt(s), x1.25 for the allocator's cache = {peak * RESERVE_FACTOR / GIB:.1f} GiB, is within the "
+        f"{free_gib:.1f} GiB free" + ("; its decode is sized to stay within 8 GiB reserved" if expected == "lean"
+                                      else "; lean's is 4.9 GiB, more than is free"))
 
 
 def test_a_preset_that_cannot_fit_is_refused_before_loading(monkeypatch):

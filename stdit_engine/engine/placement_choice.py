@@ -42,13 +42,14 @@ def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: tor
         needs = estimate.peak * RESERVE_FACTOR
         if needs <= free:
             how = "auto, the first of " + ", ".join(AUTO_ORDER) + " that fits" if mode == "auto" else "as asked"
-            # The lean decode takes what its budget leaves, so its reserved peak is that budget's, not needs.
-            decode = (f", its decode sized to stay within {LEAN_RESERVED_BYTES / GIB:.0f} GiB reserved"
+            # The lean decode takes what its budget leaves: its reserved peak is that budget's, above `needs`.
+            decode = (f"; its decode is sized to stay within {LEAN_RESERVED_BYTES / GIB:.0f} GiB reserved"
                       if candidate == "lean" else "")
-            skipped = "".join(f"; {name} would need {gib:.1f} GiB" for name, gib in passed)
-            return PlacementChoice(candidate, f"{how}: needs {needs / GIB:.1f} GiB of {free / GIB:.1f} GiB free "
-                                              f"(estimated peak {estimate.peak / GIB:.1f} GiB allocated at {samples} "
-                                              f"prompt(s), x{RESERVE_FACTOR} for the allocator's cache{decode}){skipped}")
+            skipped = "".join(f"; {name}'s is {gib:.1f} GiB, more than is free" for name, gib in passed)
+            return PlacementChoice(candidate, f"{how}: its estimated peak of {estimate.peak / GIB:.1f} GiB allocated "
+                                              f"at {samples} prompt(s), x{RESERVE_FACTOR} for the allocator's cache = "
+                                              f"{needs / GIB:.1f} GiB, is within the {free / GIB:.1f} GiB free"
+                                              f"{decode}{skipped}")
         passed.append((candidate, needs / GIB))
     raise ConfigError(
         f"{preset.name} needs about {needs / GIB:.1f} GiB of GPU memory in placement "
