@@ -34,7 +34,8 @@ def run_end_to_end(engine: Engine, num_steps: int = 100, warmup_steps: int = 2, 
     stages = {s.name: s for s in engine.last_stats}
     estimate = estimate_memory(preset, prompts_n, engine.placement.mode, engine.dtype, engine.text_encoder.dtype,
                                vae_chunk_frames=engine.decode_chunk_frames(prompts_n), device=engine.device,
-                               backend=engine.stdit.ops.name, fp8=engine.stdit.is_fp8)
+                               backend=engine.stdit.ops.name, fp8=engine.stdit.is_fp8,
+                               cache=generate_options.get("cache"))
     peak_allocated = max(s.peak_allocated for s in stages.values())  # stages reset the peaks
     graphs = engine.denoiser.use_cuda_graphs and engine.device.type == "cuda"
     return dict(

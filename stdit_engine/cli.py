@@ -122,7 +122,8 @@ def build_engine(args: argparse.Namespace, parallel: str = "none"):
     dtype = torch_dtype(args.dtype) if args.dtype else None
     common = dict(device=args.device, dtype=dtype, t5_dtype=torch_dtype(args.t5_dtype), backend=args.backend,
                   placement=args.placement, cuda_graphs=not args.no_cuda_graphs, parallel=parallel, fp8=args.fp8,
-                  cache_calibration=getattr(args, "cache_calibration", None))  # generate's flag only
+                  cache_calibration=getattr(args, "cache_calibration", None),  # generate's flags only
+                  step_cache=getattr(args, "cache", None))
     if args.random_weights:
         print("note: random weights; the video shows the pipeline working, not a picture of the prompt")
         return Engine.from_random_weights(args.preset, **common)

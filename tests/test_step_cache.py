@@ -7,9 +7,14 @@ import pytest
 import torch
 
 from stdit_engine import Engine
+from stdit_engine.configs import PRESETS
+from stdit_engine.engine import step_cache
 from stdit_engine.engine.cache_calibration import CacheCalibration, calibrate
 from stdit_engine.engine.cache_defaults import DEFAULTS, FALLBACK, cache_defaults
 from stdit_engine.engine.denoise import GuidedDenoiser
+from stdit_engine.engine.memory import GIB, estimate_memory, step_cache_bytes
+from stdit_engine.engine.placement_choice import check_step_cache_memory, choose_placement
+from stdit_engine.engine.plan import resolve_plan
 from stdit_engine.engine.step_cache import (FULL, RESIDUAL, AttentionBroadcast, BroadcastRange, StepVariant,
                                             attention_plan, make_plan, residual_plan)
 from stdit_engine.errors import ConfigError
@@ -291,3 +296,79 @@ def test_calibration_curve_and_polynomial(engine):
     assert len(curve) == STEPS and curve[0] == 0.0 and all(c > 0 for c in curve[1:])
     assert len(calibration.polynomial) == 5
     assert calibration.model["preset"] == "tiny" and calibration.prompts == len(PROMPTS)
+
+
+# ------------------------------------------------------------------ memory: the buffers are in the estimate
+
+@pytest.mark.parametrize("cache, setting", [("residual", None), ("attention", EVERY_OTHER)])
+def test_estimate_counts_the_buffers_the_cache_allocates(engine, monkeypatch, cache, setting):
+    """What a call's CacheBuffers allocate (every kind the plan can store: EVERY_OTHER stores all
+    three attention kinds) is what estimate_memory adds to the denoise stage for that cache."""
+    allocated = []
+
+    class Recorded(step_cache.CacheBuffers):
+        def __init__(self, *args):
+            super().__init__(*args)
+            tensors = [self.residual, *self.attention.values()]
+            allocated.append(sum(t.numel() * t.element_size() for t in tensors if t is not None))
+
+    monkeypatch.setattr(step_cache, "CacheBuffers", Recorded)
+    threshold = skipping_threshold(engine, 3) if cache == "residual" else None
+    latents(engine, cache=cache, cache_threshold=threshold, cache_broadcast=setting)
+    assert len(allocated) == 1 and allocated[0] > 0
+
+    def estimate(cache):
+        return estimate_memory("tiny", len(PROMPTS), "resident", engine.dtype, engine.text_encoder.dtype,
+                               device="cpu", cache=cache)
+
+    with_cache, without = estimate(cache), estimate(None)
+    assert with_cache.denoise - without.denoise == allocated[0]
+    assert (with_cache.encode, with_cache.decode) == (without.encode, without.decode)  # freed with the call on CPU
+
+
+def test_on_cuda_the_graph_keeps_the_buffers_where_it_stays():
+    """At 64x512x512, 1 prompt: the attention cache stores 28 blocks x 3 kinds x [2, 65536, 1152]
+    bf16; resident and lean keep the captured graph (and so the buffers) through the later stages."""
+    attention = 28 * 3 * 2 * 65536 * 1152 * 2
+    for mode in ("resident", "lean", "offload", "sequential"):
+        with_cache, without = (estimate_memory("64x512x512", 1, mode, torch.bfloat16, vae_chunk_frames=1,
+                                               backend="triton", fp8=True, cache=cache)
+                               for cache in ("attention", None))
+        kept = attention if mode in ("resident", "lean") else 0
+        assert with_cache.denoise - without.denoise == attention, mode
+        assert with_cache.decode - without.decode == kept and with_cache.encode - without.encode == kept, mode
+    assert step_cache_bytes(PRESETS["64x512x512"], 1, torch.bfloat16, "residual") == 2 * 65536 * 1152 * 4
+
+
+def test_auto_placement_leaves_room_for_the_step_cache(monkeypatch):
+    """64x512x512 bf16 + FP8 on a GPU with 24 GiB free: lean fits with no cache or the residual
+    cache, and nothing fits the attention cache's 23.6 GiB of buffers: refused before loading."""
+    preset = PRESETS["64x512x512"]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (24 * GIB, 80 * GIB))
+
+    def choose(step_cache):
+        return choose_placement("auto", preset, torch.device("cuda"), torch.bfloat16, torch.float32, "triton", True,
+                                step_cache)
+
+    assert choose(None).mode == choose("residual").mode == "lean"
+    assert "with the residual step cache's 0.6 GiB" in choose("residual").reason
+    with pytest.raises(ConfigError, match=r"'sequential' with the attention step cache's 23.6 GiB .*cache='residual'"):
+        choose("attention")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * GIB, 80 * GIB))
+    lean = choose("attention")
+    # Its buffers stay with the graph beside the lean decode, outside lean's reserved bound.
+    assert lean.mode == "lean" and "stay within" not in lean.reason and "attention step cache" in lean.reason
+    with pytest.raises(ConfigError, match="unknown cache 'teacache'"):
+        resolve_plan("tiny", device="cpu", step_cache="teacache")
+
+
+def test_a_call_whose_cache_cannot_fit_is_refused_before_work():
+    def check(cache, available_gib):
+        check_step_cache_memory(PRESETS["64x512x512"], 1, "resident", torch.bfloat16, torch.float32,
+                                torch.device("cuda"), "triton", True, cache, int(available_gib * GIB))
+
+    check("residual", 40)
+    check("attention", 60)
+    with pytest.raises(ConfigError, match=r"cache='attention' does not fit: its buffers take 23.6 GiB .* "
+                                          r"placement 'resident' would need about 56.\d GiB of the 40.0 GiB"):
+        check("attention", 40)

@@ -23,6 +23,7 @@ from .cache_calibration import CacheCalibration
 from .denoise import GuidedDenoiser
 from .memory import CallStats, StageStats, decode_chunk, measure_stage
 from .placement import Placement
+from .placement_choice import check_step_cache_memory
 from .plan import RuntimePlan, resolve_plan
 from .progress import ProgressBar, ProgressFn, StepMonitor, progress_report
 from .prompt_cache import PromptEmbeddingCache
@@ -109,7 +110,7 @@ class Engine:
                         dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
                         backend: str = "auto", cuda_graphs: bool = True, placement: str = "auto",
                         parallel: str = "auto", fp8: bool = False,
-                        cache_calibration: str | Path | None = None) -> "Engine":
+                        cache_calibration: str | Path | None = None, step_cache: str | None = None) -> "Engine":
         """Loads each part from a local path or a hub id; defaults are the released weights of SPEC section 1.
 
         `stdit` is a .pth/.safetensors file or a hub repo id (the preset's file is taken from it).
@@ -121,10 +122,14 @@ class Engine:
         from fp32 as bf16 is, but not the reference's fp16 rounding.
         `cache_calibration`: the file `stdit-engine calibrate-cache` wrote for this checkpoint, which
         generate(cache="residual") needs (engine/step_cache.py).
+        `step_cache`: the step cache ("residual", "attention") the calls will use, so that the
+        placement leaves room for its buffers (the attention cache's are large: estimate_memory says
+        how large); generate() checks any call's cache against the memory the process can use.
         """
         calibration = None if cache_calibration is None else CacheCalibration.load(cache_calibration)
         plan = resolve_plan(preset, device=device, dtype=dtype, t5_dtype=t5_dtype, backend=backend,
-                            cuda_graphs=cuda_graphs, placement=placement, parallel=parallel, fp8=fp8)
+                            cuda_graphs=cuda_graphs, placement=placement, parallel=parallel, fp8=fp8,
+                            step_cache=step_cache)
         preset = plan.preset
         stdit_source = stdit or preset.stdit_hub_id
         t5_source = t5 or preset.text.hub_id
@@ -146,19 +151,20 @@ class Engine:
                             dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
                             backend: str = "auto", seed: int = 0, cuda_graphs: bool = True,
                             placement: str = "auto", parallel: str = "auto", fp8: bool = False,
-                            cache_calibration: str | Path | None = None) -> "Engine":
+                            cache_calibration: str | Path | None = None, step_cache: str | None = None) -> "Engine":
         """The exact architectures of `preset` with random weights: for tests, demos and benchmarks.
 
         Its videos are noise-like; it exists to measure speed and memory and to exercise the code.
         Weights are drawn on `device` (fast) and then placed as `placement` says, so the load itself
         briefly holds each whole model on the device. With `parallel` (see from_pretrained), every
-        rank draws the same weights from `seed`. `fp8`, `cache_calibration`: as in from_pretrained.
+        rank draws the same weights from `seed`. `fp8`, `cache_calibration`, `step_cache`: as in from_pretrained.
         """
         calibration = None if cache_calibration is None else CacheCalibration.load(cache_calibration)
         preset = get_preset(preset)
         seed = check_seed(seed)
         plan = resolve_plan(preset, device=device, dtype=dtype, t5_dtype=t5_dtype, backend=backend,
-                            cuda_graphs=cuda_graphs, placement=placement, parallel=parallel, fp8=fp8)
+                            cuda_graphs=cuda_graphs, placement=placement, parallel=parallel, fp8=fp8,
+                            step_cache=step_cache)
         preset, device = plan.preset, plan.device
         model = build_stdit(preset, device, plan.dtype, plan.backend, seed=seed, fp8=plan.fp8)
         video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=plan.dtype, seed=seed)
@@ -271,6 +277,7 @@ class Engine:
         if self.parallel is not None and not self.parallel.is_first:
             progress = False  # one progress bar and one report, from rank 0
         cache_plan = self._cache_plan(cache, sampler, num_steps, cache_threshold, cache_broadcast)
+        self._check_cache_memory(cache_plan, min(len(prompts), batch_size))
         sampler = make_sampler(sampler, num_steps=num_steps, cfg_scale=cfg_scale, guidance_channels=guidance_channels)
         noise = call_noise(seed, self.device)
         batches = range(0, len(prompts), batch_size)
@@ -323,6 +330,16 @@ class Engine:
             raise ConfigError("step caching reaches into the STDiT's blocks, which an exported artifact does not "
                               "expose: generate without cache=, or without use_artifact()")
         return plan
+
+    def _check_cache_memory(self, plan: CachePlan | None, samples: int) -> None:
+        """A clear error in place of an out-of-memory error part way through the call, when the step
+        cache's buffers cannot fit (on one GPU: a parallel engine's ranks hold parts of them)."""
+        if plan is None or self.device.type != "cuda" or self.parallel is not None:
+            return
+        free, _ = torch.cuda.mem_get_info(self.device)
+        check_step_cache_memory(self.preset, samples, self.placement.mode, self.dtype, self.text_encoder.dtype,
+                                self.device, self.stdit.ops.name, self.stdit.is_fp8, plan.mode,
+                                available=free + torch.cuda.memory_reserved(self.device))
 
     def _denoise(self, sampler: Sampler, y, mask, noise: SharedNoise | PromptNoise, monitor: StepMonitor,
                  cache_plan: CachePlan | None = None) -> torch.Tensor:

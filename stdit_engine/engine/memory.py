@@ -21,6 +21,7 @@ from torch import nn
 from ..configs import VAEConfig, get_preset, token_grid
 from ..kernels.registry import backend_name
 from .live_memory import LiveTensorPeak
+from .step_cache import buffer_bytes, buffer_layout, recorded_at_most
 
 GIB = 1024**3
 
@@ -242,6 +243,18 @@ def stdit_activation_bytes(preset, batch: int, dtype: torch.dtype, device: torch
             + graph_kept_bytes(preset, batch, dtype, device))
 
 
+def step_cache_bytes(preset, batch: int, dtype: torch.dtype, cache: str | None) -> int:
+    """The buffers of a step cache of mode `cache` (None: none) for `batch` samples' guidance rows:
+    the residual cache's one residual, the attention cache's stored outputs of every block (all
+    three kinds: the most a plan stores), as engine/step_cache.py lays them out."""
+    if cache is None:
+        return 0
+    frames, positions = token_grid(preset)
+    layout = buffer_layout(recorded_at_most(cache), 2 * batch, frames * positions, preset.stdit.hidden_size,
+                           preset.stdit.depth, dtype)
+    return buffer_bytes(layout)
+
+
 def vae_peak_channels(vae: VAEConfig) -> int:
     """Channels of the full-resolution feature maps alive at once at the decoder's peak.
 
@@ -264,12 +277,15 @@ def vae_frame_bytes(preset, dtype: torch.dtype, device: torch.device | str = "cu
 def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.float16,
                     t5_dtype: torch.dtype = torch.float32, batch_size: int | None = None,
                     vae_chunk_frames: int | None = None, device: torch.device | str = "cuda",
-                    backend: str = "auto", fp8: bool = False) -> MemoryEstimate:
+                    backend: str = "auto", fp8: bool = False, cache: str | None = None) -> MemoryEstimate:
     """Predicted peak ALLOCATED memory (not reserved: see above) of each stage of `generate()` on
     `device` in placement `mode` with the STDiT kernel `backend` (and FP8 block linears: a byte a
     weight, a wider MLP peak), before loading; on CUDA with the step's CUDA graph (the default).
     Each stage's figure is the most any call allocates in it: the denoise's is the first call's
-    (its step runs eagerly, then is captured); later calls replay the graph and allocate less."""
+    (its step runs eagerly, then is captured); later calls replay the graph and allocate less.
+    `cache`: the calls' step cache ("residual", "attention"; generate's cache=), whose buffers
+    the denoise holds and, on CUDA, its graph keeps between calls (resident and lean, as the rest
+    of what it keeps: graph_kept_bytes)."""
     preset = get_preset(preset)
     counts = parameter_counts(preset)
     stdit_weights = counts["stdit"] * _bytes(dtype) - fp8 * counts["stdit_fp8_weights"] * (_bytes(dtype) - 1)
@@ -283,6 +299,9 @@ def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.
     # Where the step's graph stays between calls, the encode and decode of a later call see its
     # static buffers and the workspaces (not its pool: reserved, not allocated).
     graph_kept = graph_kept_bytes(preset, batch, dtype, device)
+    cache_buffers = step_cache_bytes(preset, batch, dtype, cache)
+    denoise_act += cache_buffers
+    graph_kept += cache_buffers if _is_cuda(device) else 0
 
     if mode == "resident":
         resident = sum(weights.values())
@@ -300,15 +319,18 @@ def estimate_memory(preset, prompts: int, mode: str, dtype: torch.dtype = torch.
 
 
 def decode_chunk(preset, samples: int, mode: str, dtype: torch.dtype, t5_dtype: torch.dtype, free_bytes: int,
-                 device: torch.device | str = "cuda", backend: str = "auto", fp8: bool = False) -> int:
-    """Frames of `samples` videos to decode at once on a GPU with `free_bytes` free, in placement `mode`."""
-    budget = decode_budget(preset, samples, mode, dtype, t5_dtype, free_bytes, device, backend, fp8)
+                 device: torch.device | str = "cuda", backend: str = "auto", fp8: bool = False,
+                 cache: str | None = None) -> int:
+    """Frames of `samples` videos to decode at once on a GPU with `free_bytes` free, in placement
+    `mode` (with a step cache of mode `cache`, as estimate_memory)."""
+    budget = decode_budget(preset, samples, mode, dtype, t5_dtype, free_bytes, device, backend, fp8, cache)
     preset = get_preset(preset)
     return choose_vae_chunk(preset, dtype, budget, samples * preset.num_frames, device=device)
 
 
 def decode_budget(preset, samples: int, mode: str, dtype: torch.dtype, t5_dtype: torch.dtype, free_bytes: int,
-                  device: torch.device | str = "cuda", backend: str = "auto", fp8: bool = False) -> int:
+                  device: torch.device | str = "cuda", backend: str = "auto", fp8: bool = False,
+                  cache: str | None = None) -> int:
     """Bytes of decode activations to allow at once on a GPU with `free_bytes` free, per placement:
     resident, what is free (up to RESIDENT_DECODE_BYTES); lean, what fits in LEAN_RESERVED_BYTES
     beside the STDiT, its graphs' memory and the VAE, counting the VAE's fragmentation; offload and
@@ -316,7 +338,7 @@ def decode_budget(preset, samples: int, mode: str, dtype: torch.dtype, t5_dtype:
     if mode == "resident":
         return min(free_bytes, RESIDENT_DECODE_BYTES)
     estimate = estimate_memory(preset, samples, mode, dtype, t5_dtype, vae_chunk_frames=1, device=device,
-                               backend=backend, fp8=fp8)
+                               backend=backend, fp8=fp8, cache=cache)
     if mode == "lean":
         preset = get_preset(preset)
         # Reserved beside the decode: what stays allocated (with the allocator's margin) and the

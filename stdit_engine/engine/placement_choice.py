@@ -8,7 +8,7 @@ import torch
 
 from ..configs import Preset
 from ..errors import ConfigError
-from .memory import GIB, LEAN_RESERVED_BYTES, RESERVE_FACTOR, decode_chunk, estimate_memory
+from .memory import GIB, LEAN_RESERVED_BYTES, RESERVE_FACTOR, decode_chunk, estimate_memory, step_cache_bytes
 from .placement import AUTO_ORDER, MODES
 
 
@@ -19,9 +19,11 @@ class PlacementChoice:
 
 
 def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: torch.dtype,
-                     t5_dtype: torch.dtype, backend: str = "auto", fp8: bool = False) -> PlacementChoice:
+                     t5_dtype: torch.dtype, backend: str = "auto", fp8: bool = False,
+                     step_cache: str | None = None) -> PlacementChoice:
     """The placement to use; "auto" is the first of placement.AUTO_ORDER whose estimated peak
-    (allocated, for the preset's prompts per batch) times RESERVE_FACTOR fits in free GPU memory.
+    (allocated, for the preset's prompts per batch, with the buffers of the step cache the calls
+    will use) times RESERVE_FACTOR fits in free GPU memory.
 
     Raises before anything is loaded when even the leanest mode cannot fit.
     """
@@ -36,23 +38,50 @@ def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: tor
     samples = preset.prompts_per_batch
     passed = []
     for candidate in candidates:
-        chunk = decode_chunk(preset, samples, candidate, dtype, t5_dtype, free, device, backend, fp8)
+        chunk = decode_chunk(preset, samples, candidate, dtype, t5_dtype, free, device, backend, fp8, step_cache)
         estimate = estimate_memory(preset, samples, candidate, dtype, t5_dtype, vae_chunk_frames=chunk,
-                                   device=device, backend=backend, fp8=fp8)
+                                   device=device, backend=backend, fp8=fp8, cache=step_cache)
         needs = estimate.peak * RESERVE_FACTOR
         if needs <= free:
             how = "auto, the first of " + ", ".join(AUTO_ORDER) + " that fits" if mode == "auto" else "as asked"
-            # The lean decode takes what its budget leaves: its reserved peak is that budget's, above `needs`.
+            # The lean decode takes what its budget leaves: its reserved peak is that budget's, above `needs`;
+            # a step cache's buffers stay with the graph beside it, outside that bound.
             decode = (f"; its decode is sized to stay within {LEAN_RESERVED_BYTES / GIB:.0f} GiB reserved"
-                      if candidate == "lean" else "")
+                      if candidate == "lean" and step_cache is None else "")
             skipped = "".join(f"; {name}'s is {gib:.1f} GiB, more than is free" for name, gib in passed)
             return PlacementChoice(candidate, f"{how}: its estimated peak of {estimate.peak / GIB:.1f} GiB allocated "
-                                              f"at {samples} prompt(s), x{RESERVE_FACTOR} for the allocator's cache = "
+                                              f"at {samples} prompt(s){_with_cache(preset, samples, dtype, step_cache)}, "
+                                              f"x{RESERVE_FACTOR} for the allocator's cache = "
                                               f"{needs / GIB:.1f} GiB, is within the {free / GIB:.1f} GiB free"
                                               f"{decode}{skipped}")
         passed.append((candidate, needs / GIB))
+    smaller_cache = ", a step cache with smaller buffers (cache='residual')" if step_cache == "attention" else ""
     raise ConfigError(
         f"{preset.name} needs about {needs / GIB:.1f} GiB of GPU memory in placement "
-        f"{candidates[-1]!r} ({estimate.describe()}), but {device} has {free / GIB:.1f} GiB free; "
-        "free GPU memory, pass dtype=torch.float16/bfloat16 and t5_dtype=torch.bfloat16, or use another GPU"
+        f"{candidates[-1]!r}{_with_cache(preset, samples, dtype, step_cache)} ({estimate.describe()}), but "
+        f"{device} has {free / GIB:.1f} GiB free; free GPU memory, pass dtype=torch.float16/bfloat16 and "
+        f"t5_dtype=torch.bfloat16{smaller_cache}, or use another GPU"
     )
+
+
+def _with_cache(preset: Preset, samples: int, dtype: torch.dtype, step_cache: str | None) -> str:
+    if step_cache is None:
+        return ""
+    return f" with the {step_cache} step cache's {step_cache_bytes(preset, samples, dtype, step_cache) / GIB:.1f} GiB"
+
+
+def check_step_cache_memory(preset: Preset, samples: int, mode: str, dtype: torch.dtype, t5_dtype: torch.dtype,
+                            device: torch.device, backend: str, fp8: bool, cache: str, available: int) -> None:
+    """Refuses, before any work, a call whose step cache would not fit: the denoise stage's estimated
+    peak in placement `mode` with the cache's buffers, times RESERVE_FACTOR, against `available`
+    bytes (what this process holds on the device and what is free)."""
+    estimate = estimate_memory(preset, samples, mode, dtype, t5_dtype, vae_chunk_frames=1, device=device,
+                               backend=backend, fp8=fp8, cache=cache)
+    needs = estimate.denoise * RESERVE_FACTOR
+    if needs > available:
+        smaller = "cache='residual' (smaller buffers), " if cache == "attention" else ""
+        raise ConfigError(
+            f"cache={cache!r} does not fit: its buffers take {step_cache_bytes(preset, samples, dtype, cache) / GIB:.1f} "
+            f"GiB at {samples} prompt(s) per batch, and the denoise in placement {mode!r} would need about "
+            f"{needs / GIB:.1f} GiB of the {available / GIB:.1f} GiB this process can use on {device}; use "
+            f"{smaller}a smaller batch_size, or no step cache")

@@ -20,6 +20,7 @@ from ..kernels.registry import resolve_backend
 from ..models.fp8 import check_fp8_supported
 from ..parallel import ParallelPlan, setup_parallel
 from .placement_choice import choose_placement
+from .step_cache import recorded_at_most
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class RuntimePlan:
     placement_reason: str  # why that mode: one line (engine/placement_choice.py)
     cuda_graphs: bool  # replay each denoising step from a CUDA graph (on CUDA devices)
     parallel: ParallelPlan | None  # None: this process does all the work
+    step_cache: str | None = None  # the step cache whose buffers the placement leaves room for
 
     def describe(self) -> str:
         """One line: "16x256x256 on cuda:0, float16 (T5 float32), triton kernels, CUDA graphs, placement
@@ -54,7 +56,8 @@ def _name(dtype: torch.dtype) -> str:
 
 def resolve_plan(preset: str | Preset, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  t5_dtype: torch.dtype = torch.float32, backend: str = "auto", cuda_graphs: bool = True,
-                 placement: str = "auto", parallel: str = "auto", fp8: bool = False) -> RuntimePlan:
+                 placement: str = "auto", parallel: str = "auto", fp8: bool = False,
+                 step_cache: str | None = None) -> RuntimePlan:
     """The plan for these options (Engine.from_pretrained's), checked before anything is loaded:
     ConfigError / DeviceError for a bad backend, an FP8 request the device or dtype cannot serve,
     or a placement that does not fit."""
@@ -65,7 +68,9 @@ def resolve_plan(preset: str | Preset, *, device: str | torch.device | None = No
     backend = resolve_backend(backend, device).name
     if fp8:
         check_fp8_supported(device, dtype)
-    choice = choose_placement(placement, preset, device, dtype, t5_dtype, backend, fp8)
+    if step_cache is not None:
+        recorded_at_most(step_cache)  # refuses an unknown mode
+    choice = choose_placement(placement, preset, device, dtype, t5_dtype, backend, fp8, step_cache)
     return RuntimePlan(preset=preset, device=device, dtype=dtype, t5_dtype=t5_dtype, backend=backend, fp8=fp8,
                        placement=choice.mode, placement_reason=choice.reason, cuda_graphs=cuda_graphs,
-                       parallel=parallel_plan)
+                       parallel=parallel_plan, step_cache=step_cache)

@@ -25,6 +25,7 @@ with settings that never reuse anything every step runs the uncached forward unc
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -182,19 +183,41 @@ def default_broadcast(sampler: str, evaluations: int) -> AttentionBroadcast:
     return AttentionBroadcast.uniform(defaults.attention_intervals, *defaults.attention_range)
 
 
+def recorded_at_most(cache: str) -> frozenset:
+    """What a plan of mode `cache` can store: the residual, or all three attention kinds."""
+    if cache not in CACHE_MODES:
+        raise ConfigError(f"unknown cache {cache!r}; choose one of: {', '.join(CACHE_MODES)} (or None)")
+    return frozenset({RESIDUAL}) if cache == RESIDUAL else frozenset(ATTENTION_KINDS)
+
+
+def buffer_layout(recorded: frozenset, rows: int, tokens: int, hidden_size: int, depth: int,
+                  dtype: torch.dtype) -> dict:
+    """key -> (shape, dtype) of the buffers that storing `recorded` needs, for a model input of
+    `rows` rows of `tokens` tokens: the block stack's residual in float32 (the difference of two
+    model-dtype tensors, kept exact), and per block each recorded attention kind's output."""
+    shape = (rows, tokens, hidden_size)
+    layout = {RESIDUAL: (shape, torch.float32)} if RESIDUAL in recorded else {}
+    layout.update({(block, kind): (shape, dtype) for block in range(depth) for kind in ATTENTION_KINDS
+                   if kind in recorded})
+    return layout
+
+
+def buffer_bytes(layout: dict) -> int:
+    return sum(math.prod(shape) * torch.empty(0, dtype=dtype).element_size() for shape, dtype in layout.values())
+
+
 class CacheBuffers:
-    """What a call's cached steps read: the block stack's residual in float32 (the difference of two
-    model-dtype tensors, kept exact), or every block's stored attention outputs of the kinds the
-    plan records. Allocated before any graph is captured, outside its memory pool."""
+    """What a call's cached steps read (buffer_layout). Allocated before any graph is captured,
+    outside its memory pool; a captured graph keeps them as long as it is kept (graph_cache.py)."""
 
     def __init__(self, plan: CachePlan, model: STDiT, model_input: torch.Tensor):
         rows, frames = model_input.shape[0], model_input.shape[2] // model.patch_size[0]
-        shape = (rows, frames * model.grid[1] * model.grid[2], model.hidden_size)
-        device = model_input.device
-        self.residual = (torch.zeros(shape, dtype=torch.float32, device=device)
-                         if RESIDUAL in plan.recorded else None)
-        self.attention = {(block, kind): torch.zeros(shape, dtype=model.dtype, device=device)
-                          for block in range(len(model.blocks)) for kind in ATTENTION_KINDS if kind in plan.recorded}
+        layout = buffer_layout(plan.recorded, rows, frames * model.grid[1] * model.grid[2], model.hidden_size,
+                               len(model.blocks), model.dtype)
+        buffers = {key: torch.zeros(shape, dtype=dtype, device=model_input.device)
+                   for key, (shape, dtype) in layout.items()}
+        self.residual = buffers.pop(RESIDUAL, None)
+        self.attention = buffers  # (block, kind) -> that block's stored output of that kind
 
 
 def variant_forward(model: STDiT, buffers: CacheBuffers, variant: StepVariant) -> Callable:
