@@ -49,10 +49,10 @@ def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: tor
             decode = (f"; its decode is sized to stay within {LEAN_RESERVED_BYTES / GIB:.0f} GiB reserved"
                       if candidate == "lean" and step_cache is None else "")
             skipped = "".join(f"; {name}'s is {gib:.1f} GiB, more than is free" for name, gib in passed)
+            cache = _with_cache(preset, samples, dtype, step_cache)
             return PlacementChoice(candidate, f"{how}: its estimated peak of {estimate.peak / GIB:.1f} GiB allocated "
-                                              f"at {samples} prompt(s){_with_cache(preset, samples, dtype, step_cache)}, "
-                                              f"x{RESERVE_FACTOR} for the allocator's cache = "
-                                              f"{needs / GIB:.1f} GiB, is within the {free / GIB:.1f} GiB free"
+                                              f"at {samples} prompt(s){cache}, x{RESERVE_FACTOR} for the allocator's "
+                                              f"cache = {needs / GIB:.1f} GiB, is within the {free / GIB:.1f} GiB free"
                                               f"{decode}{skipped}")
         passed.append((candidate, needs / GIB))
     smaller_cache = ", a step cache with smaller buffers (cache='residual')" if step_cache == "attention" else ""
@@ -80,8 +80,8 @@ def check_step_cache_memory(preset: Preset, samples: int, mode: str, dtype: torc
     needs = estimate.denoise * RESERVE_FACTOR
     if needs > available:
         smaller = "cache='residual' (smaller buffers), " if cache == "attention" else ""
+        buffers = step_cache_bytes(preset, samples, dtype, cache)
         raise ConfigError(
-            f"cache={cache!r} does not fit: its buffers take {step_cache_bytes(preset, samples, dtype, cache) / GIB:.1f} "
-            f"GiB at {samples} prompt(s) per batch, and the denoise in placement {mode!r} would need about "
-            f"{needs / GIB:.1f} GiB of the {available / GIB:.1f} GiB this process can use on {device}; use "
+            f"cache={cache!r} does not fit: its buffers take {buffers / GIB:.1f} GiB at {samples} prompt(s) per batch, "
+            f"and the denoise in placement {mode!r} would need about {needs / GIB:.1f} GiB of the {available / GIB:.1f} GiB this process can use on {device}; use "
             f"{smaller}a smaller batch_size, or no step cache")
