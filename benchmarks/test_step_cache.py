@@ -147,9 +147,9 @@ def test_end_to_end_with_cache(benchmark, sampler, steps, cache, dtype, fp8):
 
 
 # ------------------------------------------------------------------ 64x512x512, 1 prompt, bf16 + FP8
-# About 2.5 minutes of GPU in all: the engine's build and kernel compilation, five step kinds
-# (captured, then a few replays of ~0.3 s each) and two end-to-end runs of 20 steps, each after a
-# warm-up that captures its graphs.
+# Within about 2.5 minutes of GPU in all: the engine's build and kernel compilation, five step
+# kinds (captured, then a few replays of ~0.3 s each) and three end-to-end runs of 20 steps, each
+# after a warm-up that captures its graphs.
 LARGE, LARGE_PROMPTS = "64x512x512", 1
 LARGE_STEP_KINDS = [kind for kind in STEP_KINDS if kind[0] in (
     "full", "full, storing the residual", "blocks skipped (residual reused)", "full, storing all attention outputs",
@@ -196,23 +196,32 @@ def proxy_schedule() -> CacheCalibration:
         torch.cuda.empty_cache()
 
 
-LARGE_E2E = [("dpm-solver++", 20, {}), ("dpm-solver++", 20, dict(cache="residual"))]
+# Each cache at its default setting; the attention cache's run also checks the memory estimate
+# with its buffers (estimated_peak_gib against peak_allocated_gib).
+LARGE_E2E = [("dpm-solver++", 20, {}), ("dpm-solver++", 20, dict(cache="residual")),
+             ("dpm-solver++", 20, dict(cache="attention"))]
 
 
 @pytest.mark.parametrize("sampler, steps, cache", LARGE_E2E,
-                         ids=[f"{LARGE}-{s}{n}-" + ("residual-default" if c else "nocache") for s, n, c in LARGE_E2E])
+                         ids=[f"{LARGE}-{s}{n}-{c.get('cache', 'nocache')}" for s, n, c in LARGE_E2E])
 def test_end_to_end_with_cache_64x512x512(benchmark, large_engine, sampler, steps, cache):
     _large_steps.clear()  # the step timings' graphs and buffers
+    large_engine.denoiser.clear()  # the last run's: each run's peak memory is its own cache's
     torch.cuda.empty_cache()
-    if cache and large_engine.cache_calibration is None:
+    if cache.get("cache") == RESIDUAL and large_engine.cache_calibration is None:
         large_engine.cache_calibration = proxy_schedule()
     plan = make_plan(cache.get("cache"), sampler=sampler, evaluations=steps, calibration=large_engine.cache_calibration)
     # Without a cache, a 2-step warm-up captures the one graph; with it, the same plan's steps.
     record = benchmark.pedantic(
         lambda: run_end_to_end(large_engine, num_steps=steps, warmup_steps=steps if plan else 2, sampler=sampler,
                                **cache), rounds=1, iterations=1)
-    setting = ("no cache" if plan is None else
-               f"residual cache at the default threshold {cache_defaults(sampler, steps).residual_threshold} on the "
-               f"proxy's schedule: blocks skipped at {plan.reused(RESIDUAL)} of {steps} steps")
+    if plan is None:
+        setting = "no cache"
+    elif plan.mode == RESIDUAL:
+        setting = (f"residual cache at the default threshold {cache_defaults(sampler, steps).residual_threshold} "
+                   f"on the proxy's schedule: blocks skipped at {plan.reused(RESIDUAL)} of {steps} steps")
+    else:
+        setting = ("attention cache at its default: spatial, temporal, cross reused at "
+                   + ", ".join(str(plan.reused(k)) for k in ATTENTION_KINDS) + f" of {steps} steps")
     record["workload"] += f", {setting}"  # run_end_to_end names a sampler other than iddpm
     benchmark.extra_info.update(record)
