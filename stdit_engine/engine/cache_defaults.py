@@ -1,9 +1,10 @@
 """The step caches' default settings (engine/step_cache.py), per sampler and step count: the one
 table to re-tune when the proxy model's measurements change.
 
-Each entry is the setting that saved the most while keeping >= 30 dB PSNR against the uncached run
-of the same sampler on the proxy model (quality/proxy.py), as measured by tools/step_cache_quality.py;
-the figures behind each entry are in BENCHMARKS.md ("Step caching on the proxy model"), not here.
+Each entry is the setting that saved the most while keeping >= 30 dB PSNR (the mean over seeds and
+prompts) against the uncached run of the same sampler on the proxy model (quality/proxy.py), as
+tools/step_cache_quality.py measures it; the figures behind each entry are in BENCHMARKS.md (the
+step-cache proxy sweeps), not here.
 The residual threshold is in units of the calibration's rescaled change, so the same number means
 the same rule on any checkpoint; how many steps it skips depends on that checkpoint's curve.
 
