@@ -68,3 +68,34 @@ def test_estimate_is_within_15_percent_of_the_measured_peaks_on_tiny():
 def test_stage_report_uses_mib_below_a_gib():
     stats = StageStats("decode", 0.5, peak_allocated=17 * MIB + MIB // 2, peak_reserved=3 * 2**30)
     assert stats.describe(CPU).endswith("peak 17.5 MiB of tensors / process peak RSS 3.00 GiB")
+
+
+def test_what_a_kept_step_graph_allocates_is_its_static_buffers(monkeypatch):
+    """memory.graph_kept_bytes counts, beside the workspaces, the captured step's static caption K/V:
+    traced here on the GraphedStep itself (its static buffers are made before any capture; the pool
+    handle, a CUDA call, is stubbed), whose other buffers are latent-sized."""
+    from stdit_engine.configs import PRESETS
+    from stdit_engine.engine.denoise import WHOLE_BATCH, GraphedStep, StepInputs
+    from stdit_engine.engine.memory import STDIT_CUDA_EXTRA_BYTES, caption_kv_bytes, graph_kept_bytes
+    from stdit_engine.schedulers import make_sampler
+
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    engine = Engine.from_random_weights("tiny", device="cpu", placement="resident")
+    model, preset, n = engine.stdit, PRESETS["tiny"], 2
+    y, mask = engine.encode_prompts(["a sea turtle swimming over a coral reef", "a red car in the snow"])
+    with torch.inference_mode():
+        caption_kv, kv_lengths = model.embed_caption(WHOLE_BATCH.captions(y, model.y_embedder.y_embedding[None, None]),
+                                                     mask)
+        sampler = make_sampler("iddpm", num_steps=2, cfg_scale=7.0)
+        z = torch.randn(n, *preset.latent_shape)
+        temb, t0 = model.embed_timestep(sampler.model_timesteps(z.device))
+        inputs = StepInputs(temb[0].expand(2 * n, -1), t0[0].expand(2 * n, -1), caption_kv, kv_lengths,
+                            sampler.coefficient_table(z.device)[0], sampler.new_memory(z), sampler.cfg_scale)
+        with LiveTensorPeak(CPU) as live:
+            step = GraphedStep(model, sampler, z, z, inputs, WHOLE_BATCH)
+    static_kv = sum(t.untyped_storage().nbytes() for pair in step.inputs.caption_kv for t in pair)
+    assert static_kv == caption_kv_bytes(preset, n, engine.dtype) > 0
+    latent = z.float().untyped_storage().nbytes()
+    assert static_kv <= live.current <= static_kv + 6 * latent  # x, noise, the sampler's memory, temb, t0, ...
+    assert graph_kept_bytes(preset, n, engine.dtype, "cuda") == static_kv + STDIT_CUDA_EXTRA_BYTES
+    assert graph_kept_bytes(preset, n, engine.dtype, "cpu") == 0  # no graph off CUDA
