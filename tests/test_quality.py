@@ -3,6 +3,7 @@ command writes its CSV and plot, and the proxy model follows its captions."""
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,8 +16,7 @@ from stdit_engine.quality.metrics import psnr, ssim
 from stdit_engine.quality.proxy import load_proxy_engine
 from stdit_engine.quality.proxy_task import CAPTIONS, caption_accuracy, render
 from stdit_engine.quality.runners import AnalyticRunner, EngineRunner
-from stdit_engine.schedulers import make_sampler
-from stdit_engine.schedulers.base import guide
+from stdit_engine.schedulers.base import guide, linear_betas
 
 
 def configs(*texts):
@@ -86,17 +86,43 @@ def test_proxy_task_is_read_back_exactly_from_its_clean_latents():
     assert caption_accuracy(latents, [CAPTIONS[i] for i in ids]) == {"colour": 1.0, "direction": 1.0, "speed": 1.0}
 
 
-def test_trained_proxy_predicts_the_captions_colour_from_pure_noise():
-    """The committed proxy's guided x0 prediction at the first step (t = 999, pure noise) shows the
-    caption's colour well above chance (1/4) over all 32 captions of its task; untrained, it is chance."""
-    engine = load_proxy_engine()
-    y, mask = engine.encode_prompts([c.text for c in CAPTIONS])
-    sampler = make_sampler("dpm-solver++", num_steps=10, cfg_scale=7.0, guidance_channels=4)
-    z = torch.randn(len(CAPTIONS), *engine.preset.latent_shape, generator=torch.Generator().manual_seed(0))
-    memory = sampler.new_memory(z)
+# Eight captions of the proxy's task: every colour, direction and speed (twice, twice, four times).
+EIGHT_CAPTIONS = [CAPTIONS[8 * colour + 2 * direction + speed] for colour, direction, speed in
+                  [(0, 0, 0), (0, 2, 1), (1, 1, 0), (1, 3, 1), (2, 0, 1), (2, 2, 0), (3, 1, 1), (3, 3, 0)]]
+
+
+def proxy_x0(engine, x_t, t, captions, cfg_scale):
+    """The committed proxy's x0 prediction at timestep t for x_t [n, ...] captioned `captions`,
+    guided by cfg_scale over all four eps channels (1: the conditional prediction alone)."""
+    y, mask = engine.encode_prompts([c.text for c in captions])
     y_null = engine.stdit.y_embedder.y_embedding[None, None].expand_as(y)
     with torch.inference_mode():
-        out = engine.stdit(torch.cat([z, z]), sampler.model_timesteps("cpu")[:1].expand(2 * len(z)),
-                           torch.cat([y, y_null]), mask)
-        sampler.update(sampler.coefficient_table("cpu")[0], z, guide(out, 7.0, 4), torch.zeros_like(z), memory)
-    assert caption_accuracy(memory, CAPTIONS)["colour"] >= 0.45  # x0 of the first step, kept as the memory
+        out = engine.stdit(torch.cat([x_t, x_t]), torch.full((2 * len(x_t),), float(t)), torch.cat([y, y_null]), mask)
+    eps = guide(out, cfg_scale, 4)[:, :4]
+    alpha_bar = float(np.prod(1 - linear_betas()[: t + 1]))
+    return (x_t - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar ** 0.5
+
+
+def test_trained_proxy_draws_the_captions_colour_from_pure_noise():
+    """Caption following: from one pure-noise latent shared by eight captions (t = 999), the committed
+    proxy's guided x0 prediction shows each caption's colour (chance 1/4), so the differences come
+    from the captions alone. Direction and speed it does not follow (BENCHMARKS.md, proxy model)."""
+    engine = load_proxy_engine()
+    z = torch.randn(1, *engine.preset.latent_shape, generator=torch.Generator().manual_seed(0))
+    x0 = proxy_x0(engine, z.expand(len(EIGHT_CAPTIONS), *z.shape[1:]), 999, EIGHT_CAPTIONS, 7.0)
+    assert caption_accuracy(x0, EIGHT_CAPTIONS)["colour"] >= 7 / 8
+
+
+def test_trained_proxy_denoises_the_balls_motion():
+    """The committed proxy has learned the task's videos: from renders noised until their motion no
+    longer reads back from the noisy latent, its x0 prediction shows the direction (t = 600) and
+    the speed (t = 400) they were rendered with (chance 1/4 and 1/2)."""
+    engine = load_proxy_engine()
+    ids = torch.tensor([CAPTIONS.index(c) for c in EIGHT_CAPTIONS])
+    for t, field in ((600, "direction"), (400, "speed")):
+        generator = torch.Generator().manual_seed(0)
+        x0 = render(ids, generator)
+        alpha_bar = float(np.prod(1 - linear_betas()[: t + 1]))
+        x_t = alpha_bar ** 0.5 * x0 + (1 - alpha_bar) ** 0.5 * torch.randn(x0.shape, generator=generator)
+        assert caption_accuracy(x_t, EIGHT_CAPTIONS)[field] <= 5 / 8
+        assert caption_accuracy(proxy_x0(engine, x_t, t, EIGHT_CAPTIONS, 1.0), EIGHT_CAPTIONS)[field] >= 7 / 8

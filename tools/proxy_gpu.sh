@@ -8,8 +8,10 @@
 #
 #   bash tools/proxy_gpu.sh                      # on the device, repo root, $OUT set
 #   PROXY_WORK=dir bash tools/proxy_gpu.sh       # resume: dir holds the three .pt files of a cut run
-#   OUT=/tmp/o PROXY_DEVICE=cpu PROXY_SECONDS=2 PROXY_HIDDEN=32 PROXY_DEPTH=1 PROXY_HEADS=1 PROXY_BATCH=1 \
+#   OUT=/tmp/o PROXY_DEVICE=cpu PROXY_SECONDS=2 PROXY_TRAIN_ARGS="--hidden 32 --depth 1 --heads 1 --batch-size 1" \
 #     PROXY_SEEDS=0 PROXY_EVAL_CONFIGS=dpm-solver++@2 PROXY_REFERENCE=ddim@2 bash tools/proxy_gpu.sh  # CPU rehearsal
+# The architecture and batch are train_proxy.py's defaults (quality/proxy.py's PROXY_PRESET) unless
+# PROXY_TRAIN_ARGS says otherwise; a resumed run needs the settings it was started with.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 CUBLAS_WORKSPACE_CONFIG=:4096:8
 OUT=${OUT:?set OUT to the folder for the results}
@@ -21,10 +23,9 @@ if [ "$DEVICE" != cpu ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOG"
 fi
 
-python3 tools/train_proxy.py --device "$DEVICE" --steps "${PROXY_STEPS:-100000}" \
-  --max-seconds "${PROXY_SECONDS:-400}" --batch-size "${PROXY_BATCH:-32}" --hidden "${PROXY_HIDDEN:-128}" \
-  --depth "${PROXY_DEPTH:-4}" --heads "${PROXY_HEADS:-2}" --out "$WORK/proxy_stdit.pt" --copy-to "$OUT" 2>&1 \
-  | tee -a "$LOG"
+# shellcheck disable=SC2086  # PROXY_TRAIN_ARGS is a list of arguments
+python3 tools/train_proxy.py --device "$DEVICE" --steps "${PROXY_STEPS:-100000}" --max-seconds "${PROXY_SECONDS:-400}" \
+  ${PROXY_TRAIN_ARGS:-} --out "$WORK/proxy_stdit.pt" --copy-to "$OUT" 2>&1 | tee -a "$LOG"
 
 # Every caption of the task as a prompt, so the harness scores colour, direction and speed of each.
 prompts=()

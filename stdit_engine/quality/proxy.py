@@ -22,7 +22,7 @@ CHECKPOINT = Path(__file__).parent / "proxy_stdit.pt"
 
 PROXY_PRESET = Preset(
     "proxy-16x256x256", 16, (256, 256), fps=8, prompts_per_batch=2,
-    stdit=STDiTConfig(input_size=(16, 32, 32), hidden_size=64, depth=2, num_heads=1, caption_channels=64,
+    stdit=STDiTConfig(input_size=(16, 32, 32), hidden_size=128, depth=4, num_heads=2, caption_channels=64,
                       model_max_length=16, space_scale=0.5, time_scale=1.0),
     text=T5Config(hub_id="", d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2, vocab_size=1024,
                   max_length=16),
