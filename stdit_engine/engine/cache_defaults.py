@@ -5,8 +5,10 @@ Each entry is the setting that saved the most while keeping >= 30 dB PSNR (the m
 prompts) against the uncached run of the same sampler on the proxy model (quality/proxy.py), as
 tools/step_cache_quality.py measures it; the figures behind each entry are in BENCHMARKS.md (the
 step-cache proxy sweeps), not here.
-The residual threshold is in units of the calibration's rescaled change, so the same number means
-the same rule on any checkpoint; how many steps it skips depends on that checkpoint's curve.
+The residual threshold is in units of the calibration's rescaled change: the same number is the
+same rule on any checkpoint, but how many steps it skips, and what that costs, depend on the
+checkpoint (BENCHMARKS.md has a proxy candidate where these defaults lose far more): measure a
+checkpoint's own before relying on them.
 
 A call whose (sampler, steps) has no entry takes its sampler's entry of the nearest step count
 (fewer steps change more per step, so a threshold skips fewer of them: the cautious direction);
