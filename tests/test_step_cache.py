@@ -298,6 +298,16 @@ def test_calibration_curve_and_polynomial(engine):
     assert calibration.model["preset"] == "tiny" and calibration.prompts == len(PROMPTS)
 
 
+
+def test_a_polynomial_below_zero_never_pays_back_the_sum():
+    """x^2 - 0.1 is negative for changes below 0.32: those steps count as no change, not as a
+    negative one that would let the sum of the later steps skip more."""
+    calibration = CacheCalibration((1.0, 0.0, -0.1), {"ddim:6": (0.0, 0.1, 0.1, 0.5, 0.5, 0.5)}, {}, 0)
+    assert calibration.rescaled_changes("ddim", 6) == pytest.approx([0.0, 0.0, 0.0, 0.15, 0.15, 0.15])
+    plan = make_plan("residual", sampler="ddim", evaluations=6, threshold=0.2, calibration=calibration)
+    # Unclamped, the sum would stay below 0.2 through step 4 (-0.09 -0.09 +0.15 +0.15): 4 skips.
+    assert [bool(v.reuse) for v in plan.variants] == [False, True, True, True, False, False]
+
 # ------------------------------------------------------------------ memory: the buffers are in the estimate
 
 @pytest.mark.parametrize("cache, setting", [("residual", None), ("attention", EVERY_OTHER)])

@@ -66,7 +66,10 @@ class CacheCalibration:
                 f"the cache calibration has no curve for sampler {sampler!r} at {evaluations} steps (it has: "
                 f"{', '.join(sorted(self.curves))}); run `stdit-engine calibrate-cache --sampler {sampler} "
                 f"--steps {evaluations}` and load that file")
-        return [float(v) for v in np.polyval(self.polynomial, curve)]
+        # A relative change is >= 0; the polynomial, fitted where the changes were recorded, can dip
+        # below 0 outside them (a sampler's first steps beside another's, in a pooled fit), and a
+        # negative change would pay back the accumulated sum and skip steps that changed.
+        return [max(0.0, float(v)) for v in np.polyval(self.polynomial, curve)]
 
     def check_model(self, model: STDiT, preset: str) -> None:
         """Refuses a file fitted for another architecture or other weights."""
