@@ -262,7 +262,7 @@ class Engine:
         `cache_threshold` (0: never skip; needs `cache_calibration`), "attention" reuses attention
         outputs as `cache_broadcast` (an AttentionBroadcast) says. Left out, both settings are the
         sampler's and step count's defaults (engine/cache_defaults.py), chosen to keep >= 30 dB
-        against the uncached run on the proxy model.
+        against the uncached run on a proxy model; what they cost depends on the checkpoint.
         Bad arguments raise ConfigError before any work (engine/arguments.py).
         Over several ranks, every rank calls this with the same arguments and gets the same latents;
         videos are gathered on rank 0, and the other ranks get an empty list (so only rank 0 saves).

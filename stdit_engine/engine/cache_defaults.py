@@ -2,13 +2,14 @@
 table to re-tune when the proxy model's measurements change.
 
 Each entry is the setting that saved the most while keeping >= 30 dB PSNR (the mean over seeds and
-prompts) against the uncached run of the same sampler on the proxy model (quality/proxy.py), as
-tools/step_cache_quality.py measures it; the figures behind each entry are in BENCHMARKS.md (the
-step-cache proxy sweeps), not here.
+prompts) against the uncached run of the same sampler on the depth-2 proxy model (the repository's
+until aa2101c), as tools/step_cache_quality.py measures it; the figures behind each entry are in
+BENCHMARKS.md (the step-cache proxy sweeps), not here. On the depth-4 proxy that replaced it no
+DPM-Solver++ setting that skips anything keeps 30 dB, so a table re-tuned to it would save nothing;
+the entries stay the depth-2 proxy's until a proxy whose samples are trusted says otherwise.
 The residual threshold is in units of the calibration's rescaled change: the same number is the
 same rule on any checkpoint, but how many steps it skips, and what that costs, depend on the
-checkpoint (BENCHMARKS.md has a proxy candidate where these defaults lose far more): measure a
-checkpoint's own before relying on them.
+checkpoint: measure a checkpoint's own before relying on them.
 
 A call whose (sampler, steps) has no entry takes its sampler's entry of the nearest step count
 (fewer steps change more per step, so a threshold skips fewer of them: the cautious direction);
