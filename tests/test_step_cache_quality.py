@@ -1,5 +1,5 @@
-"""tools/step_cache_quality.py end to end on the CPU with a small setting (the trained proxy, one
-prompt, a few steps), so the GPU run of the full sweep cannot fail for a trivial reason."""
+"""tools/step_cache_quality.py end to end on the CPU with a small setting (the trained proxy, two
+prompts, a few steps), so the GPU run of the full sweep cannot fail for a trivial reason."""
 import csv
 import importlib.util
 import json
@@ -26,7 +26,7 @@ def test_sweep_writes_the_csv_and_the_table(tmp_path, capsys):
     step_ms.write_text(json.dumps(dict(full=10.0, skip=0.5, record_residual=10.2, record_attention=10.5,
                                        spatial=8.0, temporal=8.5, cross=9.0)))
     out = tmp_path / "sweep.csv"
-    tool.main(["--out", str(out), "--device", "cpu", "--seeds", "0,1", "--prompts", "1", "--runs", "dpm-solver++:5",
+    tool.main(["--out", str(out), "--device", "cpu", "--seeds", "0", "--prompts", "2", "--runs", "dpm-solver++:4",
                "--thresholds", "0,100", "--step-ms", str(step_ms)])
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == list(tool.COLUMNS)
@@ -35,13 +35,13 @@ def test_sweep_writes_the_csv_and_the_table(tmp_path, capsys):
     assert settings[3] == "attention (default)" and len(settings) == 4 + len(BROADCASTS)
     never, _, always = rows[:3]
     # Threshold 0 skips nothing: the uncached run itself. 100 skips all but the first and last step.
-    assert never["saved"] == "blocks skipped at 0 of 5" and math.isinf(float(never["psnr_db_mean"]))
+    assert never["saved"] == "blocks skipped at 0 of 4" and math.isinf(float(never["psnr_db_mean"]))
     assert float(never["latent_rel_l2_worst"]) == 0.0 and float(never["gpu_speedup"]) == 1.0
-    assert always["saved"] == "blocks skipped at 3 of 5" and float(always["forward_speedup"]) == 2.5
-    # The first step stores the residual, three reuse it, the last runs in full.
-    assert float(always["gpu_speedup"]) == pytest.approx(5 * 10.0 / (10.2 + 3 * 0.5 + 10.0))
+    assert always["saved"] == "blocks skipped at 2 of 4" and float(always["forward_speedup"]) == 2.0
+    # The first step stores the residual, two reuse it, the last runs in full.
+    assert float(always["gpu_speedup"]) == pytest.approx(4 * 10.0 / (10.2 + 2 * 0.5 + 10.0))
     assert 0 < float(always["latent_rel_l2_mean"]) <= float(always["latent_rel_l2_worst"])
     assert float(always["psnr_db_worst"]) <= float(always["psnr_db_mean"]) < math.inf
-    assert all(r["seeds"] == "2" and r["prompts"] == "1" for r in rows)
+    assert all(r["seeds"] == "1" and r["prompts"] == "2" for r in rows)
     printed = capsys.readouterr().out
-    assert "| dpm-solver++ 5 | threshold 100.0 | blocks skipped at 3 of 5 | 2.50 |" in printed
+    assert "| dpm-solver++ 4 | threshold 100.0 | blocks skipped at 2 of 4 | 2.00 |" in printed
