@@ -20,7 +20,8 @@ from .engine.arguments import check_generate_arguments
 from .errors import ConfigError, EngineError
 from .export import command as export_command
 from .files import check_output_target, write_text_atomic
-from .options import CACHE_MODES, DTYPES, KERNEL_BACKENDS as BACKENDS, PARALLEL_MODES, PLACEMENT_MODES, torch_dtype
+from .options import (CACHE_MODES, DTYPES, KERNEL_BACKENDS as BACKENDS, PARALLEL_MODES, PLACEMENT_MODES,
+                      parse_sampler_run, torch_dtype)
 from .quality import command as quality_command
 from .serving import command as serve_command
 
@@ -203,12 +204,7 @@ def _generate(args: argparse.Namespace, prompts: list[str], paths: list[Path], g
 
 def cmd_calibrate_cache(args: argparse.Namespace) -> None:
     check_output_target(args.out, "--out")
-    runs = []
-    for run in args.run or ["iddpm:100"]:
-        sampler, _, steps = run.rpartition(":")  # the sampler's name may carry options after a colon
-        if not (sampler and steps.isdigit()):
-            raise ConfigError(f"--run takes SAMPLER:STEPS, e.g. iddpm:100, got {run!r}")
-        runs.append((sampler, int(steps)))
+    runs = [parse_sampler_run(run) for run in args.run or ["iddpm:100"]]
     from .engine.cache_calibration import DEFAULT_PROMPTS, calibrate
 
     engine = build_engine(args)

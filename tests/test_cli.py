@@ -120,3 +120,11 @@ def test_cache_flags_left_out_take_the_samplers_defaults():
         AttentionBroadcast.uniform(default.attention_intervals, 0.0, 1.0)
     with pytest.raises(ConfigError, match="add --cache attention"):
         cache_arguments("--cache-range", "0:1")
+
+
+@pytest.mark.parametrize("run", ["iddpm", "iddpm:", ":100", "iddpm:x"])
+def test_a_malformed_calibration_run_is_refused_before_work(tmp_path, run, capsys):
+    assert main(["calibrate-cache", "--preset", "tiny", "--random-weights", "--device", "cpu", "--run", run,
+                 "--out", str(tmp_path / "cache.json")]) == 2
+    assert "SAMPLER:STEPS" in capsys.readouterr().err
+    assert not (tmp_path / "cache.json").exists()

@@ -19,21 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from stdit_engine.options import parse_sampler_run
 from stdit_engine.quality.cache_sweep import RUNS, THRESHOLDS, proxy_calibration, sweep
 from stdit_engine.quality.proxy import CHECKPOINT, load_proxy_engine
 
 COLUMNS = ("sampler", "steps", "setting", "saved", "forward_speedup", "gpu_speedup", "psnr_db_mean", "psnr_db_worst",
            "latent_rel_l2_mean", "latent_rel_l2_worst", "seeds", "prompts")
-
-
-def parse_runs(text: str) -> list[tuple[str, int]]:
-    """"dpm-solver++:20,iddpm:100" -> [("dpm-solver++", 20), ("iddpm", 100)] (a sampler's own options
-    come before its steps: "ddim:eta=1:50")."""
-    runs = []
-    for item in text.split(","):
-        name, _, steps = item.rpartition(":")
-        runs.append((name, int(steps)))
-    return runs
 
 
 def cell(value) -> str:
@@ -65,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step-ms", type=Path, help="GPU step times (see the module docstring)")
     parser.add_argument("--calibration-out", type=Path, help="also write the proxy's calibration file here")
     args = parser.parse_args(argv)
-    runs = parse_runs(args.runs)
+    runs = [parse_sampler_run(run) for run in args.runs.split(",")]
     step_ms = json.loads(args.step_ms.read_text()) if args.step_ms else None
 
     start = time.perf_counter()
