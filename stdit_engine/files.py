@@ -46,6 +46,13 @@ def _partial_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.partial{path.suffix}")
 
 
+def remove_partials(folder: str | os.PathLike, suffix: str) -> None:
+    """Removes the temporary files of `atomic_path` writes to `*suffix` targets in `folder` that a
+    killed process left behind (a finished or failed write leaves none)."""
+    for leftover in Path(folder).glob(f".*.partial{suffix}"):
+        leftover.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path beside `path` to write; renames it onto `path` when the block

@@ -11,7 +11,8 @@ from stdit_engine.configs import get_preset
 from stdit_engine.models.checkpoint import build_stdit
 from stdit_engine.errors import ConfigError
 from stdit_engine.export import aoti, onnx
-from stdit_engine.files import atomic_folder_outputs, check_output_target, write_text_atomic
+from stdit_engine.files import (atomic_folder_outputs, atomic_path, check_output_target, remove_partials,
+                                write_text_atomic)
 
 TINY = ["generate", "--preset", "tiny", "--random-weights", "--device", "cpu", "--prompt", "a cat"]
 
@@ -164,3 +165,22 @@ def test_staged_outputs_are_removed_on_error(tmp_path):
             staged.write_bytes(b"x")
             raise RuntimeError("export failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_partials_a_killed_writer_left_are_removed_and_nothing_else(tmp_path):
+    """A serving folder is cleaned with remove_partials when it opens: only the temporary files of
+    atomic_path writes to targets of the given suffix go."""
+    class Killed(BaseException):
+        pass
+
+    with pytest.raises(Killed), atomic_path(tmp_path / "job.mp4") as partial:
+        partial.write_bytes(b"half")
+        leftover = tmp_path / "leftover"
+        leftover.hardlink_to(partial)  # what stays when the process dies here (atomic_path cannot remove it)
+        raise Killed
+    leftover.rename(partial)
+    kept = [tmp_path / "other.mp4", tmp_path / "x.partial.mp4", tmp_path / ".a.gif.0123456789ab.partial.gif"]
+    for path in kept:
+        path.write_bytes(b"not an MP4 write's temporary file")
+    remove_partials(tmp_path, ".mp4")
+    assert sorted(tmp_path.iterdir()) == sorted(kept)

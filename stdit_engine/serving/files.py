@@ -1,9 +1,9 @@
 """`VideoFolder`: where the service keeps its MP4s, under server-made names, written atomically.
 
-A video is saved as `<job id>.mp4` by `Video.save`, which writes it under a temporary
-`*.partial.mp4` name and renames it only when whole, so a reader (or a crash, or SIGTERM) never
-sees half a file; partial files a killed process left are removed when the folder is opened. Job ids are made by the server (jobs.new_job_id): no client
-text ever reaches a path.
+A video is saved as `<job id>.mp4` by `Video.save`, which writes it under a temporary name and
+renames it only when whole (files.atomic_path), so a reader (or a crash, or SIGTERM) never sees half
+a file; partial files a killed process left are removed when the folder is opened. Job ids are made
+by the server (jobs.new_job_id): no client text ever reaches a path.
 """
 from __future__ import annotations
 
@@ -11,17 +11,15 @@ import os
 from pathlib import Path
 
 from ..engine.video import Video
+from ..files import remove_partials
 from .jobs import is_job_id
-
-_PARTIAL = ".partial.mp4"  # the suffix of files.atomic_path's temporary names for an MP4
 
 
 class VideoFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        for leftover in self.path.glob("*" + _PARTIAL):
-            leftover.unlink(missing_ok=True)
+        remove_partials(self.path, ".mp4")
 
     def write(self, job_id: str, video: Video) -> str:
         """Saves `video` as the job's file; returns the file's name in this folder."""
