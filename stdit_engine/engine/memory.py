@@ -170,7 +170,7 @@ class MemoryEstimate:
 
 
 def _bytes(dtype: torch.dtype) -> int:
-    return torch.empty(0, dtype=dtype).element_size()
+    return dtype.itemsize
 
 
 def _is_cuda(device: torch.device | str) -> bool:

@@ -203,7 +203,7 @@ def buffer_layout(recorded: frozenset, rows: int, tokens: int, hidden_size: int,
 
 
 def buffer_bytes(layout: dict) -> int:
-    return sum(math.prod(shape) * torch.empty(0, dtype=dtype).element_size() for shape, dtype in layout.values())
+    return sum(math.prod(shape) * dtype.itemsize for shape, dtype in layout.values())
 
 
 class CacheBuffers:
