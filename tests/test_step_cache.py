@@ -362,7 +362,8 @@ def test_auto_placement_leaves_room_for_the_step_cache(monkeypatch):
 
     assert choose(None).mode == choose("residual").mode == "lean"
     assert "with the residual step cache's 0.6 GiB" in choose("residual").reason
-    with pytest.raises(ConfigError, match=r"'sequential' with the attention step cache's 23.6 GiB .*cache='residual'"):
+    with pytest.raises(ConfigError, match=r"'sequential' with the attention step cache's 23.6 GiB .*"
+                                          r"t5_dtype=torch.bfloat16, cache='residual' \(smaller buffers\), or use"):
         choose("attention")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * GIB, 80 * GIB))
     lean = choose("attention")
@@ -380,5 +381,6 @@ def test_a_call_whose_cache_cannot_fit_is_refused_before_work():
     check("residual", 40)
     check("attention", 60)
     with pytest.raises(ConfigError, match=r"cache='attention' does not fit: its buffers take 23.6 GiB .* "
-                                          r"placement 'resident' would need about 56.\d GiB of the 40.0 GiB"):
+                                          r"placement 'resident' would need about 56.\d GiB of the 40.0 GiB.*"
+                                          r"use cache='residual' \(smaller buffers\), a smaller batch_size"):
         check("attention", 40)

@@ -41,7 +41,7 @@ def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: tor
         chunk = decode_chunk(preset, samples, candidate, dtype, t5_dtype, free, device, backend, fp8, step_cache)
         estimate = estimate_memory(preset, samples, candidate, dtype, t5_dtype, vae_chunk_frames=chunk,
                                    device=device, backend=backend, fp8=fp8, cache=step_cache)
-        needs = estimate.peak * RESERVE_FACTOR
+        needs = _reserved_need(estimate.peak)
         if needs <= free:
             how = "auto, the first of " + ", ".join(AUTO_ORDER) + " that fits" if mode == "auto" else "as asked"
             # The lean decode takes what its budget leaves: its reserved peak is that budget's, above `needs`;
@@ -55,13 +55,23 @@ def choose_placement(mode: str, preset: Preset, device: torch.device, dtype: tor
                                               f"cache = {needs / GIB:.1f} GiB, is within the {free / GIB:.1f} GiB free"
                                               f"{decode}{skipped}")
         passed.append((candidate, needs / GIB))
-    smaller_cache = ", a step cache with smaller buffers (cache='residual')" if step_cache == "attention" else ""
     raise ConfigError(
         f"{preset.name} needs about {needs / GIB:.1f} GiB of GPU memory in placement "
         f"{candidates[-1]!r}{_with_cache(preset, samples, dtype, step_cache)} ({estimate.describe()}), but "
         f"{device} has {free / GIB:.1f} GiB free; free GPU memory, pass dtype=torch.float16/bfloat16 and "
-        f"t5_dtype=torch.bfloat16{smaller_cache}, or use another GPU"
+        f"t5_dtype=torch.bfloat16, {_smaller_cache(step_cache)}or use another GPU"
     )
+
+
+def _reserved_need(peak_allocated: float) -> float:
+    """What an estimated peak of allocated bytes needs free: the allocator's cache holds more than
+    the tensors (RESERVE_FACTOR)."""
+    return peak_allocated * RESERVE_FACTOR
+
+
+def _smaller_cache(cache: str | None) -> str:
+    """The hint, for a step cache that does not fit, of the one with smaller buffers ("" if none is)."""
+    return "cache='residual' (smaller buffers), " if cache == "attention" else ""
 
 
 def _with_cache(preset: Preset, samples: int, dtype: torch.dtype, step_cache: str | None) -> str:
@@ -77,11 +87,10 @@ def check_step_cache_memory(preset: Preset, samples: int, mode: str, dtype: torc
     bytes (what this process holds on the device and what is free)."""
     estimate = estimate_memory(preset, samples, mode, dtype, t5_dtype, vae_chunk_frames=1, device=device,
                                backend=backend, fp8=fp8, cache=cache)
-    needs = estimate.denoise * RESERVE_FACTOR
+    needs = _reserved_need(estimate.denoise)
     if needs > available:
-        smaller = "cache='residual' (smaller buffers), " if cache == "attention" else ""
         buffers = step_cache_bytes(preset, samples, dtype, cache)
         raise ConfigError(
             f"cache={cache!r} does not fit: its buffers take {buffers / GIB:.1f} GiB at {samples} prompt(s) per batch, "
             f"and the denoise in placement {mode!r} would need about {needs / GIB:.1f} GiB of the {available / GIB:.1f} GiB this process can use on {device}; use "
-            f"{smaller}a smaller batch_size, or no step cache")
+            f"{_smaller_cache(cache)}a smaller batch_size, or no step cache")
