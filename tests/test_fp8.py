@@ -12,7 +12,8 @@ from stdit_engine import Engine
 from stdit_engine.engine.memory import STDIT_TRITON_EXTRA_TOKEN_TENSORS, estimate_memory
 from stdit_engine.errors import ConfigError, DeviceError
 from stdit_engine.export.exportable import check_eager
-from stdit_engine.kernels.fp8_quantize import E4M3, E4M3_MAX, MIN_SCALE, quantize_rows_fp8_triton, quantize_rows_ref
+from stdit_engine.kernels.fp8_quantize import E4M3, E4M3_MAX, MIN_SCALE, quantize_rows_ref
+from stdit_engine.kernels.registry import TRITON
 from stdit_engine.models.fp8 import FP8GeluMLP, FP8Linear, QuantizedRows, check_fp8_supported
 from stdit_engine.models.stdit import FP8_BLOCK_LINEARS
 from test_stdit_golden import count_op_calls, golden_model
@@ -142,7 +143,7 @@ def test_fp8_forward_is_as_close_to_fp32_as_bf16(golden, backend):
 def test_fp8_backend_switch_rebinds_the_quantizer(golden):
     model = golden_model(golden).to(DEVICE).to(torch.bfloat16).quantize_fp8()
     model.set_backend("triton")
-    assert all(m.quantize is quantize_rows_fp8_triton for m in model.modules() if isinstance(m, FP8Linear))
+    assert all(m.quantize is TRITON.quantize_rows_fp8 for m in model.modules() if isinstance(m, FP8Linear))
     model.set_backend("eager")
     assert all(m.quantize is quantize_rows_ref for m in model.modules() if isinstance(m, FP8Linear))
 

@@ -3,10 +3,11 @@
 `cross_attention_ref` is the meaning: q [B, H, N, D] over k, v [B, H, Lc, D] -> [B, N, H, D] (token
 order), where sample b sees only its first kv_lengths[b] caption tokens (T5 masks are prefixes).
 `cross_attention_sdpa` hands it to PyTorch's fused attention, which takes these lengths only as a
-dense mask over all the caption tokens. `cross_attention_triton`, the custom op
-`stdit_engine::cross_attention`, is a flash-style kernel that stops at each sample's length, read on
-the device: a typical prompt (~20 of T5's 120 tokens) costs one key tile, padding is never
-loaded, and there is no host synchronisation (the ops run inside CUDA graphs).
+dense mask over all the caption tokens. `cross_attention_direct` launches a flash-style kernel
+(`cross_attention_triton` is it as the custom op `stdit_engine::cross_attention`; eager_dispatch.py
+says which is called when) that stops at each sample's length, read on the device: a typical
+prompt (~20 of T5's 120 tokens) costs one key tile, padding is never loaded, and there is no host
+synchronisation (the ops run inside CUDA graphs).
 
 The kernel takes q, k, v as any strided views (the attention module hands in views of its
 projections) and returns a contiguous [B, N, H, D], so the output projection reads it without a
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .alignment import element_alignment
-from .triton_support import jit, launch, tl, triton
+from .triton_support import cdiv, jit, launch, next_power_of_2, tl
 
 # Launch shape: the fastest of a sweep of query blocks, key tiles and warps (BENCHMARKS.md). Key
 # tiles of 16 ran a little faster but with many times the rounding error against SDPA (more
@@ -64,7 +65,7 @@ def head_split(d: int) -> tuple[int, int]:
     if main == d:
         return main, 0
     if d - main > TAIL:  # e.g. 100 = 64 + 36: one padded power of two is as cheap as main + tails
-        return triton.next_power_of_2(d), 0
+        return next_power_of_2(d), 0
     return main, TAIL
 
 
@@ -152,9 +153,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_length
                          f"use at most {MAX_BLOCK_L_WITH_TAIL}")
     out = torch.empty((b, n, h, d), dtype=q.dtype, device=q.device)
     if out.numel():
-        launch(_flash_attention_kernel, (triton.cdiv(n, block_n), b * h))(
+        launch(_flash_attention_kernel, (cdiv(n, block_n), b * h))(
             q, k, v, kv_lengths, out, n, h, d**-0.5 * LOG2_E,
-            *q.stride(), *k.stride(), *v.stride(), *out.transpose(1, 2).stride(),
+            *q.stride(), *k.stride(), *v.stride(), n * h * d, d, h * d, 1,  # out seen as [B, H, N, D]
             D=d, ALIGN=element_alignment(q, k, v, out),
             BLOCK_N=block_n, BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_TAIL=block_tail,
             UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",  # CPU tensors: the interpreter
@@ -163,10 +164,13 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_length
     return out
 
 
-@torch.library.custom_op("stdit_engine::cross_attention", mutates_args=())
-def cross_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor) -> torch.Tensor:
+def cross_attention_direct(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_lengths: torch.Tensor) -> torch.Tensor:
     """q [B, H, N, D] over the first kv_lengths[b] rows of k, v [B, H, L, D]; a contiguous [B, N, H, D]."""
     return flash_attention(q, k, v, kv_lengths, block_n=BLOCK_N, block_l=BLOCK_L, num_warps=NUM_WARPS)
+
+
+cross_attention_triton = torch.library.custom_op(
+    "stdit_engine::cross_attention", cross_attention_direct, mutates_args=())
 
 
 @cross_attention_triton.register_fake

@@ -1,8 +1,9 @@
 """Per-token e4m3 quantization: the input of an FP8 linear (models/fp8.py).
 
 `quantize_rows_ref(x, gelu)` is the meaning: x [rows, K] (GELU-tanh applied first if `gelu`, the FP8
-MLP's fc2 input) -> (e4m3 [rows, K], fp32 scale [rows, 1]). `quantize_rows_fp8_triton` is the custom
-op `stdit_engine::quantize_rows_fp8`: one program holds a whole row in registers, so the row's
+MLP's fc2 input) -> (e4m3 [rows, K], fp32 scale [rows, 1]). `quantize_rows_fp8_direct` launches the kernel
+and `quantize_rows_fp8_triton` is it as the custom op `stdit_engine::quantize_rows_fp8`
+(eager_dispatch.py says which is called when): one program holds a whole row in registers, so the row's
 largest magnitude, the scale and the quantized row come from a single read, where plain PyTorch
 takes five passes (abs, amax, divide, cast, and GELU). `quantize_tile` is the same quantization for
 the row kernels that emit their output in e4m3 (the `*_fp8` ops of ln_modulate.py and
@@ -11,12 +12,11 @@ gated_residual.py); `quantize_tokens` the reference's for their meanings.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
-from .triton_support import jit, launch, tl, triton
+from .triton_support import INTERPRETED, cdiv, jit, launch, next_power_of_2, tl
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max  # 448
@@ -78,8 +78,7 @@ def e4m3_rows(shape, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     the last: [rows, 1]); read the values through `as_e4m3`. The interpreter's fp32 -> e4m3
     conversion drops the mantissa's carry into the exponent (126.2 becomes 64, not 128; triton
     3.x), so under it the kernels store the scaled values in fp32 and PyTorch rounds them."""
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    values = torch.empty(shape, dtype=torch.float32 if interpreted else E4M3, device=device)
+    values = torch.empty(shape, dtype=torch.float32 if INTERPRETED else E4M3, device=device)
     return values, torch.empty((math.prod(shape[:-1]), 1), dtype=torch.float32, device=device)
 
 
@@ -93,20 +92,23 @@ def as_e4m3(buffer: torch.Tensor) -> torch.Tensor:
     return buffer if buffer.dtype == E4M3 else buffer.to(E4M3)
 
 
-@torch.library.custom_op("stdit_engine::quantize_rows_fp8", mutates_args=())
-def quantize_rows_fp8_triton(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows_fp8_direct(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"quantize_rows_fp8 takes [rows, K] with unit stride along K; got shape {tuple(x.shape)}, "
                          f"strides {x.stride()}")
     rows, k = x.shape
     out, scale = e4m3_rows((rows, k), x.device)
     if rows:
-        block_k = triton.next_power_of_2(k)
+        block_k = next_power_of_2(k)
         block_m, warps = QUANTIZE_LAUNCH_NARROW if block_k <= 2048 else QUANTIZE_LAUNCH_WIDE
-        launch(_quantize_rows_kernel, (triton.cdiv(rows, block_m),))(
+        launch(_quantize_rows_kernel, (cdiv(rows, block_m),))(
             x, out, scale, rows, k, x.stride(0), MIN_SCALE, E4M3_MAX, GELU=gelu, BLOCK_M=block_m, BLOCK_K=block_k,
             num_warps=warps)
     return as_e4m3(out), scale
+
+
+quantize_rows_fp8_triton = torch.library.custom_op(
+    "stdit_engine::quantize_rows_fp8", quantize_rows_fp8_direct, mutates_args=())
 
 
 @quantize_rows_fp8_triton.register_fake

@@ -1,7 +1,8 @@
 """Gated residual: x + gate * y with a per-sample gate [B, C] broadcast over the tokens of x [B, N, C];
 alone, or fused with the next sub-block's modulated LayerNorm.
 
-References (the meaning of each op), then the Triton kernel and its custom ops:
+References (the meaning of each op), then the Triton kernel, its launchers (`*_direct`) and their
+custom ops (`*_triton`; eager_dispatch.py says which is called when):
 `gated_residual_ref` / `gated_residual_triton` (`stdit_engine::gated_residual`): x + gate * y.
 `gated_residual_ln_modulate_ref` / `_triton` (`stdit_engine::gated_residual_ln_modulate`): (new_x,
 LN(new_x) * (1 + scale) + shift) in one pass over the tokens; gate None is a plain sum x + y (the
@@ -95,20 +96,24 @@ def _launch(x, gate, y, shift=None, scale=None, eps=0.0, quantize=False):
         ln, ln_scale = e4m3_rows((b, n, c), x.device)
     else:  # without LN the kernel never writes ln, without quantize never ln_scale
         ln = ln_scale = torch.empty_like(out) if with_ln else out
-    # What the kernel never reads (no gate, no LN) is passed as x's first token: the pointers need a tensor.
-    gate, shift, scale = (x[:, 0] if m is None else m for m in (gate, shift, scale))
+    # What the kernel never reads (no gate, no LN) is passed as x with zero strides: the pointers need a tensor.
+    gate, gate_strides = (gate, gate.stride()) if has_gate else (x, (0, 0))
+    shift, scale, norm_strides = (shift, scale, (*shift.stride(), *scale.stride())) if with_ln else (x, x, (0,) * 4)
     if out.numel():
         launch(_gated_residual_kernel, cfg.pop("grid"))(
             x, gate, y, out, shift, scale, ln, ln_scale, b * n, n, c, eps, MIN_SCALE, E4M3_MAX,
-            *x.stride(), *gate.stride(), *y.stride(), *shift.stride(), *scale.stride(),
+            *x.stride(), *gate_strides, *y.stride(), *norm_strides,
             HAS_GATE=has_gate, WITH_LN=with_ln, QUANTIZE=quantize, **cfg,
         )
     return (out, as_e4m3(ln), ln_scale) if quantize else (out, ln)
 
 
-@torch.library.custom_op("stdit_engine::gated_residual", mutates_args=())
-def gated_residual_triton(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def gated_residual_direct(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _launch(x, gate, y)[0]
+
+
+gated_residual_triton = torch.library.custom_op(
+    "stdit_engine::gated_residual", gated_residual_direct, mutates_args=())
 
 
 @gated_residual_triton.register_fake
@@ -116,11 +121,14 @@ def _(x, gate, y):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("stdit_engine::gated_residual_fp8", mutates_args=())
-def gated_residual_fp8_triton(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor
+def gated_residual_fp8_direct(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(new_x, new_x quantized for an FP8 linear: e4m3, row scales); meaning: `gated_residual_fp8_ref`."""
     return _launch(x, gate, y, quantize=True)
+
+
+gated_residual_fp8_triton = torch.library.custom_op(
+    "stdit_engine::gated_residual_fp8", gated_residual_fp8_direct, mutates_args=())
 
 
 @gated_residual_fp8_triton.register_fake
@@ -128,11 +136,14 @@ def _(x, gate, y):
     return x.new_empty(x.shape), *fake_e4m3_rows(x)
 
 
-@torch.library.custom_op("stdit_engine::gated_residual_ln_modulate", mutates_args=())
-def gated_residual_ln_modulate_triton(
+def gated_residual_ln_modulate_direct(
     x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _launch(x, gate, y, shift, scale, eps)
+
+
+gated_residual_ln_modulate_triton = torch.library.custom_op(
+    "stdit_engine::gated_residual_ln_modulate", gated_residual_ln_modulate_direct, mutates_args=())
 
 
 @gated_residual_ln_modulate_triton.register_fake
@@ -140,13 +151,16 @@ def _(x, gate, y, shift, scale, eps=1e-6):
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
-@torch.library.custom_op("stdit_engine::gated_residual_ln_modulate_fp8", mutates_args=())
-def gated_residual_ln_modulate_fp8_triton(
+def gated_residual_ln_modulate_fp8_direct(
     x: torch.Tensor, gate: torch.Tensor | None, y: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(new_x, its norm quantized for an FP8 linear: e4m3, row scales); meaning:
     `gated_residual_ln_modulate_fp8_ref`."""
     return _launch(x, gate, y, shift, scale, eps, quantize=True)
+
+
+gated_residual_ln_modulate_fp8_triton = torch.library.custom_op(
+    "stdit_engine::gated_residual_ln_modulate_fp8", gated_residual_ln_modulate_fp8_direct, mutates_args=())
 
 
 @gated_residual_ln_modulate_fp8_triton.register_fake

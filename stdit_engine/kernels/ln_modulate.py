@@ -3,8 +3,9 @@
 x is [B, N, C] with any strides; shift and scale are per-sample [B, C] (any strides, e.g. the rows
 that `unbind` takes out of [B, 6, C]) broadcast over the N tokens.
 
-`ln_modulate_ref` is the meaning; `ln_modulate_triton` the kernel, the torch.library custom op
-`stdit_engine::ln_modulate` (math in fp32, output contiguous, in x's dtype). The `_fp8` pair emits
+`ln_modulate_ref` is the meaning; `ln_modulate_direct` launches the kernel (math in fp32, output
+contiguous, in x's dtype) and `ln_modulate_triton` is it as the torch.library custom op
+`stdit_engine::ln_modulate` (eager_dispatch.py says which is called when). The `_fp8` pair emits
 the same norm quantized for an FP8 linear (e4m3 and row scales, fp8_quantize.py).
 `modulated_ln` and `store_norm` are the norm's Triton building blocks, which the gated residual
 kernel fuses in front of the next sub-block (gated_residual.py).
@@ -86,9 +87,12 @@ def _launch(x, shift, scale, eps, quantize: bool):
     return (as_e4m3(out), out_scale) if quantize else out
 
 
-@torch.library.custom_op("stdit_engine::ln_modulate", mutates_args=())
-def ln_modulate_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def ln_modulate_direct(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return _launch(x, shift, scale, eps, quantize=False)
+
+
+ln_modulate_triton = torch.library.custom_op(
+    "stdit_engine::ln_modulate", ln_modulate_direct, mutates_args=())
 
 
 @ln_modulate_triton.register_fake
@@ -96,11 +100,14 @@ def _(x, shift, scale, eps=1e-6):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("stdit_engine::ln_modulate_fp8", mutates_args=())
-def ln_modulate_fp8_triton(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+def ln_modulate_fp8_direct(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
                            eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """The modulated norm quantized for an FP8 linear (meaning: `ln_modulate_fp8_ref`)."""
     return _launch(x, shift, scale, eps, quantize=True)
+
+
+ln_modulate_fp8_triton = torch.library.custom_op(
+    "stdit_engine::ln_modulate_fp8", ln_modulate_fp8_direct, mutates_args=())
 
 
 @ln_modulate_fp8_triton.register_fake

@@ -22,15 +22,20 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError
-from .cross_attention import cross_attention_ref, cross_attention_sdpa, cross_attention_triton
-from .fp8_quantize import quantize_rows_fp8_triton, quantize_rows_ref
-from .gated_residual import (gated_residual_fp8_ref, gated_residual_fp8_triton, gated_residual_ln_modulate_fp8_ref,
+from .cross_attention import cross_attention_direct, cross_attention_ref, cross_attention_sdpa, cross_attention_triton
+from .eager_dispatch import direct_in_eager
+from .fp8_quantize import quantize_rows_fp8_direct, quantize_rows_fp8_triton, quantize_rows_ref
+from .gated_residual import (gated_residual_direct, gated_residual_fp8_direct, gated_residual_fp8_ref,
+                             gated_residual_fp8_triton, gated_residual_ln_modulate_direct,
+                             gated_residual_ln_modulate_fp8_direct, gated_residual_ln_modulate_fp8_ref,
                              gated_residual_ln_modulate_fp8_triton, gated_residual_ln_modulate_ref,
                              gated_residual_ln_modulate_triton, gated_residual_ref, gated_residual_triton)
 from .linear_gelu import linear_gelu_cublaslt, linear_gelu_ref
-from .ln_modulate import ln_modulate_fp8_ref, ln_modulate_fp8_triton, ln_modulate_ref, ln_modulate_triton
+from .ln_modulate import (ln_modulate_direct, ln_modulate_fp8_direct, ln_modulate_fp8_ref, ln_modulate_fp8_triton,
+                          ln_modulate_ref, ln_modulate_triton)
 from .self_attention import self_attention_cudnn, self_attention_ref, self_attention_sdpa
-from .temporal_attention import temporal_attention_ref, temporal_attention_sdpa, temporal_attention_triton
+from .temporal_attention import (temporal_attention_direct, temporal_attention_ref, temporal_attention_sdpa,
+                                 temporal_attention_triton)
 from .triton_support import HAVE_TRITON
 
 
@@ -71,13 +76,20 @@ SDPA = replace(EAGER, name="sdpa", self_attention=self_attention_sdpa, temporal_
                cross_attention=cross_attention_sdpa)
 
 
-TRITON = replace(SDPA, name="triton", ln_modulate=ln_modulate_triton, gated_residual=gated_residual_triton,
-                 gated_residual_ln_modulate=gated_residual_ln_modulate_triton,
-                 self_attention=self_attention_cudnn, temporal_attention=temporal_attention_triton,
-                 cross_attention=cross_attention_triton, linear_gelu=linear_gelu_cublaslt,
-                 quantize_rows_fp8=quantize_rows_fp8_triton, ln_modulate_fp8=ln_modulate_fp8_triton,
-                 gated_residual_ln_modulate_fp8=gated_residual_ln_modulate_fp8_triton,
-                 gated_residual_fp8=gated_residual_fp8_triton)
+# Our kernels as eager_dispatch.py calls them: their launchers directly in plain eager inference,
+# their custom ops wherever torch.compile, export or a dispatch mode must see them.
+TRITON = replace(SDPA, name="triton", self_attention=self_attention_cudnn, linear_gelu=linear_gelu_cublaslt,
+                 ln_modulate=direct_in_eager(ln_modulate_triton, ln_modulate_direct),
+                 gated_residual=direct_in_eager(gated_residual_triton, gated_residual_direct),
+                 gated_residual_ln_modulate=direct_in_eager(gated_residual_ln_modulate_triton,
+                                                            gated_residual_ln_modulate_direct),
+                 temporal_attention=direct_in_eager(temporal_attention_triton, temporal_attention_direct),
+                 cross_attention=direct_in_eager(cross_attention_triton, cross_attention_direct),
+                 quantize_rows_fp8=direct_in_eager(quantize_rows_fp8_triton, quantize_rows_fp8_direct),
+                 ln_modulate_fp8=direct_in_eager(ln_modulate_fp8_triton, ln_modulate_fp8_direct),
+                 gated_residual_ln_modulate_fp8=direct_in_eager(gated_residual_ln_modulate_fp8_triton,
+                                                                gated_residual_ln_modulate_fp8_direct),
+                 gated_residual_fp8=direct_in_eager(gated_residual_fp8_triton, gated_residual_fp8_direct))
 
 
 def _triton_ops() -> Ops:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .triton_support import jit, tl, triton
+from .triton_support import cdiv, jit, next_power_of_2, tl
 
 
 @jit
@@ -27,8 +27,8 @@ def row_launch_config(x: torch.Tensor, *modulations: torch.Tensor, rows: int, wa
     for m in modulations:
         if m.shape != (b, c):
             raise ValueError(f"modulation of shape {tuple(m.shape)} does not match x {tuple(x.shape)}: expected ({b}, {c})")
-    block_c = triton.next_power_of_2(c)
+    block_c = next_power_of_2(c)
     return dict(
-        grid=(triton.cdiv(b * n, rows),),
+        grid=(cdiv(b * n, rows),),
         BLOCK_M=rows, BLOCK_C=block_c, num_warps=warps,
     )

@@ -3,7 +3,8 @@ and head, read from and written to tokens in their natural [B, T, S, C] order.
 
 `temporal_attention_ref` is the meaning: softmax(q k^T * D^-0.5) v on q, k, v [B, S, H, T, D] ->
 out [B, T, S, H, D]; `temporal_attention_sdpa` hands it to PyTorch's fused attention (after a
-gathering copy). `temporal_attention_triton`, the custom op `stdit_engine::temporal_attention`,
+gathering copy). `temporal_attention_direct` launches the kernel, `temporal_attention_triton` is it
+as the custom op `stdit_engine::temporal_attention` (eager_dispatch.py says which is called when); it
 takes q, k, v as any strided views (SelfAttention.over_frames hands in permuted views of the qkv
 projection of [B, T, S, C] tokens) and writes the output in token order, so neither side of the
 op needs a transpose copy. One program per (sample, position, head) holds the whole T x D tiles:
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 from .alignment import element_alignment
 from .self_attention import self_attention_ref
-from .triton_support import jit, launch, tl, triton
+from .triton_support import jit, launch, next_power_of_2, tl
 
 MAX_LEN = 64  # the whole T x T score tile lives in registers: longer sequences want a flash kernel
 # Warps per program by the padded frame count: the fastest of benchmarks/probes/launch_sweep.py
@@ -74,8 +75,13 @@ def temporal_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
     return out.view(b, s, h, t, d).permute(0, 3, 1, 2, 4)
 
 
-@torch.library.custom_op("stdit_engine::temporal_attention", mutates_args=())
-def temporal_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _token_order_strides(t: int, s: int, h: int, d: int) -> tuple[int, ...]:
+    """The strides of a contiguous [B, T, S, H, D] output seen as [B, S, H, T, D], the kernel's
+    order (the permuted view's strides, without building the view on every call)."""
+    return t * s * h * d, h * d, d, s * h * d, 1
+
+
+def temporal_attention_direct(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Attention over T of q, k, v [B, S, H, T, D] (any strides), returned as a contiguous [B, T, S, H, D]."""
     if not (q.dim() == 5 and q.shape == k.shape == v.shape):
         raise ValueError(f"q, k, v must have one shape [B, S, H, T, D], got {tuple(q.shape)}, {tuple(k.shape)}, "
@@ -84,16 +90,20 @@ def temporal_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor)
     if t > MAX_LEN:
         raise ValueError(f"temporal_attention_triton takes at most {MAX_LEN} frames, got {t}: use the sdpa backend")
     out = torch.empty((b, t, s, h, d), dtype=q.dtype, device=q.device)
-    block_t = max(16, triton.next_power_of_2(t))
+    block_t = max(16, next_power_of_2(t))
     if out.numel():
         launch(_temporal_attention_kernel, (b * s * h,))(
             q, k, v, out, s, h, t, d**-0.5,
-            *q.stride(), *k.stride(), *v.stride(), *out.permute(0, 2, 3, 1, 4).stride(),
-            D=d, ALIGN=element_alignment(q, k, v, out), BLOCK_T=block_t, BLOCK_D=max(16, triton.next_power_of_2(d)),
+            *q.stride(), *k.stride(), *v.stride(), *_token_order_strides(t, s, h, d),
+            D=d, ALIGN=element_alignment(q, k, v, out), BLOCK_T=block_t, BLOCK_D=max(16, next_power_of_2(d)),
             UPCAST=q.dtype == torch.bfloat16 and q.device.type == "cpu",  # CPU tensors: the interpreter
             num_warps=WARPS_BY_TILE[block_t],
         )
     return out
+
+
+temporal_attention_triton = torch.library.custom_op(
+    "stdit_engine::temporal_attention", temporal_attention_direct, mutates_args=())
 
 
 @temporal_attention_triton.register_fake

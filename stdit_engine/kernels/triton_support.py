@@ -20,12 +20,24 @@ except ImportError:  # macOS, Windows: no triton wheel
     triton = tl = None
 
 HAVE_TRITON = triton is not None
+# Whether the kernels run under Triton's interpreter: decided, as Triton decides it, once at import.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def jit(fn):
     """`triton.jit`, or the plain function where triton is missing (it is then never launched)."""
     return fn if triton is None else triton.jit(fn)
 
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b), as triton.cdiv: the launchers' grids. Triton's own is a constexpr function, whose
+    call costs microseconds of host time on every launch."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The least power of two >= n (n itself for 0 and 1), as triton.next_power_of_2: block sizes."""
+    return n if n <= 1 else 1 << (n - 1).bit_length()
 
 
 _compiling = threading.local()  # this thread's launches only compile (inside `compile_in_parallel`)
