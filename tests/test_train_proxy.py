@@ -1,6 +1,6 @@
 """tools/train_proxy.py: a run cut by --max-seconds and rerun continues to the weights of an
 uninterrupted run, its checkpoint loads as an engine of the architecture it records, and a resume
-file written with other settings is refused."""
+file written with other settings is refused; a second stage starts from a checkpoint's weights."""
 import os
 import subprocess
 import sys
@@ -48,3 +48,12 @@ def test_a_cut_run_resumes_to_the_uninterrupted_weights(tmp_path):
 
     other = train(tmp_path / "cut" / "proxy.pt", "--lr", "1e-2")
     assert other.returncode != 0 and "was written with" in other.stderr
+
+    # A second stage starts from a checkpoint's weights (at lr 0 it keeps them) and records its command.
+    stage = train(tmp_path / "stage2" / "proxy.pt", "--init-from", str(tmp_path / "cut" / "proxy.pt"), "--lr", "0")
+    assert stage.returncode == 0, stage.stderr
+    second = torch.load(tmp_path / "stage2" / "proxy.pt", weights_only=True)
+    assert all(torch.equal(second["stdit"][k], b["stdit"][k]) for k in b["stdit"])
+    assert "--init-from" in second["how"] and b["how"] in second["how"]
+    wider = train(tmp_path / "wide" / "proxy.pt", "--init-from", str(tmp_path / "cut" / "proxy.pt"), "--hidden", "64")
+    assert wider.returncode != 0 and "is a {'hidden_size': 32" in wider.stderr

@@ -96,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=stdit.depth)
     parser.add_argument("--heads", type=int, default=stdit.num_heads)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-from", type=Path, help="a proxy checkpoint whose weights the run starts from "
+                                                       "(a second stage; its own command is kept in the new one's)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--log-every", type=int, default=100, help="steps per loss-curve point and log line")
@@ -112,9 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     # The settings a resume file must have been written with: anything else would not continue the same run.
     settings = {k: getattr(args, k) for k in ("batch_size", "lr", "warmup", "ema", "hidden", "depth", "heads", "seed")}
+    settings["init_from"] = str(args.init_from) if args.init_from else None
     architecture = dict(hidden_size=args.hidden, depth=args.depth, num_heads=args.heads)
 
     model, text_encoder = build_proxy_parts(args.seed, proxy_preset(architecture))
+    first_stage = None
+    if args.init_from:
+        first_stage = torch.load(args.init_from, map_location="cpu", weights_only=True)
+        if first_stage["architecture"] != architecture:
+            raise SystemExit(f"{args.init_from} is a {first_stage['architecture']} model, not {architecture}")
+        model.load_state_dict(first_stage["stdit"])
+        text_encoder.model.load_state_dict(first_stage["text_encoder"])
     y_all, mask_all = text_encoder.encode([c.text for c in CAPTIONS])
     y_all, mask_all = y_all.clone().to(device), mask_all.clone().to(device)  # out of inference mode
     model.to(device)
@@ -179,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
 
     how = (f"tools/train_proxy.py --device {device.type} --steps {args.steps} --batch-size {args.batch_size} "
            f"--lr {args.lr} --warmup {args.warmup} --ema {args.ema} --hidden {args.hidden} --depth {args.depth} "
-           f"--heads {args.heads} --seed {args.seed}")
+           f"--heads {args.heads} --seed {args.seed}" + (f" --init-from {args.init_from}" if args.init_from else ""))
     torch.save({"stdit": {k: v.cpu() for k, v in ema.state_dict().items()},
                 "text_encoder": text_encoder.model.state_dict(), "architecture": architecture,
-                "how": f"{how} ({done} steps, moving average of the weights)"}, args.out)
+                "how": f"{how} ({done} steps, moving average of the weights)"
+                       + (f"; {args.init_from.name} was: {first_stage['how']}" if first_stage else "")}, args.out)
     if done < args.steps:
         print(f"stopped by --max-seconds after step {done} of {args.steps} ({seconds:.0f} s trained): {args.out} "
               f"holds the moving average so far; rerun the same command to continue from {resume}", flush=True)

@@ -2,7 +2,8 @@
 
 A caption "a <colour> ball moving <direction> <speed>" shows one Gaussian ball on an empty latent
 of the 16x256x256 preset's grid (4 x 16 x 32 x 32): its latent channels are the colour's vector,
-it starts at a random place and moves by the direction times the speed each frame. `read_captions`
+it enters near the border it moves away from (shifted at random within START_JITTER) and moves by
+the direction times the speed each frame. `read_captions`
 recovers colour, direction and speed from any latent, so samples can be scored by how well they
 follow their captions (chance: 1/4, 1/4, 1/2).
 """
@@ -17,6 +18,7 @@ import torch
 FRAMES, SIZE = 16, 32
 RADIUS = 2.5  # latent pixels (standard deviation of the ball)
 MARGIN = 5.0  # the ball's centre stays this far from the borders
+START_JITTER = 4.0  # latent pixels: the span of a start place's random shift (render)
 # Orthogonal channel vectors (Hadamard rows), so a colour is recovered by projection.
 COLOURS = {"red": (1.0, 1.0, 1.0, 1.0), "green": (1.0, -1.0, 1.0, -1.0),
            "blue": (1.0, 1.0, -1.0, -1.0), "yellow": (1.0, -1.0, -1.0, 1.0)}
@@ -52,16 +54,18 @@ def _caption_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, t
 
 
 def render(ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Latent videos [n, 4, FRAMES, SIZE, SIZE] (float32) of the captions CAPTIONS[ids], random start
-    places drawn from `generator`, on its device (where `ids` must be): all captions at once, so a
+    """Latent videos [n, 4, FRAMES, SIZE, SIZE] (float32) of the captions CAPTIONS[ids], start places
+    jittered by `generator`, on its device (where `ids` must be): all captions at once, so a
     training batch is made on the GPU without waiting for it."""
     device = generator.device
     colours, steps, speeds = (table[ids] for table in _caption_tables(device))  # [n, 4], [n, 2], [n, 1]
-    travel = speeds * (FRAMES - 1)
-    # Each axis's start is uniform over the places from which the whole path stays within the margins.
-    low, high = MARGIN, SIZE - 1 - MARGIN - steps.abs() * travel
-    start = low + (high - low) * torch.rand(steps.shape, generator=generator, device=device)
-    start = torch.where(steps < 0, start + travel, start)
+    # Along its motion the ball enters near the border it moves away from, across it near the middle,
+    # each shifted within START_JITTER: the caption decides the path up to that shift, as it decides
+    # the colour. Where noise hides the path, the model's target is then one ball, not a band smeared
+    # over every start place, whose errors eps-training weighs by the tiny signal-to-noise ratio there.
+    shift = START_JITTER * torch.rand(steps.shape, generator=generator, device=device)
+    entry = torch.where(steps > 0, MARGIN + shift, SIZE - 1 - MARGIN - shift)
+    start = torch.where(steps != 0, entry, (SIZE - 1) / 2 + shift - START_JITTER / 2)
     frames = torch.arange(FRAMES, dtype=torch.float32, device=device)
     centres = start[:, None, :] + steps[:, None, :] * speeds[:, None, :] * frames[None, :, None]  # [n, T, 2]
     grid = torch.arange(SIZE, dtype=torch.float32, device=device)
