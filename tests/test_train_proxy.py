@@ -57,3 +57,14 @@ def test_a_cut_run_resumes_to_the_uninterrupted_weights(tmp_path):
     assert "--init-from" in second["how"] and b["how"] in second["how"]
     wider = train(tmp_path / "wide" / "proxy.pt", "--init-from", str(tmp_path / "cut" / "proxy.pt"), "--hidden", "64")
     assert wider.returncode != 0 and "is a {'hidden_size': 32" in wider.stderr
+
+
+def test_x0_weights_are_one_at_cap_one_and_the_inverse_snr_within_the_cap():
+    from tools.train_proxy import x0_weights  # noqa: E402  (a script's helper)
+
+    alpha_bar = torch.tensor([0.99, 0.5, 0.1, 0.01, 1e-4])
+    assert torch.equal(x0_weights(alpha_bar, 1.0), torch.ones(5))
+    inverse_snr = (1 - alpha_bar) / alpha_bar
+    weights = x0_weights(alpha_bar, 1000.0)
+    assert weights[0] == 1.0 and weights[1] == 1.0  # where the data shows, plain eps MSE
+    assert torch.allclose(weights[2:4], inverse_snr[2:4]) and weights[4] == 1000.0

@@ -14,7 +14,9 @@ matmuls, the model's eager ops (its Triton kernels have no backward).
 
 The objective is the one the released model was trained with: eps prediction (MSE) at uniform
 timesteps of the 1000-step linear-beta schedule, with the caption replaced by the null caption 10%
-of the time (what classifier-free guidance needs). The variance channels are held at v = 0 (the
+of the time (what classifier-free guidance needs); --x0-weight-cap weighs each sample's eps error up
+where noise hides the data (x0_weights), so that a short run learns what only the caption can say
+there (the ball's path), which plain eps MSE weighs by the vanishing signal-to-noise ratio. The variance channels are held at v = 0 (the
 midpoint of the learned range) by a small extra MSE, so IDDPM samples with fixed variances. The
 learning rate is constant after a warm-up and the checkpoint holds an exponential moving average
 of the weights: a run bounded in wall time has no known last step for a decaying schedule to end
@@ -60,6 +62,13 @@ def batch_at(step: int, seed: int, batch_size: int, alpha_bars: torch.Tensor):
     return ids, abar.sqrt() * x0 + (1 - abar).sqrt() * noise, timesteps, noise, dropped
 
 
+def x0_weights(alpha_bar: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-sample weights of the eps error: 1/SNR = (1 - alpha_bar) / alpha_bar clamped to [1, cap].
+    An eps error e is an x0 error e / sqrt(SNR): plain eps MSE (cap 1) weighs x0 errors by SNR, next to
+    nothing where noise hides the data, which is where only the caption can say what the video is."""
+    return ((1 - alpha_bar) / alpha_bar).clamp(1.0, cap)
+
+
 def learning_rate(step: int, peak: float, warmup: int) -> float:
     return peak * min(1.0, (step + 1) / warmup)
 
@@ -96,6 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=stdit.depth)
     parser.add_argument("--heads", type=int, default=stdit.num_heads)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--x0-weight-cap", type=float, default=1.0,
+                        help="weight each sample's eps error by 1/SNR(t) clamped to [1, this]: 1 is plain eps MSE; "
+                             "larger weighs the x0 error where noise hides the data (x0_weights)")
     parser.add_argument("--init-from", type=Path, help="a proxy checkpoint whose weights the run starts from "
                                                        "(a second stage; its own command is kept in the new one's)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads")
@@ -113,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     make_deterministic(device)
     torch.set_num_threads(args.threads)
     # The settings a resume file must have been written with: anything else would not continue the same run.
-    settings = {k: getattr(args, k) for k in ("batch_size", "lr", "warmup", "ema", "hidden", "depth", "heads", "seed")}
+    settings = {k: getattr(args, k) for k in ("batch_size", "lr", "warmup", "ema", "hidden", "depth", "heads", "seed",
+                                               "x0_weight_cap")}
     settings["init_from"] = str(args.init_from) if args.init_from else None
     architecture = dict(hidden_size=args.hidden, depth=args.depth, num_heads=args.heads)
 
@@ -162,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         ids, x_t, timesteps, noise, dropped = batch_at(step, args.seed, args.batch_size, alpha_bars)
         y = torch.where(dropped.view(-1, 1, 1, 1), y_null.expand_as(y_all[ids]), y_all[ids])
         eps, v = model(x_t, timesteps.float(), y, mask_all[ids]).chunk(2, dim=1)
-        loss = torch.nn.functional.mse_loss(eps, noise) + VARIANCE_WEIGHT * v.pow(2).mean()
+        weights = x0_weights(alpha_bars[timesteps], args.x0_weight_cap)
+        loss = (weights * (eps - noise).pow(2).mean(dim=(1, 2, 3, 4))).mean() + VARIANCE_WEIGHT * v.pow(2).mean()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.lr, args.warmup)
         optimizer.zero_grad(set_to_none=True)
@@ -189,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
     how = (f"tools/train_proxy.py --device {device.type} --steps {args.steps} --batch-size {args.batch_size} "
            f"--lr {args.lr} --warmup {args.warmup} --ema {args.ema} --hidden {args.hidden} --depth {args.depth} "
-           f"--heads {args.heads} --seed {args.seed}" + (f" --init-from {args.init_from}" if args.init_from else ""))
+           f"--heads {args.heads} --seed {args.seed} --x0-weight-cap {args.x0_weight_cap}" + (f" --init-from {args.init_from}" if args.init_from else ""))
     torch.save({"stdit": {k: v.cpu() for k, v in ema.state_dict().items()},
                 "text_encoder": text_encoder.model.state_dict(), "architecture": architecture,
                 "how": f"{how} ({done} steps, moving average of the weights)"
