@@ -1,10 +1,12 @@
 """Where the forward's time goes without CUDA graphs (issue 20 item 4): 16x256x256, batch 4, random
 weights, triton backend; for bf16, bf16 + FP8 and fp16 + FP8, the forward launched op by op and the
 same replayed from a graph, then a CPU profile of each forward (host time by op: what makes it
-launch-bound), and the host time of single calls of the library matmuls the forwards make (per
-dtype: a slow host path in one dtype shows there) and of our Triton ops, launched directly and
-through their custom ops (kernels/eager_dispatch.py). Prints one JSON object.
+launch-bound); for bf16 the host time again with the MLP's GELU out of the matmul epilogue (a
+diagnostic: it changes the rounding); and the host time of single calls of the library matmuls the
+forwards make (per dtype: a slow host path in one dtype shows there) and of our Triton ops,
+launched directly and through their custom ops (kernels/eager_dispatch.py). Prints one JSON object.
 Usage (GPU): python benchmarks/probes/no_graphs.py"""
+import dataclasses
 import json
 import sys
 import time
@@ -17,6 +19,7 @@ from workloads import build_stdit, cuda_time_ms, graphed_time_ms, median, stdit_
 
 from stdit_engine.configs import get_preset, token_grid  # noqa: E402
 from stdit_engine.kernels import fp8_quantize, gated_residual  # noqa: E402
+from stdit_engine.kernels.linear_gelu import linear_gelu_ref  # noqa: E402
 
 PRESET, BATCH = "16x256x256", 4
 VARIANTS = [("bf16", torch.bfloat16, False), ("bf16+fp8", torch.bfloat16, True), ("fp16+fp8", torch.float16, True)]
@@ -67,6 +70,11 @@ def library_calls(tokens: int, hidden: int, mlp: int, caption_rows: int, caption
             w_scale, bias = torch.ones(1, n, device="cuda"), torch.randn(n, device="cuda", dtype=dtype)
             result[f"_scaled_mm {tokens}x{hidden}x{n} -> {name}"] = host_us(lambda: torch._scaled_mm(
                 x8, w8.t(), scale_a=x_scale, scale_b=w_scale, bias=bias, out_dtype=dtype, use_fast_accum=True))
+        # Which part of the FP8 linear's configuration a slow host path needs: no bias, fp32 accumulation.
+        result[f"_scaled_mm {tokens}x{hidden}x{mlp} -> {name}, no bias"] = host_us(lambda: torch._scaled_mm(
+            x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=dtype, use_fast_accum=True))
+        result[f"_scaled_mm {tokens}x{hidden}x{mlp} -> {name}, fp32 accumulation"] = host_us(lambda: torch._scaled_mm(
+            x8, w8.t(), scale_a=x_scale, scale_b=w_scale, bias=bias, out_dtype=dtype, use_fast_accum=False))
         for rows, k, n in ((tokens, hidden, mlp), (caption_rows, caption_channels, hidden)):
             a = torch.randn(rows, k, device="cuda", dtype=dtype)
             w, bias = torch.randn(n, k, device="cuda", dtype=dtype), torch.randn(n, device="cuda", dtype=dtype)
@@ -105,6 +113,10 @@ def main() -> dict:
                             "host_ms": host_ms(forward),
                             "graphed_ms": median(graphed_time_ms(forward, calls=4, reps=5)),
                             "host_by_op": host_by_op(forward)}
+            if not fp8:  # what the GELU epilogue's linears cost the host: the same forward with them unfused
+                model.ops = dataclasses.replace(model.ops, linear_gelu=linear_gelu_ref)
+                forward()
+                result[name]["host_ms_gelu_unfused"] = host_ms(forward)
         del model
         torch.cuda.empty_cache()
     cfg = get_preset(PRESET).stdit
