@@ -115,8 +115,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cuda-graphs", action="store_true", help="run the denoising steps without CUDA graphs")
 
 
-def build_engine(args: argparse.Namespace, parallel: str = "none"):
-    """The engine that add_model_arguments' flags describe."""
+def build_engine(args: argparse.Namespace, parallel: str = "none", warmup=False):
+    """The engine that add_model_arguments' flags describe, its load report printed. `warmup`: as
+    the Engine constructors'; by default none, as a command that makes one call gains nothing from
+    paying its first-call costs earlier (its stage report shows them)."""
     from .engine.api import Engine
 
     args.doing = "loading the models"
@@ -124,11 +126,15 @@ def build_engine(args: argparse.Namespace, parallel: str = "none"):
     common = dict(device=args.device, dtype=dtype, t5_dtype=torch_dtype(args.t5_dtype), backend=args.backend,
                   placement=args.placement, cuda_graphs=not args.no_cuda_graphs, parallel=parallel, fp8=args.fp8,
                   cache_calibration=getattr(args, "cache_calibration", None),  # generate's flags only
-                  step_cache=getattr(args, "cache", None))
+                  step_cache=getattr(args, "cache", None), warmup=warmup)
     if args.random_weights:
         print("note: random weights; the video shows the pipeline working, not a picture of the prompt")
-        return Engine.from_random_weights(args.preset, **common)
-    return Engine.from_pretrained(args.preset, stdit=args.stdit, t5=args.t5, vae=args.vae, **common)
+        engine = Engine.from_random_weights(args.preset, **common)
+    else:
+        engine = Engine.from_pretrained(args.preset, stdit=args.stdit, t5=args.t5, vae=args.vae, **common)
+    if engine.parallel is None or engine.parallel.is_first:  # one report, as generate() prints
+        print(engine.load_stats.describe(engine.device))
+    return engine
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:

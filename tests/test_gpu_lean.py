@@ -44,6 +44,23 @@ def test_warmup_captures_each_batch_size_so_later_calls_only_replay():
     assert dict(engine.denoiser._graphs._entries) == graphs
 
 
+def test_loading_warms_up_so_the_first_call_only_replays_and_each_report_says_what_it_paid():
+    engine = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16)  # warmed up: on a GPU by default
+    stages = [f"warm-up {stage} x2" for stage in ("encode", "denoise", "decode")]
+    assert [stage.name for stage in engine.load_stats] == ["weights", "placement", *stages]
+    assert set(engine.load_stats[3].parts) == {"compile", "capture"}
+    graphs = dict(engine.denoiser._graphs._entries)
+    assert len(graphs) == 1
+    engine.generate(PROMPTS, seed=1, num_steps=3, progress=False)
+    assert dict(engine.denoiser._graphs._entries) == graphs  # no capture on the first call
+    assert [stage.parts for stage in engine.last_stats] == [{}, {}, {}]
+    cold = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, warmup=False)
+    assert [stage.name for stage in cold.load_stats] == ["weights", "placement"]
+    cold.generate(PROMPTS, seed=1, num_steps=3, progress=False)
+    assert set(cold.last_stats[1].parts) == {"compile", "capture"}  # the first call's report shows them
+    assert "(of which compile " in cold.last_stats.describe(cold.device)
+
+
 def test_a_placement_that_captures_every_call_allocates_no_more_call_after_call():
     # Sequential drops its graphs after each denoise and captures again on the next call: nothing
     # of those captures may stay allocated (a cuBLAS workspace per new warm-up stream did: 32 MiB

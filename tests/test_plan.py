@@ -43,10 +43,10 @@ def test_both_constructors_resolve_through_the_one_plan(constructor, monkeypatch
     monkeypatch.setattr(api, "resolve_plan", refuse)
     with pytest.raises(ConfigError, match="stop"):
         getattr(Engine, constructor)("tiny", device="cpu", dtype=torch.bfloat16, backend="sdpa", placement="resident",
-                                     parallel="none", cuda_graphs=False, step_cache="attention")
+                                     parallel="none", cuda_graphs=False, step_cache="attention", warmup=[1])
     assert asked == [("tiny", dict(device="cpu", dtype=torch.bfloat16, t5_dtype=torch.float32, backend="sdpa",
                                    cuda_graphs=False, placement="resident", parallel="none", fp8=False,
-                                   step_cache="attention"))]
+                                   step_cache="attention", warmup=[1]))]
 
 
 def test_the_engine_runs_its_plan_and_prints_it(capsys):

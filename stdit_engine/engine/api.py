@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 
@@ -77,6 +78,8 @@ class Engine:
                          else parallel_denoiser(parallel, self.stdit, use_cuda_graphs=cuda_graphs))
         self._locks = StageLocks(separate=placement == "resident" and parallel is None)
         self.last_stats = CallStats(self._title())
+        # What loading cost, stage by stage (the constructors' and `warmup()`'s), apart from any call's.
+        self.load_stats = CallStats(f"loading {self._title()}")
         self.prompt_cache = PromptEmbeddingCache()  # capacity 0 turns it off
         self.cache_calibration: CacheCalibration | None = None  # generate(cache="residual") needs it
 
@@ -110,7 +113,8 @@ class Engine:
                         dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
                         backend: str = "auto", cuda_graphs: bool = True, placement: str = "auto",
                         parallel: str = "auto", fp8: bool = False,
-                        cache_calibration: str | Path | None = None, step_cache: str | None = None) -> "Engine":
+                        cache_calibration: str | Path | None = None, step_cache: str | None = None,
+                        warmup: bool | Sequence[int] | None = None) -> "Engine":
         """Loads each part from a local path or a hub id; defaults are the released weights of SPEC section 1.
 
         `stdit` is a .pth/.safetensors file or a hub repo id (the preset's file is taken from it).
@@ -125,11 +129,14 @@ class Engine:
         `step_cache`: the step cache ("residual", "attention") the calls will use, so that the
         placement leaves room for its buffers (the attention cache's are large: estimate_memory says
         how large); generate() checks any call's cache against the memory the process can use.
+        `warmup`: the batch sizes whose first call loading pays instead (`warmup()`): by default (None)
+        the preset's prompts per batch on a GPU, where a first call compiles kernels and captures the
+        step, and none on the CPU; True: the preset's; False: none. `load_stats` reports the loading.
         """
         calibration = None if cache_calibration is None else CacheCalibration.load(cache_calibration)
         plan = resolve_plan(preset, device=device, dtype=dtype, t5_dtype=t5_dtype, backend=backend,
                             cuda_graphs=cuda_graphs, placement=placement, parallel=parallel, fp8=fp8,
-                            step_cache=step_cache)
+                            step_cache=step_cache, warmup=warmup)
         preset = plan.preset
         stdit_source = stdit or preset.stdit_hub_id
         t5_source = t5 or preset.text.hub_id
@@ -141,35 +148,62 @@ class Engine:
         # Off the GPU unless resident: Placement brings each part in for its stage.
         load_device = plan.device if plan.placement == "resident" else torch.device("cpu")
         stdit_file = resolve_model_file(stdit_source, preset.stdit_filename, what="STDiT checkpoint")
-        model = build_stdit(preset, load_device, plan.dtype, plan.backend, checkpoint=stdit_file, fp8=plan.fp8)
-        text_encoder = TextEncoder.from_pretrained(t5_source, device=load_device, dtype=plan.t5_dtype)
-        video_vae = VideoVAE.from_pretrained(vae_source, device=load_device, dtype=plan.dtype)
-        return cls(plan, model, text_encoder, video_vae).use_cache_calibration(calibration)
+
+        def load() -> tuple[STDiT, TextEncoder, VideoVAE]:
+            return (build_stdit(preset, load_device, plan.dtype, plan.backend, checkpoint=stdit_file, fp8=plan.fp8),
+                    TextEncoder.from_pretrained(t5_source, device=load_device, dtype=plan.t5_dtype),
+                    VideoVAE.from_pretrained(vae_source, device=load_device, dtype=plan.dtype))
+
+        return cls._assemble(plan, load, calibration)
 
     @classmethod
     def from_random_weights(cls, preset: str | Preset, *, device: str | torch.device | None = None,
                             dtype: torch.dtype | None = None, t5_dtype: torch.dtype = torch.float32,
                             backend: str = "auto", seed: int = 0, cuda_graphs: bool = True,
                             placement: str = "auto", parallel: str = "auto", fp8: bool = False,
-                            cache_calibration: str | Path | None = None, step_cache: str | None = None) -> "Engine":
+                            cache_calibration: str | Path | None = None, step_cache: str | None = None,
+                            warmup: bool | Sequence[int] | None = None) -> "Engine":
         """The exact architectures of `preset` with random weights: for tests, demos and benchmarks.
 
         Its videos are noise-like; it exists to measure speed and memory and to exercise the code.
         Weights are drawn on `device` (fast) and then placed as `placement` says, so the load itself
         briefly holds each whole model on the device. With `parallel` (see from_pretrained), every
-        rank draws the same weights from `seed`. `fp8`, `cache_calibration`, `step_cache`: as in from_pretrained.
+        rank draws the same weights from `seed`. `fp8`, `cache_calibration`, `step_cache`, `warmup`: as in
+        from_pretrained.
         """
         calibration = None if cache_calibration is None else CacheCalibration.load(cache_calibration)
         preset = get_preset(preset)
         seed = check_seed(seed)
         plan = resolve_plan(preset, device=device, dtype=dtype, t5_dtype=t5_dtype, backend=backend,
                             cuda_graphs=cuda_graphs, placement=placement, parallel=parallel, fp8=fp8,
-                            step_cache=step_cache)
+                            step_cache=step_cache, warmup=warmup)
         preset, device = plan.preset, plan.device
-        model = build_stdit(preset, device, plan.dtype, plan.backend, seed=seed, fp8=plan.fp8)
-        video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=plan.dtype, seed=seed)
-        text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=plan.t5_dtype, seed=seed)
-        return cls(plan, model, text_encoder, video_vae, random_weights=True).use_cache_calibration(calibration)
+
+        def draw() -> tuple[STDiT, TextEncoder, VideoVAE]:
+            model = build_stdit(preset, device, plan.dtype, plan.backend, seed=seed, fp8=plan.fp8)
+            video_vae = VideoVAE.from_random_weights(preset.vae, device=device, dtype=plan.dtype, seed=seed)
+            text_encoder = TextEncoder.from_random_weights(preset.text, device=device, dtype=plan.t5_dtype, seed=seed)
+            return model, text_encoder, video_vae
+
+        return cls._assemble(plan, draw, calibration, random_weights=True)
+
+    @classmethod
+    def _assemble(cls, plan: RuntimePlan, models: Callable[[], tuple[STDiT, TextEncoder, VideoVAE]],
+                  calibration: CacheCalibration | None, random_weights: bool = False) -> "Engine":
+        """The engine of `plan` on the models that `models()` loads, warmed up as the plan says, with
+        each part of the loading timed into `load_stats`: "weights" (reading or drawing them),
+        "placement" (moving them where the placement keeps them, e.g. pinning T5 on the host) and
+        the warm-up's stages."""
+        stats: list[StageStats] = []
+        with measure_stage("weights", plan.device, stats):
+            stdit, text_encoder, vae = models()
+        with measure_stage("placement", plan.device, stats, (stdit, text_encoder.model, vae.model)):
+            engine = cls(plan, stdit, text_encoder, vae, random_weights=random_weights)
+        engine.load_stats.extend(stats)
+        engine.use_cache_calibration(calibration)
+        if plan.warmup:
+            engine.warmup(plan.warmup)
+        return engine
 
     def use_cache_calibration(self, calibration: CacheCalibration | str | Path | None) -> "Engine":
         """The residual step cache's calibration for these weights (a CacheCalibration or its file);
@@ -185,11 +219,15 @@ class Engine:
         """Pays now, e.g. when a server starts, what the first call of each batch size (default: the
         preset's prompts per batch) would pay once: Triton's kernel compilation, the CUDA-graph
         capture of the step (for the default guided channels and sampler; any cfg scale and number
-        of steps replay it; at most graph_cache.MAX_CACHED_GRAPHS batch sizes stay captured),
-        library start-up. Runs a two-step generation per batch size; `last_stats` then holds the
-        last one's stage report."""
+        of steps replay it; at most graph_cache.MAX_CACHED_GRAPHS batch sizes stay captured; a
+        placement that moves the STDiT off the GPU between calls captures on every call anyway),
+        the first run of T5 and of the VAE decoder, library start-up. Runs a two-step generation per
+        batch size, whose stages `load_stats` gains as "warm-up STAGE xSIZE". The constructors call
+        it (their `warmup` argument)."""
         for size in batch_sizes or (self.preset.prompts_per_batch,):
-            self.generate([WARMUP_PROMPT] * size, seed=0, num_steps=2, progress=False)
+            stats: list[StageStats] = []
+            self.generate([WARMUP_PROMPT] * size, seed=0, num_steps=2, progress=False, stats=stats)
+            self.load_stats.extend(replace(stage, name=f"warm-up {stage.name} x{size}") for stage in stats)
 
     def use_artifact(self, path: str | Path) -> "Engine":
         """Denoise with an exported STDiT forward (an AOTInductor package, or a TensorRT engine) in
@@ -302,9 +340,9 @@ class Engine:
                         else:
                             y, mask = encode_on_first(self.parallel, lambda: self._encode_cached(batch), self.device)
                     with self._locks.hold("denoise", cancel), measure_stage("denoise", self.device, call_stats,
-                                                                            self._models):
+                                                                            self._models) as parts:
                         latent = self._denoise(sampler, y, mask, noise.batch(start, start + len(batch)), monitor,
-                                               cache_plan)
+                                               cache_plan, parts)
                     if output == "latent":
                         latents.append(latent)
                         continue
@@ -342,7 +380,7 @@ class Engine:
                                 available=free + torch.cuda.memory_reserved(self.device))
 
     def _denoise(self, sampler: Sampler, y, mask, noise: SharedNoise | PromptNoise, monitor: StepMonitor,
-                 cache_plan: CachePlan | None = None) -> torch.Tensor:
+                 cache_plan: CachePlan | None = None, parts: dict[str, float] | None = None) -> torch.Tensor:
         with self.placement.stage("denoise"):
             # The reference draws the initial latent in the model's dtype on the sampling device.
             z = noise.draw((y.shape[0], *self.preset.latent_shape), self.dtype, self.device)
@@ -350,7 +388,7 @@ class Engine:
             try:
                 with monitor.loop():  # its steps are over on the device before the graphs or weights go
                     return self.denoiser.sample(sampler, z, y, mask, y_null, noise_fn=noise.draw, monitor=monitor,
-                                                cache=cache_plan)
+                                                cache=cache_plan, parts=parts)
             except SamplingError as err:
                 dtype = str(self.dtype).removeprefix("torch.")
                 raise SamplingError(f"{err}: {explain_nonfinite(dtype, sampler.cfg_scale)}") from err

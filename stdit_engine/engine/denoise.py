@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -106,14 +107,17 @@ class GraphedStep:
         self.graphs: dict[Hashable, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[Hashable, torch.Tensor] = {}
 
-    def prepare(self, variants) -> None:
-        """Captures the variants not captured yet (before a call's loop: capture syncs)."""
+    def prepare(self, variants, parts: dict[str, float] | None = None) -> None:
+        """Captures the variants not captured yet (before a call's loop: capture syncs), adding the
+        seconds it took to `parts`: "compile", the pass that compiles the step's Triton kernels (or
+        finds them in Triton's caches), and "capture", the eager step and the capture after it."""
         for variant in variants:
             if variant not in self.graphs:
-                self._capture(variant)
+                self._capture(variant, {} if parts is None else parts)
 
-    def _capture(self, variant: Hashable) -> None:
+    def _capture(self, variant: Hashable, parts: dict[str, float]) -> None:
         forward = self.forward_for(variant)
+        begin = time.perf_counter()
 
         def step() -> torch.Tensor:
             return guided_step(self.model, self.sampler, self.x, self.noise, self.inputs, self.batch, forward)
@@ -130,6 +134,8 @@ class GraphedStep:
             except Exception as err:  # an optimisation only: the pass below compiles what this did not
                 logger.warning("compiling the step's Triton kernels in parallel failed (%s); they compile as "
                                "they are first launched", err)
+            side.synchronize()  # so that the compiling pass's time is its own
+            compiled = time.perf_counter()
             step()
         torch.cuda.current_stream().wait_stream(side)
         # Hand the warm-up's cached blocks back, so they and the graph's pool don't add up.
@@ -141,6 +147,8 @@ class GraphedStep:
         with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             self.outputs[variant] = step()
         self.graphs[variant] = graph
+        parts["compile"] = parts.get("compile", 0.0) + compiled - begin
+        parts["capture"] = parts.get("capture", 0.0) + time.perf_counter() - compiled
 
     def set_call_inputs(self, caption_kv: list, kv_lengths: torch.Tensor, cfg_scale: float) -> None:
         """The per-call inputs: every block's caption K/V, the caption lengths and the cfg scale;
@@ -177,10 +185,12 @@ class GuidedDenoiser:
     @torch.inference_mode()
     def sample(self, sampler: Sampler, z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None,
                y_null: torch.Tensor, generator: torch.Generator | None = None, progress=False,
-               noise_fn=None, monitor=None, cache: CachePlan | None = None) -> torch.Tensor:
+               noise_fn=None, monitor=None, cache: CachePlan | None = None,
+               parts: dict[str, float] | None = None) -> torch.Tensor:
         """Same contract and result as `sampler.sample(model, ...)`, faster; `noise_fn` and `monitor` as in
         `Sampler.run`. `cache`: the call's step cache plan; its buffers belong to the call (to its
-        graphs, which the call holds alone under the denoise lock)."""
+        graphs, which the call holds alone under the denoise lock). `parts`: where a capture adds
+        its seconds (GraphedStep.prepare), for the stage report."""
         model = self.model
         caption_kv, kv_lengths = model.embed_caption(self.batch.captions(y, y_null), mask)
         rows = kv_lengths.shape[0]
@@ -216,7 +226,7 @@ class GuidedDenoiser:
         key = (tuple(z.shape), model.dtype, tuple(caption_kv[0][0].shape), sampler.guidance_channels, sampler.name,
                None if cache is None else cache.graph_key)
         graphed = self._graphs.get(key, lambda: GraphedStep(model, sampler, z, z, inputs_at(0), self.batch, forwards()))
-        graphed.prepare(dict.fromkeys(variants))
+        graphed.prepare(dict.fromkeys(variants), parts)
         graphed.set_call_inputs(caption_kv, kv_lengths, sampler.cfg_scale)
 
         def replay(x: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:

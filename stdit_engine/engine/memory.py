@@ -12,7 +12,7 @@ import resource
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import torch
@@ -37,13 +37,17 @@ class StageStats:
     seconds: float
     peak_allocated: int  # bytes; CUDA allocator, or live tensor storages elsewhere
     peak_reserved: int  # bytes; CUDA allocator, or process peak RSS elsewhere
+    # Seconds of named one-off parts of the stage, e.g. the denoise's "compile" and "capture" when
+    # it captured a step (engine/denoise.py): what a first call pays and a warm one does not.
+    parts: dict[str, float] = field(default_factory=dict)
 
-    def describe(self, device: torch.device) -> str:
+    def describe(self, device: torch.device, name_width: int = 8) -> str:
         if device.type == "cuda":
             mem = f"peak {format_bytes(self.peak_allocated)} allocated / {format_bytes(self.peak_reserved)} reserved"
         else:
             mem = f"peak {format_bytes(self.peak_allocated)} of tensors / process peak RSS {format_bytes(self.peak_reserved)}"
-        return f"{self.name:<8} {self.seconds:8.2f} s   {mem}"
+        parts = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in self.parts.items())
+        return f"{self.name:<{name_width}} {self.seconds:8.2f} s   {mem}" + (f"   (of which {parts})" if parts else "")
 
 
 class CallStats(list):
@@ -56,7 +60,8 @@ class CallStats(list):
 
     def describe(self, device: torch.device) -> str:
         """The stage report: the plan's line, then one line a stage."""
-        return "\n".join([f"{self.plan}:", *("  " + stats.describe(device) for stats in self)])
+        width = max((len(stats.name) for stats in self), default=0)
+        return "\n".join([f"{self.plan}:", *("  " + stats.describe(device, width) for stats in self)])
 
 
 def _process_peak_rss() -> int:
@@ -70,7 +75,8 @@ def _weights(models: Iterable[nn.Module]) -> Iterable[torch.Tensor]:
 
 @contextmanager
 def measure_stage(name: str, device: torch.device, record: list[StageStats], models: Iterable[nn.Module] = ()):
-    """Times the body (synchronising the device at both ends) and appends its StageStats.
+    """Times the body (synchronising the device at both ends) and appends its StageStats. The body
+    gets the stage's `parts` (a dict) to add the seconds of its one-off parts to.
 
     Off CUDA, the weights of `models` that are on `device` count towards the peak from the start.
     """
@@ -79,15 +85,16 @@ def measure_stage(name: str, device: torch.device, record: list[StageStats], mod
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     live = nullcontext() if cuda else LiveTensorPeak(device, present=_weights(models))
+    parts: dict[str, float] = {}
     start = time.perf_counter()
     with live:
-        yield
+        yield parts
     if cuda:
         torch.cuda.synchronize(device)
         peaks = torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)
     else:
         peaks = live.peak, _process_peak_rss()
-    record.append(StageStats(name, time.perf_counter() - start, *peaks))
+    record.append(StageStats(name, time.perf_counter() - start, *peaks, parts=parts))
 
 
 # ---------------------------------------------------------------- predicting the peak before loading

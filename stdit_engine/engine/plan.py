@@ -9,7 +9,9 @@ guidance, ...) stay arguments of `generate()`.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+from typing import Iterable, Sequence
 
 import torch
 
@@ -36,6 +38,7 @@ class RuntimePlan:
     cuda_graphs: bool  # replay each denoising step from a CUDA graph (on CUDA devices)
     parallel: ParallelPlan | None  # None: this process does all the work
     step_cache: str | None = None  # the step cache whose buffers the placement leaves room for
+    warmup: tuple[int, ...] = ()  # the batch sizes whose first call loading pays (Engine.warmup)
 
     def describe(self) -> str:
         """One line: "16x256x256 on cuda:0, float16 (T5 float32), triton kernels, CUDA graphs, placement
@@ -57,7 +60,7 @@ def _name(dtype: torch.dtype) -> str:
 def resolve_plan(preset: str | Preset, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  t5_dtype: torch.dtype = torch.float32, backend: str = "auto", cuda_graphs: bool = True,
                  placement: str = "auto", parallel: str = "auto", fp8: bool = False,
-                 step_cache: str | None = None) -> RuntimePlan:
+                 step_cache: str | None = None, warmup: bool | Sequence[int] | None = None) -> RuntimePlan:
     """The plan for these options (Engine.from_pretrained's), checked before anything is loaded:
     ConfigError / DeviceError for a bad backend, an FP8 request the device or dtype cannot serve,
     or a placement that does not fit."""
@@ -73,4 +76,22 @@ def resolve_plan(preset: str | Preset, *, device: str | torch.device | None = No
     choice = choose_placement(placement, preset, device, dtype, t5_dtype, backend, fp8, step_cache)
     return RuntimePlan(preset=preset, device=device, dtype=dtype, t5_dtype=t5_dtype, backend=backend, fp8=fp8,
                        placement=choice.mode, placement_reason=choice.reason, cuda_graphs=cuda_graphs,
-                       parallel=parallel_plan, step_cache=step_cache)
+                       parallel=parallel_plan, step_cache=step_cache,
+                       warmup=warmup_batch_sizes(warmup, preset, device))
+
+
+def warmup_batch_sizes(warmup: bool | Sequence[int] | None, preset: Preset, device: torch.device) -> tuple[int, ...]:
+    """The batch sizes to warm up while loading: `warmup` as given (True: the preset's prompts per
+    batch; False: none), or by default the preset's on a CUDA device, where a first call compiles
+    the Triton kernels, captures the step's CUDA graph and starts the GPU libraries, and none
+    elsewhere, where a first call has none of that to pay and a warm-up would only lengthen loading."""
+    if warmup is None:
+        warmup = device.type == "cuda"
+    if isinstance(warmup, bool):
+        return (preset.prompts_per_batch,) if warmup else ()
+    if isinstance(warmup, (str, bytes)) or not isinstance(warmup, Iterable):
+        raise ConfigError(f"warmup must be True, False, None or a list of batch sizes, got {warmup!r}")
+    sizes = list(warmup)
+    if not all(isinstance(size, numbers.Integral) and not isinstance(size, bool) and size >= 1 for size in sizes):
+        raise ConfigError(f"warmup's batch sizes must be integers >= 1, got {sizes!r}")
+    return tuple(dict.fromkeys(int(size) for size in sizes))

@@ -64,12 +64,12 @@ def cmd_serve(args: argparse.Namespace, build_engine) -> None:
 
 
 def serving_engine(args: argparse.Namespace, build_engine):
-    """The engine of the model flags, warmed up on a GPU: the first call of each batch size
-    compiles and captures, and that is not a client's wait."""
-    engine = build_engine(args)
-    if engine.device.type == "cuda":
-        engine.warmup(range(1, args.max_batch + 1))
-    return engine
+    """The engine of the model flags, warmed up while it loads on a GPU for every batch size a job
+    batch can have: the first call of each compiles and captures, and that is not a client's wait."""
+    from ..devices import resolve_device
+
+    on_gpu = resolve_device(args.device).type == "cuda"
+    return build_engine(args, warmup=range(1, args.max_batch + 1) if on_gpu else False)
 
 
 def build_service(args: argparse.Namespace, engine, workers: int = 1):
