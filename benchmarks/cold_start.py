@@ -1,12 +1,15 @@
-"""One process's cold start, as a user trying the engine meets it: import, load (random weights),
-the first generate() and then a warm one, both on new prompts; prints one JSON object. Within the
-first call it also times what Triton spends compiling (or reading its disk cache), what the
-CUDA-graph captures take (two eager warm-up steps each, then the capture) and, of that, the graphs'
-instantiation (the end of each capture).
-Usage: python benchmarks/cold_start.py PRESET PLACEMENT STEPS [--compile-one-by-one]
+"""One process's cold start, as a user trying the engine meets it: import, load (random weights; by
+default warmed up while loading, as the engine does on a GPU), the first generate() and then a warm
+one, both on new prompts; prints one JSON object. Loading is reported stage by stage as the engine's
+load report has it (weights, placement, each warm-up stage with its compile and capture seconds),
+so that neither the load nor the first call hides what the other paid. Independently of the
+engine's report, it also counts what Triton spends compiling (or reading its disk cache) and the
+CUDA-graph captures (two eager warm-up steps each, then the capture) and, of that, the graphs'
+instantiation (the end of each capture), during the load and during the first call.
+Usage: python benchmarks/cold_start.py PRESET PLACEMENT STEPS [--no-warmup]
 (test_cold_start.py runs it with an empty Triton cache, then with the cache that run left, then
-with another empty cache and the kernels compiled one by one at first launch, as before the
-first capture compiled them in parallel)."""
+with another empty cache and no warm-up while loading, where the first call pays it all).
+"""
 import json
 import sys
 import time
@@ -39,15 +42,10 @@ def add_timer(owner, name: str, record: dict, synchronize: bool) -> None:
     setattr(owner, name, timed)
 
 
-def main(preset: str, placement: str, steps: int, compile_one_by_one: bool = False) -> dict:
-    import contextlib
-
+def main(preset: str, placement: str, steps: int, warmup: bool = True) -> dict:
     import triton.compiler
 
     from stdit_engine.engine import denoise
-
-    if compile_one_by_one:
-        denoise.compile_in_parallel = contextlib.nullcontext
 
     import_s = time.perf_counter() - start
     triton_compile = {"calls": 0, "seconds": 0.0}
@@ -56,22 +54,32 @@ def main(preset: str, placement: str, steps: int, compile_one_by_one: bool = Fal
     add_timer(triton.compiler, "compile", triton_compile, synchronize=False)  # looked up when a kernel first runs
     add_timer(denoise.GraphedStep, "_capture", graph_capture, synchronize=True)  # warm-up steps and capture
     add_timer(torch.cuda.graphs.graph, "__exit__", graph_instantiate, synchronize=True)
+    timers = dict(triton_compile=triton_compile, graph_capture=graph_capture, graph_instantiate=graph_instantiate)
+
+    def take_timers() -> dict:
+        """What the timers counted since they were last taken."""
+        taken = {name: dict(record) for name, record in timers.items()}
+        for record in timers.values():
+            record.update(calls=0, seconds=0.0)
+        return taken
+
     load_start = time.perf_counter()
-    engine = Engine.from_random_weights(preset, device="cuda", placement=placement)
+    engine = Engine.from_random_weights(preset, device="cuda", placement=placement, warmup=warmup)
     torch.cuda.synchronize()
     load_s = time.perf_counter() - load_start
-    during_load = dict(triton_compile)
-    triton_compile.update(calls=0, seconds=0.0)
+    during_load = take_timers()
+    load_stages = {stage.name: round(stage.seconds, 4) for stage in engine.load_stats}
+    warmup_s = sum(stage.seconds for stage in engine.load_stats if stage.name.startswith("warm-up"))
     prompts = REFERENCE_E2E[preset].prompts
     first = timed_call(engine, new_prompts(prompts), steps)
-    first.update(triton_compile=dict(triton_compile), graph_capture=dict(graph_capture),
-                 graph_instantiate=dict(graph_instantiate))
+    first.update(take_timers())
     warm = timed_call(engine, new_prompts(prompts), steps)
-    return dict(preset=preset, placement=engine.placement.mode, steps=steps, compile_one_by_one=compile_one_by_one,
-                import_s=import_s, load_s=load_s,
-                triton_compile_during_load=during_load, first=first, warm=warm,
+    return dict(preset=preset, placement=engine.placement.mode, steps=steps, warmup=list(engine.plan.warmup),
+                import_s=import_s, load_s=load_s, load_stages=load_stages,
+                load_parts={stage.name: stage.parts for stage in engine.load_stats if stage.parts},
+                warmup_s=warmup_s, during_load=during_load, first=first, warm=warm,
                 first_over_warm=first["seconds"] / warm["seconds"])
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), "--compile-one-by-one" in sys.argv[4:])))
+    print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), warmup="--no-warmup" not in sys.argv[4:])))

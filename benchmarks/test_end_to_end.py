@@ -30,7 +30,9 @@ def engine_for(preset: str, placement: str, dtype: torch.dtype, fp8: bool) -> En
         _engines.clear()  # one engine at a time: the previous one's memory must not count
         gc.collect()
         torch.cuda.empty_cache()
-        _engines[key] = Engine.from_random_weights(preset, device="cuda", dtype=dtype, placement=placement, fp8=fp8)
+        # No warm-up while loading: run_end_to_end's first call is the one that captures.
+        _engines[key] = Engine.from_random_weights(preset, device="cuda", dtype=dtype, placement=placement, fp8=fp8,
+                                                   warmup=False)
     return _engines[key]
 
 

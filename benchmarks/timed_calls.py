@@ -19,14 +19,16 @@ def new_prompts(n: int) -> list[str]:
 
 
 def timed_call(engine: Engine, prompts: list[str], steps: int) -> dict:
-    """Wall time of one generate() (device synchronised at both ends), its stage times and peaks (the
-    call's, and each stage's [allocated, reserved])."""
+    """Wall time of one generate() (device synchronised at both ends), its stage times, their one-off
+    parts (a capture's compile and capture seconds) and peaks (the call's, and each stage's
+    [allocated, reserved])."""
     torch.cuda.synchronize()
     start = time.perf_counter()
     engine.generate(prompts, seed=42, num_steps=steps, progress=False)
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return dict(seconds=seconds, stages={s.name: round(s.seconds, 4) for s in engine.last_stats},
+                stage_parts={s.name: s.parts for s in engine.last_stats if s.parts},
                 peak_allocated_gib=max(s.peak_allocated for s in engine.last_stats) / GIB,
                 peak_reserved_gib=max(s.peak_reserved for s in engine.last_stats) / GIB,
                 stage_peaks_gib={s.name: [round(s.peak_allocated / GIB, 4), round(s.peak_reserved / GIB, 4)]

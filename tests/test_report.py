@@ -163,3 +163,22 @@ def test_cold_start_rows_give_each_stage_first_and_warm():
                          "1.84 / 0.87, decode 0.30 / 0.20 s); Triton compiling 12.0 s (summed over threads), graph "
                          "capture with its warm-up steps 0.90 s (instantiation 0.05 s)")
     assert second[4:6] == ["import 11.5 s, load 22.0 s", "- / 6.80 GiB"]
+
+
+def test_cold_start_rows_give_the_loading_stages_and_what_the_warm_up_paid():
+    run = {"first": {"seconds": 1.5, "stages": {"encode": 0.36, "denoise": 0.97, "decode": 0.15},
+                     "peak_reserved_gib": 6.8, "triton_compile": {"calls": 0, "seconds": 0.0},
+                     "graph_capture": {"calls": 0, "seconds": 0.0}},
+           "warm": {"seconds": 1.46, "stages": {"encode": 0.36, "denoise": 0.95, "decode": 0.15}},
+           "first_over_warm": 1.5 / 1.46, "import_s": 15.9, "load_s": 36.4,
+           "load_stages": {"weights": 10.0, "placement": 22.0, "warm-up encode x2": 0.8, "warm-up denoise x2": 3.3,
+                           "warm-up decode x2": 0.3},
+           "load_parts": {"warm-up denoise x2": {"compile": 2.5, "capture": 0.5}}, "warmup_s": 4.4}
+    record = {"extra_info": {"workload": "cold start 16x256x256, 20 steps, default placement",
+                             "backend": "triton + CUDA graph", "dtype": "torch.float16",
+                             "empty_triton_cache": run, "second_process": run, "empty_cache_no_warmup": run}}
+    table = report.rows([record])
+    assert [row[0].split(", ")[-1] for row in table] == ["empty Triton cache", "second process",
+                                                         "no warm-up while loading"]
+    assert table[0][4] == ("import 15.9 s, load 36.4 s (weights 10.00, placement 22.00, warm-up 4.40 s; of the "
+                           "warm-up: compile 2.50, capture 0.50 s)")
