@@ -86,26 +86,29 @@ def library_calls(tokens: int, hidden: int, mlp: int, caption_rows: int, caption
 
 
 def triton_calls(batch: int, tokens: int, hidden: int) -> dict:
-    """Host us per call of two of our ops at the forward's shapes, launched directly (as the eager
-    forward does) and through the custom op."""
-    x = torch.randn(batch, tokens, hidden, device="cuda", dtype=torch.bfloat16)
-    gate = torch.randn(batch, hidden, device="cuda", dtype=torch.bfloat16)
-    rows = x.view(-1, hidden)
-    calls = {"quantize_rows_fp8": (fp8_quantize.quantize_rows_fp8_direct, fp8_quantize.quantize_rows_fp8_triton,
-                                   (rows, False)),
-             "gated_residual_fp8": (gated_residual.gated_residual_fp8_direct, gated_residual.gated_residual_fp8_triton,
-                                    (x, gate, x))}
+    """Host us per call of two of our ops at the forward's shapes, in bf16 and fp16, launched directly
+    (as the eager forward does) and through the custom op; and the quantize kernel launched bare
+    (outputs allocated once), as its launcher launches it: Triton's own share."""
     result = {}
-    for name, (direct, op, args) in calls.items():
-        result[f"{name} direct"] = round(host_us(lambda: direct(*args)), 1)
-        result[f"{name} custom op"] = round(host_us(lambda: op(*args)), 1)
-    # Triton's own share: the quantize kernel launched bare (outputs allocated once), as its launcher does.
-    out, scale = fp8_quantize.e4m3_rows(rows.shape, rows.device)
     block_m, warps = fp8_quantize.QUANTIZE_LAUNCH_NARROW
-    result["quantize_rows_fp8 kernel[grid] alone"] = round(host_us(
-        lambda: fp8_quantize._quantize_rows_kernel[(cdiv(rows.shape[0], block_m),)](
-            rows, out, scale, rows.shape[0], hidden, rows.stride(0), fp8_quantize.MIN_SCALE, fp8_quantize.E4M3_MAX,
-            GELU=False, BLOCK_M=block_m, BLOCK_K=next_power_of_2(hidden), num_warps=warps)), 1)
+    for dtype in (torch.bfloat16, torch.float16):
+        name = str(dtype).removeprefix("torch.")
+        x = torch.randn(batch, tokens, hidden, device="cuda", dtype=dtype)
+        gate = torch.randn(batch, hidden, device="cuda", dtype=dtype)
+        rows = x.view(-1, hidden)
+        calls = {"quantize_rows_fp8": (fp8_quantize.quantize_rows_fp8_direct, fp8_quantize.quantize_rows_fp8_triton,
+                                       (rows, False)),
+                 "gated_residual_fp8": (gated_residual.gated_residual_fp8_direct,
+                                        gated_residual.gated_residual_fp8_triton, (x, gate, x))}
+        for op_name, (direct, op, args) in calls.items():
+            result[f"{op_name} {name} direct"] = round(host_us(lambda: direct(*args)), 1)
+            result[f"{op_name} {name} custom op"] = round(host_us(lambda: op(*args)), 1)
+        out, scale = fp8_quantize.e4m3_rows(rows.shape, rows.device)
+        result[f"quantize_rows_fp8 {name} kernel[grid] alone"] = round(host_us(
+            lambda: fp8_quantize._quantize_rows_kernel[(cdiv(rows.shape[0], block_m),)](
+                rows, out, scale, rows.shape[0], hidden, rows.stride(0), fp8_quantize.MIN_SCALE,
+                fp8_quantize.E4M3_MAX, GELU=False, BLOCK_M=block_m, BLOCK_K=next_power_of_2(hidden),
+                num_warps=warps)), 1)
     return result
 
 
