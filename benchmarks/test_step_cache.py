@@ -100,9 +100,10 @@ def test_step_time(benchmark, name, mode, variant, dtype, fp8):
 
 
 # (sampler, steps, generate's cache arguments): the uncached run beside each cache setting. The
-# residual cache's schedules come from SCHEDULES: every change 0.1 after an identity polynomial, so
-# threshold 0.15 runs the blocks at every other step and 0.25 at every third (the first and last
-# steps always), whatever the random weights would give.
+# residual cache's schedules come from SCHEDULES: every change 0.1 after an identity polynomial and
+# every sensitivity 0.1, so the n-th step since the blocks ran costs 0.1 n: threshold 0.15 runs the
+# blocks at every other step and 0.25 at every third (the first and last steps always), whatever the
+# random weights would give.
 E2E = [
     ("dpm-solver++", 20, {}),
     ("dpm-solver++", 20, dict(cache="residual", cache_threshold=0.15)),
@@ -113,7 +114,8 @@ E2E = [
     ("iddpm", 100, dict(cache="residual", cache_threshold=0.25)),
     ("iddpm", 100, dict(cache="attention")),
 ]
-SCHEDULES = CacheCalibration((1.0, 0.0), {curve_key(s, n): (0.0,) + (0.1,) * (n - 1) for s, n, _ in E2E}, {}, 0)
+SCHEDULES = CacheCalibration((1.0, 0.0), {curve_key(s, n): (0.0,) + (0.1,) * (n - 1) for s, n, _ in E2E},
+                             {curve_key(s, n): (0.1,) * n for s, n, _ in E2E}, {}, 0)
 _engines: dict = {}
 
 

@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--cache-calibration", type=Path,
                      help="the file of `stdit-engine calibrate-cache` for this checkpoint (residual cache)")
     gen.add_argument("--cache-threshold", type=float,
-                     help="residual cache: higher skips more steps, 0 never skips (default: the sampler's and "
-                          "step count's, engine/cache_defaults.py)")
+                     help="residual cache: the estimated relative L2 change of the final latent its skips may "
+                          "cost; higher skips more steps, 0 never skips (default: the sampler's and step count's, "
+                          "engine/cache_defaults.py)")
     gen.add_argument("--cache-intervals", metavar="S,T,X",
                      help="attention cache: compute spatial, temporal, cross attention every S, T, X steps "
                           "(default: the sampler's)")
@@ -75,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--prompt", action="append", default=[],
                            help="a calibration prompt; repeat for several (default: eight varied prompts)")
     calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--sensitivity-steps", type=int, metavar="N",
+                           help="steps per run at which to measure what one skip does to the result, one "
+                                "sampling run each (default 12; the others are interpolated)")
 
     bench = commands.add_parser("bench", help="time generate() on a preset's reference workload, random weights")
     bench.add_argument("--preset", action="append", choices=list(PRESETS),
@@ -211,14 +215,17 @@ def _generate(args: argparse.Namespace, prompts: list[str], paths: list[Path], g
 def cmd_calibrate_cache(args: argparse.Namespace) -> None:
     check_output_target(args.out, "--out")
     runs = [parse_sampler_run(run) for run in args.run or ["iddpm:100"]]
-    from .engine.cache_calibration import DEFAULT_PROMPTS, calibrate
+    from .engine.cache_calibration import DEFAULT_PROMPTS, SENSITIVITY_STEPS, calibrate, check_sensitivity_steps
 
+    sensitivity_steps = check_sensitivity_steps(SENSITIVITY_STEPS if args.sensitivity_steps is None
+                                                else args.sensitivity_steps)
     engine = build_engine(args)
     args.doing = "calibrating the step cache"
-    calibration = calibrate(engine, runs, prompts=args.prompt or DEFAULT_PROMPTS, seed=args.seed, progress=True)
+    calibration = calibrate(engine, runs, prompts=args.prompt or DEFAULT_PROMPTS, seed=args.seed, progress=True,
+                            sensitivity_at_most=sensitivity_steps)
     calibration.save(args.out)
     print(f"wrote {args.out}: cache polynomial {', '.join(f'{c:.4g}' for c in calibration.polynomial)}; "
-          f"curves for {', '.join(calibration.curves)}")
+          f"curves and sensitivities for {', '.join(calibration.curves)}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

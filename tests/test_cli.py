@@ -89,8 +89,11 @@ def test_calibrate_cache_then_generate_with_it(tmp_path, capsys):
     calibration = tmp_path / "cache.json"
     tiny = ["--preset", "tiny", "--random-weights", "--device", "cpu"]
     assert main(["calibrate-cache", *tiny, "--run", "iddpm:4", "--prompt", "a cat", "--prompt", "a dog",
-                 "--out", str(calibration)]) == 0
-    assert "curves for iddpm:4" in capsys.readouterr().out
+                 "--sensitivity-steps", "1", "--out", str(calibration)]) == 0
+    assert "curves and sensitivities for iddpm:4" in capsys.readouterr().out
+    # One step measured, the others take its value.
+    from stdit_engine.engine.cache_calibration import CacheCalibration
+    assert len(set(CacheCalibration.load(calibration).sensitivity("iddpm", 4))) == 1
     for cache in (["--cache", "residual", "--cache-calibration", str(calibration), "--cache-threshold", "0.5"],
                   ["--cache", "attention", "--cache-intervals", "2,2,3", "--cache-range", "0:1"]):
         out = tmp_path / f"{cache[1]}.gif"
@@ -127,4 +130,11 @@ def test_a_malformed_calibration_run_is_refused_before_work(tmp_path, run, capsy
     assert main(["calibrate-cache", "--preset", "tiny", "--random-weights", "--device", "cpu", "--run", run,
                  "--out", str(tmp_path / "cache.json")]) == 2
     assert "SAMPLER:STEPS" in capsys.readouterr().err
+    assert not (tmp_path / "cache.json").exists()
+
+
+def test_a_calibration_without_sensitivity_steps_is_refused_before_work(tmp_path, capsys):
+    assert main(["calibrate-cache", "--preset", "tiny", "--random-weights", "--device", "cpu", "--run", "iddpm:4",
+                 "--sensitivity-steps", "0", "--out", str(tmp_path / "cache.json")]) == 2
+    assert "sensitivity at >= 1 step per run, got 0" in capsys.readouterr().err
     assert not (tmp_path / "cache.json").exists()

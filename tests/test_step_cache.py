@@ -1,6 +1,8 @@
 """Step caching (engine/step_cache.py, engine/cache_calibration.py) on the tiny preset, CPU: never-skip
 settings change nothing, skipped steps do not run the skipped modules, stored outputs stand for the
 computed ones, the schedule rules, per-request and per-call independence, the calibration file."""
+import json
+import math
 import threading
 
 import pytest
@@ -9,14 +11,15 @@ import torch
 from stdit_engine import Engine
 from stdit_engine.configs import PRESETS
 from stdit_engine.engine import step_cache
-from stdit_engine.engine.cache_calibration import CacheCalibration, calibrate
+from stdit_engine.engine.cache_calibration import (CacheCalibration, calibrate, interpolate_sensitivity,
+                                                   sensitivity_steps)
 from stdit_engine.engine.cache_defaults import DEFAULTS, FALLBACK, cache_defaults
 from stdit_engine.engine.denoise import GuidedDenoiser
 from stdit_engine.engine.memory import GIB, estimate_memory, step_cache_bytes
 from stdit_engine.engine.placement_choice import check_step_cache_memory, choose_placement
 from stdit_engine.engine.plan import resolve_plan
 from stdit_engine.engine.step_cache import (FULL, RESIDUAL, AttentionBroadcast, BroadcastRange, StepVariant,
-                                            attention_plan, make_plan, residual_plan)
+                                            attention_plan, make_plan, one_reuse_plan, residual_plan, schedule_cost)
 from stdit_engine.errors import ConfigError
 from stdit_engine.schedulers import make_sampler
 
@@ -44,7 +47,7 @@ def latents(engine, prompts=PROMPTS, seed=1, **kwargs):
 
 def skipping_threshold(engine, skips: int) -> float:
     """The smallest threshold (of a few) at which the calibrated schedule skips at least `skips` steps."""
-    for threshold in (0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2):
+    for threshold in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2):
         plan = make_plan("residual", sampler="iddpm", evaluations=STEPS, threshold=threshold,
                          calibration=engine.cache_calibration)
         if plan.reused(RESIDUAL) >= skips:
@@ -64,7 +67,7 @@ def test_steps_that_store_for_later_give_the_uncached_output_bitwise(engine):
     """A recording forward (the step before a skip) returns exactly what forward_embedded does."""
     model, inputs = engine.stdit, forward_inputs(engine)
     plain = model.forward_embedded(*inputs)
-    for plan in (residual_plan([0.0] * 4, threshold=1.0), attention_plan(EVERY_OTHER, 4)):
+    for plan in (residual_plan([0.0] * 4, [0.0] * 4, threshold=1.0), attention_plan(EVERY_OTHER, 4)):
         recording = next(v for v in plan.variants if v.record)
         forwards = plan.forwards(model, inputs[0])
         assert torch.equal(forwards(recording)(*inputs), plain), plan.mode
@@ -75,7 +78,7 @@ def test_reused_outputs_stand_for_the_computed_ones(engine):
     rounding of h0 + (out - h0)) and the attention outputs (exactly)."""
     model, inputs = engine.stdit, forward_inputs(engine)
     plain = model.forward_embedded(*inputs)
-    forwards = residual_plan([0.0] * 4, threshold=1.0).forwards(model, inputs[0])
+    forwards = residual_plan([0.0] * 4, [0.0] * 4, threshold=1.0).forwards(model, inputs[0])
     forwards(StepVariant(record=frozenset({RESIDUAL})))(*inputs)
     torch.testing.assert_close(forwards(StepVariant(reuse=frozenset({RESIDUAL})))(*inputs), plain,
                                rtol=1e-5, atol=1e-5)
@@ -144,13 +147,44 @@ def test_attention_cache_skips_each_kind_on_its_own_interval(engine, kind, modul
 
 # ------------------------------------------------------------------ the schedules
 
-def test_residual_rule_accumulates_and_resets():
-    plan = residual_plan([0.0, 0.3, 0.3, 0.3, 0.3, 0.9, 0.1, 0.1], threshold=0.5)
-    # step 1: 0.3 < 0.5 skip; 2: 0.6 run (reset); 3: skip; 4: run; 5: run; 6: skip; 7: last, runs.
-    assert [bool(v.reuse) for v in plan.variants] == [False, True, False, True, False, False, True, False]
+def test_residual_rule_spends_the_threshold_on_the_cheapest_skips():
+    """Every change 0.1 and every sensitivity 0.1: a skip right after a step that ran the blocks
+    costs 0.1, the n-th in a row 0.1 n, so a budget of 0.35 buys three lone skips (a fourth, or a
+    second in a row, would cost 0.2 more)."""
+    plan = residual_plan([0.0] + [0.1] * 7, [0.1] * 8, threshold=0.35)
+    assert [bool(v.reuse) for v in plan.variants] == [False, True, False, True, False, True, False, False]
     # The step before a skip stores the residual; the others store nothing.
-    assert [bool(v.record) for v in plan.variants] == [True, False, True, False, False, True, False, False]
-    assert residual_plan([5.0] * 6, threshold=0.0).variants == (FULL,) * 6
+    assert [bool(v.record) for v in plan.variants] == [True, False, True, False, True, False, False, False]
+    assert residual_plan([5.0] * 6, [0.0] * 6, threshold=0.0).variants == (FULL,) * 6
+    assert residual_plan([0.1] * 6, [0.1] * 6, threshold=100.0).reused(RESIDUAL) == 4  # never the first or last
+
+
+def test_schedule_cost_adds_each_skips_sensitivity_times_its_staleness():
+    changes, sensitivities = [0.0, 0.1, 0.1, 0.3, 0.1], [0.0, 0.2, 0.2, 0.2, 0.2]
+    assert schedule_cost(changes, sensitivities, {1, 2}) == pytest.approx(0.2 + 0.2 * 2)
+    # Step 3 has changed (0.1 + 0.3) / 0.3 of its own change since step 1 ran the blocks.
+    assert schedule_cost(changes, sensitivities, {2, 3}) == pytest.approx(0.2 + 0.2 * 4 / 3)
+    # A step that changes nothing is as measured alone, and unbounded after one that changed.
+    assert schedule_cost([0.0, 0.1, 0.0, 0.1], [0.1] * 4, {2}) == pytest.approx(0.1)
+    assert schedule_cost([0.0, 0.1, 0.0, 0.1], [0.1] * 4, {1, 2}) == math.inf
+
+
+def test_residual_rule_keeps_the_steps_whose_errors_grow():
+    """The first steps change least here, so a rule on the change alone skips them; their
+    sensitivity (an error there moves the result 20-100x more) keeps them, and later steps, which
+    change more, are skipped instead."""
+    changes = [0.0, 0.01, 0.01, 0.01, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05]
+    plan = residual_plan(changes, [1.0, 1.0, 0.5, 0.2] + [0.01] * 6, threshold=0.05)
+    assert [i for i, v in enumerate(plan.variants) if v.reuse] == [4, 6, 8]
+    unweighted = residual_plan(changes, [0.01] * len(changes), threshold=0.05)
+    assert [i for i, v in enumerate(unweighted.variants) if v.reuse] == [1, 3, 5, 7]
+
+
+def test_sensitivity_is_interpolated_geometrically():
+    assert interpolate_sensitivity({1: 1.0, 3: 0.01}, 5) == pytest.approx((1.0, 1.0, 0.1, 0.01, 0.01))
+    assert interpolate_sensitivity({}, 3) == (0.0, 0.0, 0.0)
+    assert sensitivity_steps(20, at_most=6) == [1, 4, 8, 11, 15, 18]
+    assert sensitivity_steps(5) == [1, 2, 3] and sensitivity_steps(2) == []
 
 
 def test_attention_ranges_are_fractions_of_the_steps():
@@ -165,20 +199,22 @@ def test_attention_ranges_are_fractions_of_the_steps():
 
 # ------------------------------------------------------------------ defaults per sampler and steps
 
-# A curve that changes by 0.1 at every step after an identity polynomial: a threshold t runs the
-# blocks about every t / 0.1 steps, so different thresholds give different plans.
-EVEN_CHANGES = CacheCalibration((1.0, 0.0), {f"{s}:{n}": (0.0,) + (0.1,) * (n - 1) for s, n in DEFAULTS}, {}, 0)
+# A curve that changes by 0.1 at every step after an identity polynomial, and sensitivity 0.001 at
+# every step: a lone skip costs 0.001, so different thresholds give different plans.
+EVEN_CHANGES = CacheCalibration((1.0, 0.0), {f"{s}:{n}": (0.0,) + (0.1,) * (n - 1) for s, n in DEFAULTS},
+                                {f"{s}:{n}": (0.001,) * n for s, n in DEFAULTS}, {}, 0)
 
 
 @pytest.mark.parametrize("sampler, steps", list(DEFAULTS))
 def test_default_settings_are_the_tables(sampler, steps):
     table = DEFAULTS[sampler, steps]
     changes = EVEN_CHANGES.rescaled_changes(sampler, steps)
+    sensitivity = EVEN_CHANGES.sensitivity(sampler, steps)
     default = make_plan("residual", sampler=sampler, evaluations=steps, calibration=EVEN_CHANGES)
-    assert default == residual_plan(changes, table.residual_threshold)
+    assert default == residual_plan(changes, sensitivity, table.residual_threshold)
     assert default.reused(RESIDUAL) > 0
-    explicit = make_plan("residual", sampler=sampler, evaluations=steps, threshold=0.15, calibration=EVEN_CHANGES)
-    assert explicit == residual_plan(changes, 0.15) != default
+    explicit = make_plan("residual", sampler=sampler, evaluations=steps, threshold=0.0035, calibration=EVEN_CHANGES)
+    assert explicit == residual_plan(changes, sensitivity, 0.0035) != default
     expected = attention_plan(AttentionBroadcast.uniform(table.attention_intervals, *table.attention_range), steps)
     assert make_plan("attention", sampler=sampler, evaluations=steps) == expected
     assert (make_plan("attention", sampler=sampler, evaluations=steps, broadcast=EVERY_OTHER)
@@ -206,7 +242,7 @@ def test_generate_uses_the_default_threshold(engine):
     (dict(cache_threshold=0.1), "without a cache"),
     (dict(cache="attention", cache_threshold=0.1), "cache_threshold belongs to cache='residual'"),
     (dict(cache="residual", cache_threshold=-1.0), "cache_threshold must be a number >= 0"),
-    (dict(cache="residual", num_steps=7), "no curve for sampler 'iddpm' at 7 steps"),
+    (dict(cache="residual", num_steps=7), "nothing for sampler 'iddpm' at 7 steps"),
 ])
 def test_bad_cache_arguments(engine, kwargs, message):
     kwargs = {"num_steps": STEPS, **kwargs}
@@ -298,14 +334,48 @@ def test_calibration_curve_and_polynomial(engine):
     assert calibration.model["preset"] == "tiny" and calibration.prompts == len(PROMPTS)
 
 
+def test_calibration_sensitivity_is_what_one_reuse_does_to_the_result(engine):
+    """At each measured step: the final latent's relative L2 (mean over the prompts) when that step
+    alone reuses the residual, against the uncached run from the same noise (calibrate()'s seed 0)."""
+    sensitivity = engine.cache_calibration.sensitivity("iddpm", STEPS)
+    assert len(sensitivity) == STEPS and sensitivity_steps(STEPS) == list(range(1, STEPS - 1))
+    y, mask = engine.encode_prompts(PROMPTS)
+
+    def sample(plan):
+        generator = torch.Generator().manual_seed(0)
+        z = torch.randn((len(PROMPTS), *engine.preset.latent_shape), generator=generator)
+        return GuidedDenoiser(engine.stdit, use_cuda_graphs=False).sample(
+            make_sampler("iddpm", num_steps=STEPS), z, y, mask, null_caption(engine), generator=generator, cache=plan)
+
+    reference = sample(None)
+    for step in (1, STEPS - 2):
+        moved = sample(one_reuse_plan(step, STEPS)) - reference
+        expected = (moved.flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)).mean()
+        assert sensitivity[step] == pytest.approx(float(expected), rel=1e-4) and sensitivity[step] > 0
+
+
+def test_a_calibration_without_sensitivities_is_refused(engine, tmp_path):
+    path = tmp_path / "old.json"
+    engine.cache_calibration.save(path)
+    record = json.loads(path.read_text())
+    del record["sensitivities"]
+    record["version"] = 1
+    path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="version 2; make it \\(again\\)"):
+        CacheCalibration.load(path)
+
+
 
 def test_a_polynomial_below_zero_never_pays_back_the_sum():
     """x^2 - 0.1 is negative for changes below 0.32: those steps count as no change, not as a
     negative one that would let the sum of the later steps skip more."""
-    calibration = CacheCalibration((1.0, 0.0, -0.1), {"ddim:6": (0.0, 0.1, 0.1, 0.5, 0.5, 0.5)}, {}, 0)
+    calibration = CacheCalibration((1.0, 0.0, -0.1), {"ddim:6": (0.0, 0.1, 0.1, 0.5, 0.5, 0.5)},
+                                   {"ddim:6": (0.15,) * 6}, {}, 0)
     assert calibration.rescaled_changes("ddim", 6) == pytest.approx([0.0, 0.0, 0.0, 0.15, 0.15, 0.15])
-    plan = make_plan("residual", sampler="ddim", evaluations=6, threshold=0.2, calibration=calibration)
-    # Unclamped, the sum would stay below 0.2 through step 4 (-0.09 -0.09 +0.15 +0.15): 4 skips.
+    plan = make_plan("residual", sampler="ddim", evaluations=6, threshold=0.65, calibration=calibration)
+    # Skipping steps 1-3 costs 0.15 each; step 4 as well would cost 0.15 x 2 (its change since the
+    # blocks ran, 0.3, is twice its own): 0.75. Unclamped, that change would be -0.09 -0.09 +0.15
+    # +0.15, less than its own, and step 4 would skip for 0.15 more: 0.6.
     assert [bool(v.reuse) for v in plan.variants] == [False, True, True, True, False, False]
 
 # ------------------------------------------------------------------ memory: the buffers are in the estimate

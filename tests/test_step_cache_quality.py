@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from stdit_engine.engine.cache_defaults import cache_defaults
 from stdit_engine.quality.cache_sweep import BROADCASTS
 
 TOOL = Path(__file__).parents[1] / "tools" / "step_cache_quality.py"
@@ -25,13 +26,14 @@ def test_sweep_writes_the_csv_and_the_table(tmp_path, capsys):
     step_ms = tmp_path / "step_ms.json"
     step_ms.write_text(json.dumps(dict(full=10.0, skip=0.5, record_residual=10.2, record_attention=10.5,
                                        spatial=8.0, temporal=8.5, cross=9.0)))
-    out = tmp_path / "sweep.csv"
+    out, calibration = tmp_path / "sweep.csv", tmp_path / "calibration.json"
     tool.main(["--out", str(out), "--device", "cpu", "--seeds", "0", "--prompts", "2", "--runs", "dpm-solver++:4",
-               "--thresholds", "0,100", "--step-ms", str(step_ms)])
+               "--thresholds", "0,100", "--step-ms", str(step_ms), "--calibration-out", str(calibration)])
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == list(tool.COLUMNS)
     settings = [r["setting"] for r in rows]
-    assert settings[:3] == ["threshold 0.0", "threshold 0.3 (default)", "threshold 100.0"]
+    default = cache_defaults("dpm-solver++", 4).residual_threshold
+    assert settings[:3] == ["threshold 0.0", f"threshold {default} (default)", "threshold 100.0"]
     assert settings[3] == "attention (default)" and len(settings) == 4 + len(BROADCASTS)
     never, _, always = rows[:3]
     # Threshold 0 skips nothing: the uncached run itself. 100 skips all but the first and last step.
@@ -42,6 +44,18 @@ def test_sweep_writes_the_csv_and_the_table(tmp_path, capsys):
     assert float(always["gpu_speedup"]) == pytest.approx(4 * 10.0 / (10.2 + 2 * 0.5 + 10.0))
     assert 0 < float(always["latent_rel_l2_mean"]) <= float(always["latent_rel_l2_worst"])
     assert float(always["psnr_db_worst"]) <= float(always["psnr_db_mean"]) < math.inf
+    # The calibration's estimate of each schedule's distance: none for no skip, none for attention.
+    assert float(never["estimated_rel_l2"]) == 0.0 < float(always["estimated_rel_l2"])
+    assert rows[3]["estimated_rel_l2"] == ""
     assert all(r["seeds"] == "1" and r["prompts"] == "2" for r in rows)
     printed = capsys.readouterr().out
     assert "| dpm-solver++ 4 | threshold 100.0 | blocks skipped at 2 of 4 | 2.00 |" in printed
+
+    # Again from the file the first run wrote, the residual cache alone: the same schedule, the same distances.
+    again = tmp_path / "again.csv"
+    tool.main(["--out", str(again), "--device", "cpu", "--seeds", "0", "--prompts", "2", "--runs", "dpm-solver++:4",
+               "--thresholds", "100", "--strategies", "residual", "--calibration", str(calibration)])
+    rows_again = list(csv.DictReader(again.open()))
+    assert [r["setting"] for r in rows_again] == [f"threshold {default} (default)", "threshold 100.0"]
+    assert {k: rows_again[1][k] for k in ("saved", "psnr_db_mean", "estimated_rel_l2")} == \
+        {k: always[k] for k in ("saved", "psnr_db_mean", "estimated_rel_l2")}

@@ -19,12 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from stdit_engine.options import parse_sampler_run
+from stdit_engine.engine.cache_calibration import CacheCalibration
+from stdit_engine.options import CACHE_MODES, parse_sampler_run
 from stdit_engine.quality.cache_sweep import RUNS, THRESHOLDS, proxy_calibration, sweep
 from stdit_engine.quality.proxy import CHECKPOINT, load_proxy_engine
 
 COLUMNS = ("sampler", "steps", "setting", "saved", "forward_speedup", "gpu_speedup", "psnr_db_mean", "psnr_db_worst",
-           "latent_rel_l2_mean", "latent_rel_l2_worst", "seeds", "prompts")
+           "latent_rel_l2_mean", "latent_rel_l2_worst", "estimated_rel_l2", "seeds", "prompts")
 
 
 def cell(value) -> str:
@@ -36,10 +37,12 @@ def cell(value) -> str:
 
 
 def table(records: list[dict]) -> str:
-    head = ("sampler", "setting", "saved", "fwd x", "gpu x", "PSNR mean / worst", "rel. L2 mean / worst")
+    head = ("sampler", "setting", "saved", "fwd x", "gpu x", "PSNR mean / worst", "rel. L2 mean / worst",
+            "rel. L2 estimated")
     rows = [(f"{r['sampler']} {r['steps']}", r["setting"], r["saved"], cell(r["forward_speedup"]), cell(r["gpu_speedup"]),
              f"{cell(r['psnr_db_mean'])} / {cell(r['psnr_db_worst'])} dB",
-             f"{cell(r['latent_rel_l2_mean'])} / {cell(r['latent_rel_l2_worst'])}") for r in records]
+             f"{cell(r['latent_rel_l2_mean'])} / {cell(r['latent_rel_l2_worst'])}", cell(r["estimated_rel_l2"]))
+            for r in records]
     return "\n".join("| " + " | ".join(row) + " |" for row in [head, ("---",) * len(head), *rows])
 
 
@@ -52,23 +55,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", default=",".join(f"{s}:{n}" for s, n in RUNS), help="SAMPLER:STEPS,...")
     parser.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)),
                         help="residual thresholds (the sampler's default is always added)")
+    parser.add_argument("--strategies", default=",".join(CACHE_MODES), help="the caches to sweep, comma-separated")
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT, help="the proxy checkpoint")
     parser.add_argument("--step-ms", type=Path, help="GPU step times (see the module docstring)")
     parser.add_argument("--calibration-out", type=Path, help="also write the proxy's calibration file here")
+    parser.add_argument("--calibration", type=Path,
+                        help="use this calibration file (a --calibration-out of the same checkpoint) in place of "
+                             "calibrating again")
     args = parser.parse_args(argv)
     runs = [parse_sampler_run(run) for run in args.runs.split(",")]
+    strategies = args.strategies.split(",")
+    if not set(strategies) <= set(CACHE_MODES):
+        parser.error(f"--strategies takes some of {', '.join(CACHE_MODES)}, got {args.strategies!r}")
     step_ms = json.loads(args.step_ms.read_text()) if args.step_ms else None
 
     start = time.perf_counter()
     engine = load_proxy_engine(args.checkpoint, device=args.device)
     # The figures here are distances, not times: the eager loop gives the same plans' latents.
     engine.denoiser.use_cuda_graphs = False
-    calibration = proxy_calibration(engine, runs)
+    if args.calibration:
+        calibration = CacheCalibration.load(args.calibration)
+        calibration.check_model(engine.stdit, engine.preset.name)
+    else:
+        calibration = proxy_calibration(engine, runs)
     if args.calibration_out:
         calibration.save(args.calibration_out)
     records = sweep(engine, runs, seeds=[int(s) for s in args.seeds.split(",")], prompts=args.prompts,
                     thresholds=[float(t) for t in args.thresholds.split(",")], step_ms=step_ms,
-                    calibration=calibration, report=lambda r: print(json.dumps(r), file=sys.stderr, flush=True))
+                    calibration=calibration, report=lambda r: print(json.dumps(r), file=sys.stderr, flush=True),
+                    strategies=strategies)
     with args.out.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()

@@ -296,9 +296,10 @@ class Engine:
         their entries. Prompts longer than the text encoder's 120 tokens are
         truncated, as the reference does, with one PromptTruncatedWarning per call.
         `cache` (default None: off) reuses work across denoising steps, at some cost in fidelity
-        (engine/step_cache.py, BENCHMARKS.md): "residual" skips the blocks on steps chosen by
-        `cache_threshold` (0: never skip; needs `cache_calibration`), "attention" reuses attention
-        outputs as `cache_broadcast` (an AttentionBroadcast) says. Left out, both settings are the
+        (engine/step_cache.py, BENCHMARKS.md): "residual" skips the blocks on the steps where that
+        costs least, while the calibration's estimate of the final latent's relative L2 change stays
+        below `cache_threshold` (0: never skip; needs `cache_calibration`), "attention" reuses
+        attention outputs as `cache_broadcast` (an AttentionBroadcast) says. Left out, both settings are the
         sampler's and step count's defaults (engine/cache_defaults.py), chosen to keep >= 30 dB
         against the uncached run on a proxy model; what they cost depends on the checkpoint.
         Bad arguments raise ConfigError before any work (engine/arguments.py).

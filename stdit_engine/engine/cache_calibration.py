@@ -3,9 +3,17 @@
 Uncached runs record, at every model evaluation and for every prompt, the relative L1 change from
 the previous evaluation of (a) the first block's modulated input and (b) the model output. The
 fit is a polynomial from (a) to (b), pooled over everything recorded; per sampler and step count,
-the mean curve of (a) over the prompts is kept. engine/step_cache.py turns polynomial(curve) into
-the static schedule of which steps run the blocks. Both depend on the weights, so the file is
-checked against the model it is loaded for.
+the mean curve of (a) over the prompts is kept.
+
+A step's change says what reusing the last residual errs there, not what that error does to the
+video: a sampler carries an early error through every later step, and how much it grows depends on
+the checkpoint and the sampler.
+So per sampler and step count the calibration also measures each step's sensitivity: how far the
+final latent moves (relative L2, mean over the prompts) when that step alone reuses the residual of
+the step before, from the same noise as the uncached run; measured at up to SENSITIVITY_STEPS
+steps, interpolated (geometrically) between them. engine/step_cache.py turns polynomial(curve) and
+the sensitivities into the static schedule of which steps run the blocks. All depend on the
+weights, so the file is checked against the model it is loaded for.
 """
 from __future__ import annotations
 
@@ -22,10 +30,13 @@ from ..files import write_text_atomic
 from ..models.stdit import LN_EPS, STDiT
 from ..schedulers import make_sampler
 from .denoise import GuidedDenoiser
+from .step_cache import one_reuse_plan
 
 FORMAT = "stdit-engine step-cache calibration"
-VERSION = 1
+VERSION = 2  # 2: with the sensitivities
 POLYNOMIAL_DEGREE = 4
+# One sampling run each: evenly spread over the steps, the rest interpolated.
+SENSITIVITY_STEPS = 12
 FINGERPRINT_VALUES = 8  # per tensor
 FINGERPRINT_RTOL, FINGERPRINT_ATOL = 1e-2, 1e-4  # the same weights in fp16 or bf16 stay within this
 # Varied subjects and motion, so the curves are not one prompt's.
@@ -56,16 +67,24 @@ def weights_fingerprint(model: STDiT) -> list[float]:
 class CacheCalibration:
     polynomial: tuple[float, ...]  # highest power first (numpy.polyval)
     curves: dict[str, tuple[float, ...]]  # curve_key -> mean change of the modulated input, per evaluation
+    sensitivities: dict[str, tuple[float, ...]]  # curve_key -> per evaluation (module docstring)
     model: dict  # what it was fitted for: preset, depth, hidden_size, fingerprint
     prompts: int
 
-    def rescaled_changes(self, sampler: str, evaluations: int) -> list[float]:
-        curve = self.curves.get(curve_key(sampler, evaluations))
-        if curve is None:
+    def _run(self, table: dict, sampler: str, evaluations: int) -> tuple[float, ...]:
+        values = table.get(curve_key(sampler, evaluations))
+        if values is None:
             raise ConfigError(
-                f"the cache calibration has no curve for sampler {sampler!r} at {evaluations} steps (it has: "
-                f"{', '.join(sorted(self.curves))}); run `stdit-engine calibrate-cache --sampler {sampler} "
-                f"--steps {evaluations}` and load that file")
+                f"the cache calibration has nothing for sampler {sampler!r} at {evaluations} steps (it has: "
+                f"{', '.join(sorted(table))}); run `stdit-engine calibrate-cache --run {sampler}:{evaluations}` "
+                "and load that file")
+        return values
+
+    def sensitivity(self, sampler: str, evaluations: int) -> tuple[float, ...]:
+        return self._run(self.sensitivities, sampler, evaluations)
+
+    def rescaled_changes(self, sampler: str, evaluations: int) -> list[float]:
+        curve = self._run(self.curves, sampler, evaluations)
         # A relative change is >= 0; the polynomial, fitted where the changes were recorded, can dip
         # below 0 outside them (a sampler's first steps beside another's, in a pooled fit), and a
         # negative change would pay back the accumulated sum and skip steps that changed.
@@ -87,7 +106,8 @@ class CacheCalibration:
 
     def save(self, path: str | Path) -> None:
         record = {"format": FORMAT, "version": VERSION, "model": self.model, "prompts": self.prompts,
-                  "polynomial": list(self.polynomial), "curves": {k: list(v) for k, v in self.curves.items()}}
+                  "polynomial": list(self.polynomial), "curves": {k: list(v) for k, v in self.curves.items()},
+                  "sensitivities": {k: list(v) for k, v in self.sensitivities.items()}}
         write_text_atomic(path, json.dumps(record, indent=1))
 
     @classmethod
@@ -99,10 +119,10 @@ class CacheCalibration:
             raise ConfigError(f"cannot read the cache calibration {path}: {err}; make it with "
                               "`stdit-engine calibrate-cache`") from None
         if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") != VERSION:
-            raise ConfigError(f"{path} is not a step-cache calibration of version {VERSION}; make it with "
+            raise ConfigError(f"{path} is not a step-cache calibration of version {VERSION}; make it (again) with "
                               "`stdit-engine calibrate-cache`")
         return cls(tuple(record["polynomial"]), {k: tuple(v) for k, v in record["curves"].items()},
-                   record["model"], record["prompts"])
+                   {k: tuple(v) for k, v in record["sensitivities"].items()}, record["model"], record["prompts"])
 
 
 def relative_l1(now: torch.Tensor, before: torch.Tensor, prompts: int) -> np.ndarray:
@@ -156,32 +176,75 @@ def fit_polynomial(input_changes: np.ndarray, output_changes: np.ndarray) -> tup
     return tuple(float(c) for c in np.polyfit(input_changes, output_changes, degree))
 
 
+def check_sensitivity_steps(at_most: int) -> int:
+    """How many steps' sensitivity to measure per run: at least one, since a run without any would
+    count every skip as free."""
+    if not isinstance(at_most, int) or at_most < 1:
+        raise ConfigError(f"the calibration measures the sensitivity at >= 1 step per run, got {at_most!r}")
+    return at_most
+
+
+def sensitivity_steps(evaluations: int, at_most: int = SENSITIVITY_STEPS) -> list[int]:
+    """The steps whose sensitivity calibrate() measures: evenly over those the rule may skip (all
+    but the first and the last), at most `at_most` of them."""
+    if evaluations < 3:
+        return []
+    return sorted({round(float(v)) for v in np.linspace(1, evaluations - 2, min(evaluations - 2, at_most))})
+
+
+def interpolate_sensitivity(measured: dict[int, float], evaluations: int) -> tuple[float, ...]:
+    """Per evaluation, from the steps measured: geometric between them (a sensitivity falls by
+    orders of magnitude over a run), the nearest one's beyond them; 0 where nothing was measured."""
+    if not measured:
+        return (0.0,) * evaluations
+    steps = sorted(measured)
+    logs = np.log([max(measured[k], np.finfo(np.float64).tiny) for k in steps])
+    return tuple(float(v) for v in np.exp(np.interp(np.arange(evaluations), steps, logs)))
+
+
+def _final_change(latent: torch.Tensor, reference: torch.Tensor) -> float:
+    """Relative L2 of `latent` from `reference`, per prompt, mean over the prompts."""
+    diff = (latent.float() - reference.float()).flatten(1).norm(dim=1)
+    return float((diff / reference.float().flatten(1).norm(dim=1)).mean())
+
+
 def calibrate(engine, runs: Sequence[tuple[str, int]] = (("iddpm", 100),), prompts: Sequence[str] = DEFAULT_PROMPTS,
-              seed: int = 0, progress: bool = False) -> CacheCalibration:
-    """Uncached runs of `engine` for every (sampler, steps) of `runs`, all prompts in one batch.
-    Not alongside generate() calls on the same engine (it takes no stage lock)."""
+              seed: int = 0, progress: bool = False, sensitivity_at_most: int = SENSITIVITY_STEPS) -> CacheCalibration:
+    """Uncached runs of `engine` for every (sampler, steps) of `runs`, all prompts in one batch, and
+    the sensitivity runs (module docstring). Not alongside generate() calls on the same engine (it
+    takes no stage lock)."""
+    check_sensitivity_steps(sensitivity_at_most)
     prompts = list(prompts)
     if len(prompts) < 1:
         raise ConfigError("calibration needs at least one prompt")
-    curves, inputs, outputs = {}, [], []
+    curves, sensitivities, inputs, outputs = {}, {}, [], []
     y, mask = engine.encode_prompts(prompts)
-    for sampler_name, steps in runs:
-        recorder = ChangeRecorder(engine.stdit, len(prompts))
+
+    def sample(model, sampler_name: str, steps: int, cache=None) -> torch.Tensor:
         generator = torch.Generator(engine.device).manual_seed(seed)
         with engine.placement.stage("denoise"), torch.inference_mode():
             # The reference script's protocol: the initial latent, then each step's noise, from one generator.
             z = torch.randn((len(prompts), *engine.preset.latent_shape), generator=generator, device=engine.device,
                             dtype=engine.dtype)
-            GuidedDenoiser(recorder, use_cuda_graphs=False).sample(
-                make_sampler(sampler_name, num_steps=steps), z, y, mask, engine.stdit.y_embedder.y_embedding[None, None],
-                generator=generator, progress=progress)
+            return GuidedDenoiser(model, use_cuda_graphs=False).sample(
+                make_sampler(sampler_name, num_steps=steps), z, y, mask,
+                engine.stdit.y_embedder.y_embedding[None, None], generator=generator, progress=progress, cache=cache)
+
+    for sampler_name, steps in runs:
+        recorder = ChangeRecorder(engine.stdit, len(prompts))
+        reference = sample(recorder, sampler_name, steps)
         changes = np.stack(recorder.input_changes)  # [evaluations, prompts]
-        curves[curve_key(sampler_name, steps)] = tuple(float(v) for v in changes.mean(axis=1))
+        key = curve_key(sampler_name, steps)
+        curves[key] = tuple(float(v) for v in changes.mean(axis=1))
         inputs.append(changes[1:].ravel())
         outputs.append(np.stack(recorder.output_changes).ravel())
+        measured = {k: _final_change(sample(engine.stdit, sampler_name, steps, one_reuse_plan(k, steps)), reference)
+                    for k in sensitivity_steps(steps, sensitivity_at_most)}
+        sensitivities[key] = interpolate_sensitivity(measured, steps)
     inputs, outputs = np.concatenate(inputs), np.concatenate(outputs)
-    if not (np.isfinite(inputs).all() and np.isfinite(outputs).all()):
+    finite = np.isfinite(inputs).all() and np.isfinite(outputs).all()
+    if not (finite and all(np.isfinite(v).all() for v in sensitivities.values())):
         raise ConfigError("the calibration runs gave non-finite changes (a NaN latent?); check the checkpoint and dtype")
     model = {"preset": engine.preset.name, "depth": len(engine.stdit.blocks), "hidden_size": engine.stdit.hidden_size,
              "fingerprint": weights_fingerprint(engine.stdit)}
-    return CacheCalibration(fit_polynomial(inputs, outputs), curves, model, len(prompts))
+    return CacheCalibration(fit_polynomial(inputs, outputs), curves, sensitivities, model, len(prompts))

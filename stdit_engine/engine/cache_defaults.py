@@ -2,17 +2,19 @@
 table to re-tune when the proxy model's measurements change.
 
 Each entry is the setting that saved the most while keeping >= 30 dB PSNR (the mean over seeds and
-prompts) against the uncached run of the same sampler on the depth-2 proxy model (the repository's
-until aa2101c), as tools/step_cache_quality.py measures it; the figures behind each entry are in
-BENCHMARKS.md (the step-cache proxy sweeps), not here. On the depth-4 proxy that replaced it no
-DPM-Solver++ setting that skips anything keeps 30 dB, so a table re-tuned to it would save nothing;
-the entries stay the depth-2 proxy's until a proxy whose samples are trusted says otherwise.
-The residual threshold is in units of the calibration's rescaled change: the same number is the
-same rule on any checkpoint, but how many steps it skips, and what that costs, depend on the
-checkpoint: measure a checkpoint's own before relying on them.
+prompts) against the uncached run of the same sampler on the proxy model (quality/proxy.py), as
+tools/step_cache_quality.py measures it; the figures behind each entry, and the proxy and commit
+they were measured on, are in BENCHMARKS.md (the step-cache proxy sweeps), not here. The
+attention entries are still those of the depth-2 proxy (the repository's until aa2101c): on the
+depth-4 one no attention setting swept keeps 30 dB, so a table re-tuned to it would reuse nothing.
+The residual threshold is the relative L2 change of the final latent that the calibration
+estimates for the whole schedule (step_cache.schedule_cost): a budget measured on each
+checkpoint's own sensitivities, so the same number asks for about the same fidelity of any
+checkpoint, sampler and step count as far as that estimate holds (the sweep reports it beside the
+measured distance); what a latent distance costs in PSNR still depends on the model and its VAE,
+so measure a checkpoint's own before relying on it.
 
-A call whose (sampler, steps) has no entry takes its sampler's entry of the nearest step count
-(fewer steps change more per step, so a threshold skips fewer of them: the cautious direction);
+A call whose (sampler, steps) has no entry takes its sampler's entry of the nearest step count;
 a sampler without an entry takes FALLBACK, the most cautious of the entries.
 """
 from __future__ import annotations
@@ -29,8 +31,8 @@ class CacheDefaults:
 
 # (sampler as generate() names it, steps) -> defaults.
 DEFAULTS = {
-    ("dpm-solver++", 20): CacheDefaults(0.3, (2, 3, 4), (0.1, 0.6)),
-    ("iddpm", 100): CacheDefaults(0.5, (2, 3, 4), (0.1, 0.9)),
+    ("dpm-solver++", 20): CacheDefaults(0.1, (2, 3, 4), (0.1, 0.6)),
+    ("iddpm", 100): CacheDefaults(0.1, (2, 3, 4), (0.1, 0.9)),
 }
 FALLBACK = CacheDefaults(min(d.residual_threshold for d in DEFAULTS.values()), (2, 3, 4), (0.1, 0.6))
 

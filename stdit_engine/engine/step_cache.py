@@ -4,10 +4,16 @@ Two strategies, both per `generate()` call:
 
 - "residual": a step either runs the whole block stack, or adds the residual the stack added at
   the last step that ran it (output of the last block minus the embedded input) to this step's
-  embedded input and goes straight to the final layer. Which steps skip follows the rule of
-  published residual caches: accumulate the change of the first block's modulated input (relative
-  L1 from the previous step, rescaled by a per-model polynomial) and run the blocks when the sum
-  reaches `threshold` (then reset it); the first and last steps always run them.
+  embedded input and goes straight to the final layer. Which steps skip follows published residual
+  caches in what a skip errs (the change of the first block's modulated input, relative L1 from the
+  previous step, rescaled by a per-model polynomial, accumulated since the blocks last ran), and
+  weights it by what an error at that step does to the result: the step's sensitivity, how far
+  reusing at that step alone moves the final latent (the calibration measures it). Their product
+  estimates each skip's cost in relative L2 of the final latent, and the costs of a schedule add
+  (schedule_cost); `threshold` is the most the whole schedule may cost, spent on the cheapest
+  skips first. The first and last steps always run the blocks. The published rule on the change
+  alone skips wherever the curve is low, which on some checkpoints is the first steps, whose errors
+  the sampler carries into every later one (BENCHMARKS.md, step cache).
 - "attention": the spatial, temporal and cross attention outputs (after their projections) of
   every block are computed on some steps and reused on the others, each kind over its own range of
   steps with its own interval (`AttentionBroadcast`).
@@ -124,16 +130,59 @@ def with_records(mode: str, reuse: Sequence[frozenset]) -> CachePlan:
     return CachePlan(mode, tuple(StepVariant(now, nxt - now) for now, nxt in zip(reuse, upcoming)))
 
 
-def residual_plan(rescaled_changes: Sequence[float], threshold: float) -> CachePlan:
-    """The residual cache's rule over one change per evaluation (the first one's is not used)."""
-    last = len(rescaled_changes) - 1
-    reuse, accumulated = [], 0.0
-    for i, change in enumerate(rescaled_changes):
+def residual_plan(rescaled_changes: Sequence[float], sensitivities: Sequence[float], threshold: float) -> CachePlan:
+    """The residual cache's rule (module docstring) over one change and one sensitivity per
+    evaluation: add, one at a time, the skip that adds least to the schedule's estimated cost
+    (schedule_cost), while the total stays below `threshold`. The first and last evaluations run."""
+    if len(rescaled_changes) != len(sensitivities):
+        raise ValueError("one change and one sensitivity per evaluation")
+    evaluations = len(rescaled_changes)
+    skipped, total = set(), 0.0
+    while True:
+        added = [(_added_cost(rescaled_changes, sensitivities, skipped, i), i)
+                 for i in range(1, evaluations - 1) if i not in skipped]
+        if not added or total + min(added)[0] >= threshold:
+            break
+        cost, step = min(added)
+        total += cost
+        skipped.add(step)
+    return with_records(RESIDUAL, [frozenset({RESIDUAL}) if i in skipped else frozenset() for i in range(evaluations)])
+
+
+def schedule_cost(rescaled_changes: Sequence[float], sensitivities: Sequence[float], skipped: set,
+                  start: int = 0, stop: int | None = None) -> float:
+    """The estimated relative L2 change of the final latent when the evaluations in `skipped` (of
+    start..stop, and start runs the blocks) reuse the residual: the sum of each skip's cost. A skip
+    errs as much as the input changed since the blocks last ran; its step's sensitivity was
+    measured with one step's change, so its cost is the sensitivity times that change in units of
+    the step's own. Errors of different steps add, to first order."""
+    accumulated, total = 0.0, 0.0
+    for i in range(start, len(rescaled_changes) if stop is None else stop):
+        change = rescaled_changes[i]
         accumulated += change
-        skip = 0 < i < last and accumulated < threshold
-        accumulated = accumulated if skip else 0.0
-        reuse.append(frozenset({RESIDUAL}) if skip else frozenset())
-    return with_records(RESIDUAL, reuse)
+        if i not in skipped:
+            accumulated = 0.0
+        elif accumulated <= change:  # one step's change (or none) since the blocks ran: as measured
+            total += sensitivities[i]
+        else:  # a step that changes nothing after some that changed: its own change says nothing
+            total += sensitivities[i] * accumulated / change if change > 0 else math.inf
+    return total
+
+
+def _added_cost(changes: Sequence[float], sensitivities: Sequence[float], skipped: set, step: int) -> float:
+    """What skipping `step` adds to schedule_cost: only the run of skips around it changes, from
+    the evaluation before it that runs the blocks to the last skip after it."""
+    start = max(i for i in range(step) if i not in skipped)
+    stop = step + 1
+    while stop in skipped:
+        stop += 1
+    return (schedule_cost(changes, sensitivities, skipped | {step}, start, stop)
+            - schedule_cost(changes, sensitivities, skipped, start, stop))
+
+
+def one_reuse_plan(step: int, evaluations: int) -> CachePlan:
+    """Evaluation `step` alone reuses the residual of the one before (the calibration's sensitivity runs)."""
+    return with_records(RESIDUAL, [frozenset({RESIDUAL}) if i == step else frozenset() for i in range(evaluations)])
 
 
 def attention_plan(broadcast: AttentionBroadcast, evaluations: int) -> CachePlan:
@@ -174,7 +223,8 @@ def make_plan(cache: str | None, *, sampler: str, evaluations: int, threshold: f
     if calibration is None:
         raise ConfigError("cache='residual' needs the change curve of this checkpoint: run `stdit-engine "
                           "calibrate-cache` once and load its file with from_pretrained(..., cache_calibration=PATH)")
-    return residual_plan(calibration.rescaled_changes(sampler, evaluations), threshold)
+    return residual_plan(calibration.rescaled_changes(sampler, evaluations),
+                         calibration.sensitivity(sampler, evaluations), threshold)
 
 
 def default_broadcast(sampler: str, evaluations: int) -> AttentionBroadcast:
