@@ -34,6 +34,20 @@ def test_lean_gives_the_resident_latent_and_keeps_the_stdit_and_its_graphs():
     assert torch.equal(streamed_y, expected_y)
 
 
+@pytest.mark.xfail(strict=True, reason="seen on the H200 (2026-12-02 ~18:55 UTC) when loading warmed up by default: "
+                   "the lean engine's second call of the same prompts, T5 streamed again, gave another latent than its "
+                   "first (and the resident one's); cause not found (suspects: the warm-up's capture history, two "
+                   "engines' graphs on one capture stream); warm-up while loading is off by default until it passes")
+def test_lean_and_resident_warmed_up_while_loading_give_every_call_the_same_latent():
+    kwargs = dict(seed=4, num_steps=5, output="latent", progress=False)
+    resident = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, placement="resident", warmup=True)
+    expected = resident.generate(PROMPTS, **kwargs)
+    lean = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, warmup=True)
+    assert torch.equal(lean.generate(PROMPTS, **kwargs), expected)
+    lean.prompt_cache.clear()
+    assert torch.equal(lean.generate(PROMPTS, **kwargs), expected)
+
+
 def test_warmup_captures_each_batch_size_so_later_calls_only_replay():
     engine = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16)
     engine.warmup([1, 2])
@@ -45,7 +59,7 @@ def test_warmup_captures_each_batch_size_so_later_calls_only_replay():
 
 
 def test_loading_warms_up_so_the_first_call_only_replays_and_each_report_says_what_it_paid():
-    engine = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16)  # warmed up: on a GPU by default
+    engine = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, warmup=True)
     stages = [f"warm-up {stage} x2" for stage in ("encode", "denoise", "decode")]
     assert [stage.name for stage in engine.load_stats] == ["weights", "placement", *stages]
     assert set(engine.load_stats[3].parts) == {"compile", "capture"}

@@ -18,19 +18,17 @@ from stdit_engine.models.caption import clean_prompt
 from stdit_engine.serving import command as serve_command
 
 TINY = PRESETS["tiny"]
-CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object only: no GPU is needed
 
 
-def test_by_default_loading_warms_up_on_a_gpu_only_and_as_asked_otherwise():
-    assert warmup_batch_sizes(None, TINY, CUDA) == (TINY.prompts_per_batch,)
-    assert warmup_batch_sizes(None, TINY, CPU) == ()
-    assert warmup_batch_sizes(True, TINY, CPU) == (TINY.prompts_per_batch,)
-    assert warmup_batch_sizes(False, TINY, CUDA) == ()
-    assert warmup_batch_sizes(range(1, 4), TINY, CPU) == (1, 2, 3)
-    assert warmup_batch_sizes([2, 1, 2], TINY, CUDA) == (2, 1)  # each size once
+def test_by_default_loading_does_not_warm_up_and_warms_up_as_asked():
+    assert warmup_batch_sizes(None, TINY) == ()
+    assert warmup_batch_sizes(True, TINY) == (TINY.prompts_per_batch,)
+    assert warmup_batch_sizes(False, TINY) == ()
+    assert warmup_batch_sizes(range(1, 4), TINY) == (1, 2, 3)
+    assert warmup_batch_sizes([2, 1, 2], TINY) == (2, 1)  # each size once
     for bad in ([0], [1.5], [None], [True], "2", 2):
         with pytest.raises(ConfigError, match="warmup"):
-            warmup_batch_sizes(bad, TINY, CPU)
+            warmup_batch_sizes(bad, TINY)
 
 
 def test_loading_on_the_cpu_reports_its_stages_and_does_not_warm_up():
@@ -57,7 +55,7 @@ def test_warmup_while_loading_runs_each_batch_size_and_records_its_stages():
 def test_a_stage_report_shows_its_one_off_parts():
     stats = CallStats("plan", [StageStats("encode", 0.4, 1, 1),
                                StageStats("denoise", 5.0, 1, 1, parts={"compile": 2.5, "capture": 1.5})])
-    encode, denoise = stats.describe(CPU).splitlines()[1:]
+    encode, denoise = stats.describe(torch.device("cpu")).splitlines()[1:]
     assert "of which" not in encode
     assert denoise.endswith("   (of which compile 2.50 s, capture 1.50 s)")
     assert encode.index(" s ") == denoise.index(" s ")  # the columns line up
