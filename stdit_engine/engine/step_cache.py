@@ -139,13 +139,12 @@ def residual_plan(rescaled_changes: Sequence[float], sensitivities: Sequence[flo
     evaluations = len(rescaled_changes)
     skipped, total = set(), 0.0
     while True:
-        added = [(_added_cost(rescaled_changes, sensitivities, skipped, i), i)
-                 for i in range(1, evaluations - 1) if i not in skipped]
-        if not added or total + min(added)[0] >= threshold:
+        cheapest = min(((_added_cost(rescaled_changes, sensitivities, skipped, i), i)
+                        for i in range(1, evaluations - 1) if i not in skipped), default=None)
+        if cheapest is None or total + cheapest[0] >= threshold:
             break
-        cost, step = min(added)
-        total += cost
-        skipped.add(step)
+        total += cheapest[0]
+        skipped.add(cheapest[1])
     return with_records(RESIDUAL, [frozenset({RESIDUAL}) if i in skipped else frozenset() for i in range(evaluations)])
 
 
