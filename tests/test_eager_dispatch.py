@@ -2,6 +2,8 @@
 without the dispatcher; wherever something must see the ops (autograd, a dispatch mode,
 torch.compile) it calls their custom ops; the results are the same either way. And the launchers'
 own grid arithmetic agrees with Triton's (triton_support.py)."""
+import threading
+
 import pytest
 import torch
 import triton
@@ -70,6 +72,45 @@ def test_dispatch_modes_and_compilation_see_the_custom_op(monkeypatch):
         assert custom_op_calls(lambda: TRITON.quantize_rows_fp8(x, True)) == {"stdit_engine::quantize_rows_fp8"}
     for a, b in zip(direct, seen, strict=True):
         assert torch.equal(a.float(), b.float())
+
+
+def overlapping_modes_in_two_threads(while_second_is_inside=lambda: None):
+    """Thread A enters a dispatch mode, thread B enters one, A leaves, then (after calling
+    `while_second_is_inside` in B, inside its mode) B leaves: the order that leaves torch's global
+    'in a dispatch mode' flag set after both have left."""
+    a_entered, b_entered, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with FuncNames():
+            a_entered.set()
+            b_entered.wait(10)
+        a_left.set()
+
+    def b():
+        a_entered.wait(10)
+        with FuncNames() as mode:
+            b_entered.set()
+            a_left.wait(10)
+            seen["result"] = while_second_is_inside()
+            seen["names"] = mode.names
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not any(thread.is_alive() for thread in threads)
+    return seen
+
+
+def test_whether_a_mode_watches_is_decided_per_thread():
+    """Modes entered and left by other threads change neither way how this thread calls the ops."""
+    x = torch.randn(6, 144, device=DEVICE).to(torch.bfloat16)
+    with torch.inference_mode():
+        seen = overlapping_modes_in_two_threads(lambda: TRITON.quantize_rows_fp8(x, True))
+        assert "stdit_engine.quantize_rows_fp8.default" in seen["names"]  # B's own mode saw the op
+        assert custom_op_calls(lambda: TRITON.quantize_rows_fp8(x, True)) == set()  # and no mode is left
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 15, 16, 17, 72, 144, 1000, 1152, 4608, 2**31 + 5])
