@@ -34,7 +34,8 @@ from .step_cache import AttentionBroadcast, CachePlan, make_plan
 from .video import Video
 
 
-# What `Engine.warmup` generates from: any prompt does; its embedding then stays in the prompt cache.
+# What `Engine.warmup` generates from: any prompt does. Its embedding does not stay in the prompt
+# cache (Engine.warmup says why).
 WARMUP_PROMPT = "a sea turtle swimming over a coral reef"
 
 
@@ -223,11 +224,25 @@ class Engine:
         placement that moves the STDiT off the GPU between calls captures on every call anyway),
         the first run of T5 and of the VAE decoder, library start-up. Runs a two-step generation per
         batch size, whose stages `load_stats` gains as "warm-up STAGE xSIZE". The constructors call
-        it (their `warmup` argument)."""
-        for size in batch_sizes or (self.preset.prompts_per_batch,):
-            stats: list[StageStats] = []
-            self.generate([WARMUP_PROMPT] * size, seed=0, num_steps=2, progress=False, stats=stats)
-            self.load_stats.extend(replace(stage, name=f"warm-up {stage.name} x{size}") for stage in stats)
+        it (their `warmup` argument). The prompt cache is left without the warm-up prompt's
+        embedding (unless it held it before): what later calls return does not depend on whether
+        the engine was warmed up."""
+        # Why the warm-up's embedding must not stay cached: on a GPU, T5 does not give a prompt
+        # encoded alone the bits of the same prompt encoded in a batch with others (issue 20,
+        # tests/test_gpu_lean.py). Left in the cache, the warm-up's embedding (the prompt encoded
+        # alone) would stand in for what a later call encoding that prompt beside new ones computes,
+        # so a warmed-up engine's call would give another latent than an unwarmed one's, and than
+        # the same call once the cache no longer holds it.
+        prompt = clean_prompt(WARMUP_PROMPT)
+        held_before = prompt in self.prompt_cache
+        try:
+            for size in batch_sizes or (self.preset.prompts_per_batch,):
+                stats: list[StageStats] = []
+                self.generate([WARMUP_PROMPT] * size, seed=0, num_steps=2, progress=False, stats=stats)
+                self.load_stats.extend(replace(stage, name=f"warm-up {stage.name} x{size}") for stage in stats)
+        finally:
+            if not held_before:
+                self.prompt_cache.discard(prompt)
 
     def use_artifact(self, path: str | Path) -> "Engine":
         """Denoise with an exported STDiT forward (an AOTInductor package, or a TensorRT engine) in

@@ -84,7 +84,9 @@ def warmup_batch_sizes(warmup: bool | Sequence[int] | None, preset: Preset) -> t
     """The batch sizes to warm up while loading: `warmup` as given (True: the preset's prompts per
     batch; False or None, the default: none). Not on by default: on the GPU, a lean engine warmed up
     while loading gave a second call of the same prompts a latent other than the first's
-    (tests/test_gpu_lean.py), which a default must not risk before that is understood."""
+    (tests/test_gpu_lean.py). Its likely cause, the warm-up's prompt left in the prompt cache as
+    encoded alone (issue 20's T5 batch dependence), no longer happens (Engine.warmup); the default
+    stays off until that GPU test passes."""
     if warmup is None:
         warmup = False
     if isinstance(warmup, bool):

@@ -4,8 +4,11 @@ T5-XXL in fp32 is 18 GiB: unless it stays on the GPU, encoding a new prompt stre
 the GPU, which costs more than a short sampling run. The embeddings of a prompt are a few MiB, so
 the engine keeps the most recently used ones (by cleaned prompt) on the host and copies them back
 exactly: a cached embedding is bitwise the one that was computed, and, as T5 encodes each prompt on
-its own (models/text_encoder.py), the one any batch would compute. (The null caption of guidance
-is the STDiT's learned `y_embedding`, not a T5 output: it never needs encoding.)
+its own (models/text_encoder.py), the one any batch would compute; on the CPU, not yet on a GPU,
+where a prompt encoded alone and in a batch still differ in the last bits (issue 20): so what the
+cache holds decides those bits, and nothing the engine does for itself (its warm-up) leaves an
+entry behind. (The null caption of guidance is the STDiT's learned `y_embedding`, not a T5
+output: it never needs encoding.)
 
 Encoding and lookups may come from several threads: the table is guarded by a lock, and the
 encoder runs outside it (two threads that miss the same prompt both encode it, and get the same).
@@ -46,6 +49,11 @@ class PromptEmbeddingCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+    def discard(self, prompt: str) -> None:
+        """Forgets the cleaned `prompt`'s entry, if it has one."""
+        with self._lock:
+            self._entries.pop(prompt, None)
 
     def encode(self, prompts: Sequence[str], encoder: Encoder, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(y [n, 1, L, C], mask [n, L]) of the cleaned `prompts` on `device`, as `encoder` gives
