@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=42, help="default 42, as the reference script")
     gen.add_argument("--sampler", default="iddpm",
                      help="iddpm (the reference, default), ddim (ddim:eta=1 ancestral), dpm-solver++ (fast: "
-                          "--steps 20), dpm-solver (the reference's DPM-Solver)")
+                          "--steps 20), unipc (fast, its corrector free: --steps 15-20), dpm-solver (the "
+                          "reference's DPM-Solver)")
     gen.add_argument("--steps", type=int, default=100, help="model calls of the sampler (default 100)")
     gen.add_argument("--cfg-scale", type=float, default=7.0)
     gen.add_argument("--guidance-channels", type=int, choices=(3, 4),

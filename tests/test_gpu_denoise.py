@@ -61,7 +61,7 @@ def test_placement_modes_give_the_resident_latent(engine, placement):
     assert all(p.device.type == "cpu" for p in moved.text_encoder.model.parameters())
 
 
-@pytest.mark.parametrize("sampler", ["dpm-solver++", "ddim:eta=1", "dpm-solver"])
+@pytest.mark.parametrize("sampler", ["dpm-solver++", "unipc", "ddim:eta=1", "dpm-solver"])
 def test_graph_loop_of_each_sampler_matches_the_hoisted_loop_without_host_sync(engine, sampler):
     kwargs = dict(seed=5, num_steps=12, output="latent", progress=False, sampler=sampler)
     engine.generate(PROMPTS, **kwargs)  # captures this sampler's graph outside the checked region

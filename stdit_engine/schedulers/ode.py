@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from .base import NUM_TRAIN_STEPS, Sampler, linear_betas, upload
 
 X0_FROM_X, X0_FROM_EPS, FROM_X, FROM_X0, FROM_PREV_X0, FROM_NOISE = range(6)
+FROM_PREV2_X0 = 6  # UniPC's column: the x0 of two steps back
 
 
 class NoiseSchedule:
@@ -52,8 +53,14 @@ class DataPredictionSampler(Sampler):
 
     draws_noise = False
     max_steps = NUM_TRAIN_STEPS - 1  # num_steps + 1 distinct times among the discrete steps
+    default_grid: str | None = None  # a key of GRIDS where the sampler takes the `grid` option
 
-    def __init__(self, num_steps: int = 20, cfg_scale: float = 7.0, guidance_channels: int | None = None):
+    def __init__(self, num_steps: int = 20, cfg_scale: float = 7.0, guidance_channels: int | None = None,
+                 grid: str | None = None):
+        if grid is not None and (self.default_grid is None or grid not in GRIDS):
+            choices = f"one of: {', '.join(GRIDS)}" if self.default_grid else "none (its grid is the reference's)"
+            raise ConfigError(f"sampler {self.name!r} takes grid {choices}; got {grid!r}")
+        self.grid = grid or self.default_grid
         super().__init__(num_steps, cfg_scale, guidance_channels)
         self.noise_schedule = NoiseSchedule()
         self.times = self.step_times()  # num_steps + 1 times: where each step starts, then where the last ends
@@ -61,11 +68,11 @@ class DataPredictionSampler(Sampler):
 
     def step_times(self) -> np.ndarray:
         """[num_steps + 1] float64, decreasing: the model is evaluated at the first num_steps."""
-        raise NotImplementedError
+        return GRIDS[self.grid](self.num_steps)
 
     def step_coefficients(self, alpha: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         """[num_steps, 4] float64: FROM_X, FROM_X0, FROM_PREV_X0, FROM_NOISE of each step, given
-        alpha and sigma at `self.times`."""
+        alpha and sigma at `self.times` (a sampler whose `update` reads more columns adds them after)."""
         raise NotImplementedError
 
     def _table(self) -> np.ndarray:
@@ -112,6 +119,18 @@ def quadratic_whole_steps(num_steps: int, num_train_steps: int = NUM_TRAIN_STEPS
     return (steps + 1) / num_train_steps
 
 
+def uniform_whole_steps(num_steps: int, num_train_steps: int = NUM_TRAIN_STEPS) -> np.ndarray:
+    """num_steps + 1 whole steps evenly spaced in t from step N-1 to step 0 ("time_uniform", the
+    spacing of the reference's DPM-Solver and of latent-diffusion samplers generally: more of the
+    steps at high noise, where a video's layout and motion are decided)."""
+    steps = np.round(np.linspace(num_train_steps - 1, 0, num_steps + 1)).astype(np.int64)
+    return (steps + 1) / num_train_steps
+
+
+# The whole-step grids of the ODE samplers (their `grid` option, e.g. "unipc:grid=quadratic").
+GRIDS = {"quadratic": quadratic_whole_steps, "uniform": uniform_whole_steps}
+
+
 def first_order(alpha: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     """DDIM (eta 0) = DPM-Solver++ order 1 from each time to the next: x_next = sigma'/sigma * x +
     (alpha' - alpha * sigma'/sigma) * x0. [num_steps, 4]."""
@@ -141,20 +160,18 @@ class DDIM(DataPredictionSampler):
     sampler, eta 1 the ancestral one (it then draws noise as IDDPM does)."""
 
     name = "ddim"
+    default_grid = "quadratic"
 
     def __init__(self, num_steps: int = 20, cfg_scale: float = 7.0, guidance_channels: int | None = None,
-                 eta: float = 0.0):
+                 grid: str | None = None, eta: float = 0.0):
         if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
             raise ConfigError(f"DDIM eta must be a number from 0 (deterministic) to 1 (ancestral), got {eta!r}")
         self.eta = float(eta)
-        super().__init__(num_steps, cfg_scale, guidance_channels)
+        super().__init__(num_steps, cfg_scale, guidance_channels, grid)
 
     @property
     def draws_noise(self) -> bool:  # type: ignore[override]
         return self.eta > 0
-
-    def step_times(self) -> np.ndarray:
-        return quadratic_whole_steps(self.num_steps)
 
     def step_coefficients(self, alpha, sigma):
         if self.eta == 0:
@@ -176,14 +193,79 @@ class DPMSolverPlusPlus(DataPredictionSampler):
     order at any step count (the reference drops it to first order below 10 steps)."""
 
     name = "dpm-solver++"
-
-    def step_times(self) -> np.ndarray:
-        return quadratic_whole_steps(self.num_steps)
+    default_grid = "quadratic"
 
     def step_coefficients(self, alpha, sigma):
         second = np.ones(self.num_steps, dtype=bool)
         second[0] = False
         return second_order_multistep(alpha, sigma, second)
+
+
+class UniPC(DataPredictionSampler):
+    """UniPC (Zhao et al. 2023) with B(h) = expm1(h) ("bh2"), data prediction, order 2, on time-
+    uniform whole steps (grid=quadratic: DPM-Solver++'s): DPM-Solver++(2M)'s step as the predictor, then, once the model has
+    been called at the predicted point, a corrector (UniC) that redoes that step with the x0 the
+    model gave there, for no extra model call. The model's input is always the prediction, so each
+    row maps the predicted x_k, the model's x0 there and the x0 of the two steps before to the next
+    prediction: that step's corrector and the next step's predictor folded into one linear update.
+    The first corrector is first order (one x0 before it), as the paper's warm-up; the last step is
+    predicted alone (no model call follows to correct it) and first order, as DPM-Solver++'s."""
+
+    name = "unipc"
+    # Measured on the proxy model (BENCHMARKS.md): its error at 10-15 steps comes from the high-noise
+    # end, which the uniform grid steps through finely; on the analytic model the quadratic one is
+    # better, so `grid` stays an option to measure on one's own weights.
+    default_grid = "uniform"
+
+    def step_coefficients(self, alpha, sigma):
+        """[num_steps, 5]: the four columns of every sampler, then FROM_PREV2_X0."""
+        log_snr = np.log(alpha) - np.log(sigma)
+        second = np.ones(self.num_steps, dtype=bool)
+        second[0] = second[-1] = False
+        predictor = second_order_multistep(alpha, sigma, second)
+        rows = np.zeros((self.num_steps, 5))
+        for k in range(self.num_steps):
+            ratio = predictor[k, 0]  # sigma_{k+1} / sigma_k
+            # x^c_k = x^p_k + c_0 x0_k + c_1 x0_{k-1} + c_2 x0_{k-2}; the first step has nothing to correct
+            c = unic_correction(alpha, log_snr, k) if k > 0 else np.zeros(3)
+            # x^p_{k+1} = ratio x^c_k + (the predictor's own x0 and previous-x0 terms)
+            rows[k] = [ratio, ratio * c[0] + predictor[k, 1], ratio * c[1] + predictor[k, 2], 0.0, ratio * c[2]]
+        return rows
+
+    def new_memory(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((2, *z.shape), dtype=torch.float32, device=z.device)  # x0 of the last two steps
+
+    def update(self, coefs, x, model_output, noise, memory):
+        work = torch.promote_types(x.dtype, torch.float32)
+        coefs, x = coefs.to(work), x.to(work)
+        eps = model_output[:, :x.shape[1]].to(work)
+        x0 = coefs[X0_FROM_X] * x + coefs[X0_FROM_EPS] * eps
+        previous, before = memory[0], memory[1]
+        x_next = (coefs[FROM_X] * x + coefs[FROM_X0] * x0 + coefs[FROM_PREV_X0] * previous
+                  + coefs[FROM_PREV2_X0] * before)
+        before.copy_(previous)
+        previous.copy_(x0)
+        return x_next
+
+
+def unic_correction(alpha: np.ndarray, log_snr: np.ndarray, k: int) -> np.ndarray:
+    """UniC-bh2's correction of the step into time k once the model's x0_k there is known, as the
+    coefficients of x0_k, x0_{k-1}, x0_{k-2} to add to the predicted x_k. First order at k = 1;
+    after, second order: the predictor's difference D1 = (x0_{k-2} - x0_{k-1}) / r and the new
+    x0_k - x0_{k-1}, weighed by the rho that solve the paper's order conditions R rho = b."""
+    h = log_snr[k] - log_snr[k - 1]
+    hh = -h  # data prediction integrates in -lambda
+    b_h = np.expm1(hh)
+    scale = -alpha[k] * b_h
+    if k == 1:  # rho = 1/2 on x0_k - x0_{k-1}; the predictor had no D1
+        return scale * np.array([0.5, -0.5, 0.0])
+    r = (log_snr[k - 2] - log_snr[k - 1]) / h
+    phi_2 = np.expm1(hh) / hh - 1.0
+    phi_3 = phi_2 / hh - 0.5
+    rho = np.linalg.solve(np.array([[1.0, 1.0], [r, 1.0]]), np.array([phi_2, 2.0 * phi_3]) / b_h)
+    # corrected - predicted = scale * ((rho_0 - 1/2) D1 + rho_1 (x0_k - x0_{k-1})): the predictor took D1 / 2
+    d1 = (rho[0] - 0.5) / r
+    return scale * np.array([rho[1], -d1 - rho[1], d1])
 
 
 class ReferenceDPMSolver(DataPredictionSampler):
