@@ -50,6 +50,7 @@ def test_end_to_end(benchmark, preset, placement, cuda_graphs, dtype, fp8):
 SAMPLER_RUNS = [  # 16x256x256, 2 prompts, fp16, resident, CUDA graphs: time and peak VRAM per sampler config
     ("iddpm", 100), ("iddpm", 20), ("ddim", 20),
     ("dpm-solver++", 10), ("dpm-solver++", 15), ("dpm-solver++", 20), ("dpm-solver++", 25),
+    ("unipc", 10), ("unipc", 15), ("unipc", 20),
 ]
 
 
