@@ -91,14 +91,20 @@ class DataPredictionSampler(Sampler):
         return torch.zeros(z.shape, dtype=torch.float32, device=z.device)
 
     def update(self, coefs, x, model_output, noise, memory):
-        work = torch.promote_types(x.dtype, torch.float32)
-        coefs, x = coefs.to(work), x.to(work)
-        eps = model_output[:, :x.shape[1]].to(work)
-        x0 = coefs[X0_FROM_X] * x + coefs[X0_FROM_EPS] * eps
+        coefs, x, x0 = data_prediction(coefs, x, model_output)
         x_next = (coefs[FROM_X] * x + coefs[FROM_X0] * x0 + coefs[FROM_PREV_X0] * memory
-                  + coefs[FROM_NOISE] * noise.to(work))
+                  + coefs[FROM_NOISE] * noise.to(x.dtype))
         memory.copy_(x0)
         return x_next
+
+
+def data_prediction(coefs: torch.Tensor, x: torch.Tensor, model_output: torch.Tensor):
+    """The row `coefs` and x in the update's working precision (at least float32), and the model's
+    x0 prediction from x and the eps channels of its output."""
+    work = torch.promote_types(x.dtype, torch.float32)
+    coefs, x = coefs.to(work), x.to(work)
+    eps = model_output[:, :x.shape[1]].to(work)
+    return coefs, x, coefs[X0_FROM_X] * x + coefs[X0_FROM_EPS] * eps
 
 
 def reference_times(num_steps: int) -> np.ndarray:
@@ -236,10 +242,7 @@ class UniPC(DataPredictionSampler):
         return torch.zeros((2, *z.shape), dtype=torch.float32, device=z.device)  # x0 of the last two steps
 
     def update(self, coefs, x, model_output, noise, memory):
-        work = torch.promote_types(x.dtype, torch.float32)
-        coefs, x = coefs.to(work), x.to(work)
-        eps = model_output[:, :x.shape[1]].to(work)
-        x0 = coefs[X0_FROM_X] * x + coefs[X0_FROM_EPS] * eps
+        coefs, x, x0 = data_prediction(coefs, x, model_output)
         previous, before = memory[0], memory[1]
         x_next = (coefs[FROM_X] * x + coefs[FROM_X0] * x0 + coefs[FROM_PREV_X0] * previous
                   + coefs[FROM_PREV2_X0] * before)
