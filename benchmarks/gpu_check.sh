@@ -24,6 +24,8 @@ if [ -z "${SKIP_GPU_TESTS:-}" ]; then
     | tee "$OUT/gpu_tests.log" | tail -n 25 || status=1
   python3 -m pytest -q -m gpu tests/test_gpu_export.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_export_tests.log" \
     | tail -n 5 || status=1
+  # Issue 20: whether the lean warm-up failure was T5's batch dependence or a graph fault (seconds).
+  python3 benchmarks/probes/lean_warmup_embeddings.py 2>&1 | tee "$OUT/lean_warmup_probe.json" || status=1
 fi
 # Issue 20's lean table and cold start run apart, last (lean_check.sh), unless SKIP_LEAN is set.
 python3 -m pytest -q benchmarks/ -p no:cacheprovider ${1:+-k "$1"} --benchmark-json="$OUT/bench.json" \
