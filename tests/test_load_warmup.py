@@ -13,6 +13,7 @@ from stdit_engine.configs import PRESETS
 from stdit_engine.engine.api import WARMUP_PROMPT
 from stdit_engine.engine.memory import CallStats, StageStats
 from stdit_engine.engine.plan import warmup_batch_sizes
+from stdit_engine.engine.prompt_cache import PromptEmbeddingCache
 from stdit_engine.errors import ConfigError
 from stdit_engine.models.caption import clean_prompt
 from stdit_engine.serving import command as serve_command
@@ -78,14 +79,16 @@ def test_a_warmed_up_engine_encodes_a_call_in_the_batches_an_unwarmed_one_does(m
     assert torch.equal(warm_latent, cold_latent)
 
 
-def test_a_warmup_keeps_an_embedding_the_cache_held_before_it():
+def test_a_warmup_stores_nothing_and_evicts_nothing_from_the_prompt_cache():
     engine = Engine.from_random_weights("tiny", device="cpu")
-    prompt = clean_prompt(WARMUP_PROMPT)
-    engine.encode_prompts([prompt, "a red car in the snow"])
-    held = engine.prompt_cache._entries[prompt]
+    engine.prompt_cache = PromptEmbeddingCache(2)
+    engine.encode_prompts(["a red car in the snow", "a cat"])  # full, without the warm-up's prompt
+    held = dict(engine.prompt_cache._entries)
     engine.warmup([1])
-    assert engine.prompt_cache._entries[prompt] is held  # the caller's entry, untouched
-    assert len(engine.prompt_cache) == 2
+    assert engine.prompt_cache._entries == held  # the caller's entries, every one kept as it was
+    prompt = clean_prompt(WARMUP_PROMPT)
+    engine.encode_prompts([prompt])  # the thread that warmed up stores again afterwards
+    assert prompt in engine.prompt_cache
 
 
 def test_a_stage_report_shows_its_one_off_parts():

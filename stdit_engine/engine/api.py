@@ -1,6 +1,7 @@
 """The public entry point: `Engine` loads the three models of a preset and generates videos."""
 from __future__ import annotations
 
+import threading
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from .step_cache import AttentionBroadcast, CachePlan, make_plan
 from .video import Video
 
 
-# What `Engine.warmup` generates from: any prompt does. Its embedding does not stay in the prompt
+# What `Engine.warmup` generates from: any prompt does. Its embedding is not stored in the prompt
 # cache (Engine.warmup says why).
 WARMUP_PROMPT = "a sea turtle swimming over a coral reef"
 
@@ -82,6 +83,7 @@ class Engine:
         # What loading cost, stage by stage (the constructors' and `warmup()`'s), apart from any call's.
         self.load_stats = CallStats(f"loading {self._title()}")
         self.prompt_cache = PromptEmbeddingCache()  # capacity 0 turns it off
+        self._warming_up = threading.local()  # `active` in the thread running warmup(): store no embedding
         self.cache_calibration: CacheCalibration | None = None  # generate(cache="residual") needs it
 
     @property
@@ -224,25 +226,21 @@ class Engine:
         placement that moves the STDiT off the GPU between calls captures on every call anyway),
         the first run of T5 and of the VAE decoder, library start-up. Runs a two-step generation per
         batch size, whose stages `load_stats` gains as "warm-up STAGE xSIZE". The constructors call
-        it (their `warmup` argument). The prompt cache is left without the warm-up prompt's
-        embedding (unless it held it before): what later calls return does not depend on whether
-        the engine was warmed up."""
-        # Why the warm-up's embedding must not stay cached: on a GPU, T5 does not give a prompt
-        # encoded alone the bits of the same prompt encoded in a batch with others (issue 20,
-        # tests/test_gpu_lean.py). Left in the cache, the warm-up's embedding (the prompt encoded
-        # alone) would stand in for what a later call encoding that prompt beside new ones computes,
-        # so a warmed-up engine's call would give another latent than an unwarmed one's, and than
-        # the same call once the cache no longer holds it.
-        prompt = clean_prompt(WARMUP_PROMPT)
-        held_before = prompt in self.prompt_cache
+        it (their `warmup` argument). The warm-up stores no embedding in the prompt cache: what
+        later calls return does not depend on whether the engine was warmed up."""
+        # Why: on a GPU, T5 does not give a prompt encoded alone the bits of the same prompt encoded
+        # in a batch with others (issue 20, tests/test_gpu_lean.py). Cached, the warm-up's embedding
+        # (its prompt encoded alone) would stand in for what a later call encoding that prompt beside
+        # new ones computes, so a warmed-up engine's call would give another latent than an unwarmed
+        # one's. Per thread, so calls running meanwhile store theirs as usual.
+        self._warming_up.active = True
         try:
             for size in batch_sizes or (self.preset.prompts_per_batch,):
                 stats: list[StageStats] = []
                 self.generate([WARMUP_PROMPT] * size, seed=0, num_steps=2, progress=False, stats=stats)
                 self.load_stats.extend(replace(stage, name=f"warm-up {stage.name} x{size}") for stage in stats)
         finally:
-            if not held_before:
-                self.prompt_cache.discard(prompt)
+            self._warming_up.active = False
 
     def use_artifact(self, path: str | Path) -> "Engine":
         """Denoise with an exported STDiT forward (an AOTInductor package, or a TensorRT engine) in
@@ -269,7 +267,8 @@ class Engine:
         return self._encode_cached(cleaned)
 
     def _encode_cached(self, cleaned: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.prompt_cache.encode(cleaned, self._encode_cleaned, self.device)
+        return self.prompt_cache.encode(cleaned, self._encode_cleaned, self.device,
+                                        store=not getattr(self._warming_up, "active", False))
 
     def _encode_cleaned(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with self._locks.hold("encode"), self.placement.stage("encode"):
@@ -286,9 +285,10 @@ class Engine:
         """Videos (or final latents [n,C,T,H,W]) for `prompts`, sampled as the reference script does.
 
         `sampler`: "iddpm" (the reference, default), "ddim" ("ddim:eta=1" for its ancestral form),
-        "dpm-solver++" (the fast ODE solver: about 20 steps in place of 100), "unipc" (DPM-Solver++
-        with UniPC's corrector, which costs no model call) or "dpm-solver" (the reference's own
-        DPM-Solver); `num_steps` is that sampler's number of model calls.
+        "dpm-solver++" (the fast ODE solver: about 20 steps in place of 100), "unipc" (UniPC: a
+        corrector on DPM-Solver++(2M) that costs no model call, steps uniform in t by default) or
+        "dpm-solver" (the reference's own DPM-Solver); options after a colon ("ddim:eta=1",
+        "unipc:grid=quadratic"); `num_steps` is that sampler's number of model calls.
         `guidance_channels`: eps channels guided, 3 or 4; by default the sampler's convention (3,
         as the released v1.0 sampler; 4 for "dpm-solver", as its reference).
 

@@ -6,8 +6,8 @@ the engine keeps the most recently used ones (by cleaned prompt) on the host and
 exactly: a cached embedding is bitwise the one that was computed, and, as T5 encodes each prompt on
 its own (models/text_encoder.py), the one any batch would compute; on the CPU, not yet on a GPU,
 where a prompt encoded alone and in a batch still differ in the last bits (issue 20): so what the
-cache holds decides those bits, and nothing the engine does for itself (its warm-up) leaves an
-entry behind. (The null caption of guidance is the STDiT's learned `y_embedding`, not a T5
+cache holds decides those bits, and nothing the engine does for itself (its warm-up) stores an
+entry. (The null caption of guidance is the STDiT's learned `y_embedding`, not a T5
 output: it never needs encoding.)
 
 Encoding and lookups may come from several threads: the table is guarded by a lock, and the
@@ -50,20 +50,18 @@ class PromptEmbeddingCache:
         with self._lock:
             self._entries.clear()
 
-    def discard(self, prompt: str) -> None:
-        """Forgets the cleaned `prompt`'s entry, if it has one."""
-        with self._lock:
-            self._entries.pop(prompt, None)
-
-    def encode(self, prompts: Sequence[str], encoder: Encoder, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, prompts: Sequence[str], encoder: Encoder, device: torch.device,
+               store: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(y [n, 1, L, C], mask [n, L]) of the cleaned `prompts` on `device`, as `encoder` gives
-        them; `encoder` is called once, on the prompts not in the table (each once), if any."""
+        them; `encoder` is called once, on the prompts not in the table (each once), if any, and
+        what it computes enters the table if `store`."""
         found = self._lookup(prompts)
         missing = list(dict.fromkeys(p for p in prompts if p not in found))
         if missing:
             y, mask = encoder(missing)
             computed = {p: (y[i].to("cpu", copy=True), mask[i].to("cpu", copy=True)) for i, p in enumerate(missing)}
-            self._store(computed)
+            if store:
+                self._store(computed)
             found.update(computed)
         rows = [found[p] for p in prompts]
         y = torch.stack([row for row, _ in rows]).to(device, non_blocking=True)
