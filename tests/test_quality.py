@@ -57,6 +57,14 @@ def test_metrics_against_known_values():
     assert 0 < ssim(torch.randint(0, 255, frames.shape, dtype=torch.uint8), frames) < 0.2
 
 
+def test_config_list_keeps_a_samplers_own_options_together():
+    configs = SamplerConfig.parse_list("ddim:eta=1,grid=uniform@20,unipc@15")
+    assert [c.label for c in configs] == ["ddim:eta=1,grid=uniform@20", "unipc@15"]
+    assert configs[0].build(7.0, None).grid == "uniform"
+    with pytest.raises(ConfigError, match="NAME@STEPS"):
+        SamplerConfig.parse_list("unipc@15,ddim:eta=1")
+
+
 @pytest.mark.parametrize("text", ["dpm-solver++", "ddim@x", "@20"])
 def test_bad_config_text_is_a_config_error(text):
     with pytest.raises(ConfigError, match="NAME@STEPS|sampler"):

@@ -87,6 +87,7 @@ def test_ddim_eta_draws_noise_only_when_positive():
     ("ddim:eta=x", 20, "not a float"),
     ("unipc:grid=log", 20, "grid one of: quadratic, uniform; got 'log'"),
     ("dpm-solver:grid=uniform", 20, "no option 'grid'"),
+    ("unipc:grid=uniform,grid=quadratic", 20, "given twice"),
     ("iddpm:eta=1", 20, "options: none"),
 ])
 def test_bad_sampler_or_steps_is_a_config_error(engine, name, steps, message):

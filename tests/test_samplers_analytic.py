@@ -28,17 +28,19 @@ def ode_error(model, name, steps, cfg_scale, z):
 
 # UniPC's corrector raises the 2M predictor's order by one; measured on the quadratic grid (DPM-Solver++'s)
 # from 20 steps, as at 160 the whole steps crowd the low-noise end and its error nears float64's reach there.
-@pytest.mark.parametrize("name, order, steps", [("ddim", 1, (40, 80, 160)), ("dpm-solver++", 2, (40, 80, 160)),
-                                                ("dpm-solver", 2, (40, 80, 160)),
-                                                ("unipc:grid=quadratic", 3, (20, 40, 80))])
-def test_ode_samplers_converge_with_their_order(name, order, steps):
+# (name, order, step counts, most the ratio may exceed 2^order by)
+@pytest.mark.parametrize("name, order, steps, above", [("ddim", 1, (40, 80, 160), 1.3),
+                                                       ("dpm-solver++", 2, (40, 80, 160), 1.3),
+                                                       ("dpm-solver", 2, (40, 80, 160), 1.3),
+                                                       ("unipc:grid=quadratic", 3, (20, 40, 80), 1.35)])
+def test_ode_samplers_converge_with_their_order(name, order, steps, above):
     # float64 latents: the error stays well above float32 rounding at these step counts
     z = torch.randn(64, *SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     model = gaussian_model()
     errors = [ode_error(model, name, n, 4.0, z) for n in steps]
     for coarse, fine in zip(errors, errors[1:]):
-        # error ratio when the steps double: 2^order, within -20% / +35%
-        assert 0.8 * 2 ** order < coarse / fine < 1.35 * 2 ** order, errors
+        # error ratio when the steps double: 2^order, within -20% / +30% (+35% for UniPC's)
+        assert 0.8 * 2 ** order < coarse / fine < above * 2 ** order, errors
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 4.0, 7.0])

@@ -23,7 +23,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--vae", help="VAE folder or hub id (pretrained)")
     parser.add_argument("--prompt", action="append", default=[], help="repeatable (default: a few proxy captions)")
     parser.add_argument("--seeds", default="0,1", help="comma-separated seeds; each is one initial latent")
-    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated SAMPLER@STEPS")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated SAMPLER@STEPS, e.g. unipc@15,ddim:eta=1,grid=uniform@20")
     parser.add_argument("--reference", default="ddim@250", help="the run every config is compared with")
     parser.add_argument("--cfg-scale", type=float, default=7.0)
     parser.add_argument("--no-decode", action="store_true", help="latent distances only (no VAE decode, no PSNR/SSIM)")
@@ -35,7 +35,7 @@ def add_parser(commands) -> None:
 def cmd_quality(args: argparse.Namespace) -> None:
     from .harness import SamplerConfig
 
-    configs = [SamplerConfig.parse(text) for text in args.configs.split(",") if text]
+    configs = SamplerConfig.parse_list(args.configs)
     reference = SamplerConfig.parse(args.reference)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s]

@@ -39,6 +39,20 @@ class SamplerConfig:
             raise ConfigError(f"sampler config {text!r} is not NAME@STEPS, e.g. dpm-solver++@20 or ddim:eta=1@50")
         return cls(name, int(steps))
 
+    @classmethod
+    def parse_list(cls, text: str) -> list["SamplerConfig"]:
+        """Comma-separated configs, whose sampler names may carry comma-separated options: each
+        config ends at its "@STEPS", so "ddim:eta=1,grid=uniform@20,unipc@15" is two."""
+        configs, pending = [], []
+        for part in filter(None, text.split(",")):
+            pending.append(part)
+            if "@" in part:
+                configs.append(cls.parse(",".join(pending)))
+                pending = []
+        if pending:
+            configs.append(cls.parse(",".join(pending)))  # no @STEPS: parse says what is wrong
+        return configs
+
     @property
     def label(self) -> str:
         return f"{self.sampler}@{self.steps}"

@@ -30,12 +30,15 @@ def make_sampler(name: str, num_steps: int = 100, cfg_scale: float = 7.0,
         raise ConfigError(f"sampler must be a name, one of: {', '.join(SAMPLERS)}; got {name!r}")
     base, _, option_text = name.partition(":")
     if base not in SAMPLERS:
+        options = "; ".join(f"{sampler}:{','.join(kinds)}" for sampler, kinds in OPTIONS.items())
         raise ConfigError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)} "
-                          "(options after a colon: ddim:eta=<0..1>; grid=quadratic|uniform for ddim, dpm-solver++ and unipc)")
+                          f"(options after a colon, e.g. ddim:eta=1 or unipc:grid=quadratic: {options})")
     options = {}
     for item in filter(None, option_text.split(",")):
         key, _, value = item.partition("=")
         kinds = OPTIONS.get(base, {})
+        if key in options:
+            raise ConfigError(f"sampler option {key!r} is given twice in {name!r}")
         if key not in kinds:
             valid = ", ".join(kinds) or "none"
             raise ConfigError(f"sampler {base!r} has no option {key!r} (its options: {valid})")

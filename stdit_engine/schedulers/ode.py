@@ -6,7 +6,8 @@ prediction x0 = (x - sigma*eps) / alpha, the previous step's x0 (multistep memor
     x0     = X0_FROM_X * x + X0_FROM_EPS * eps
     x_next = FROM_X * x + FROM_X0 * x0 + FROM_PREV_X0 * x0_prev + FROM_NOISE * noise
 
-so one update serves DDIM (any eta), DPM-Solver++(2M) and the reference's DPM-Solver; only the
+so one update serves DDIM (any eta), DPM-Solver++(2M) and the reference's DPM-Solver; UniPC adds
+the x0 of two steps back (FROM_PREV2_X0 * x0_prev2) and a memory of two. Only the
 coefficient table differs, computed in float64 on the host once per call. Time is continuous,
 t in (0, 1], on the 1000 discrete linear-beta steps: log alpha is interpolated linearly between
 t_k = (k+1)/1000 (the discrete step k, where the model is called with timestep k); sampling stops at
@@ -55,7 +56,7 @@ class DataPredictionSampler(Sampler):
     max_steps = NUM_TRAIN_STEPS - 1  # num_steps + 1 distinct times among the discrete steps
     default_grid: str | None = None  # a key of GRIDS where the sampler takes the `grid` option
 
-    def __init__(self, num_steps: int = 20, cfg_scale: float = 7.0, guidance_channels: int | None = None,
+    def __init__(self, num_steps: int = 20, cfg_scale: float = 7.0, guidance_channels: int | None = None, *,
                  grid: str | None = None):
         if grid is not None and (self.default_grid is None or grid not in GRIDS):
             choices = f"one of: {', '.join(GRIDS)}" if self.default_grid else "none (its grid is the reference's)"
@@ -168,12 +169,12 @@ class DDIM(DataPredictionSampler):
     name = "ddim"
     default_grid = "quadratic"
 
-    def __init__(self, num_steps: int = 20, cfg_scale: float = 7.0, guidance_channels: int | None = None,
+    def __init__(self, num_steps: int = 20, cfg_scale: float = 7.0, guidance_channels: int | None = None, *,
                  grid: str | None = None, eta: float = 0.0):
         if not (isinstance(eta, (int, float)) and 0.0 <= eta <= 1.0):
             raise ConfigError(f"DDIM eta must be a number from 0 (deterministic) to 1 (ancestral), got {eta!r}")
         self.eta = float(eta)
-        super().__init__(num_steps, cfg_scale, guidance_channels, grid)
+        super().__init__(num_steps, cfg_scale, guidance_channels, grid=grid)
 
     @property
     def draws_noise(self) -> bool:  # type: ignore[override]
@@ -208,14 +209,15 @@ class DPMSolverPlusPlus(DataPredictionSampler):
 
 
 class UniPC(DataPredictionSampler):
-    """UniPC (Zhao et al. 2023) with B(h) = expm1(h) ("bh2"), data prediction, order 2, on time-
-    uniform whole steps (grid=quadratic: DPM-Solver++'s): DPM-Solver++(2M)'s step as the predictor, then, once the model has
+    """UniPC (Zhao et al. 2023) with B(h) = expm1(h) ("bh2"), data prediction, order 2, by default
+    on whole steps uniform in t: DPM-Solver++(2M)'s step as the predictor, then, once the model has
     been called at the predicted point, a corrector (UniC) that redoes that step with the x0 the
     model gave there, for no extra model call. The model's input is always the prediction, so each
     row maps the predicted x_k, the model's x0 there and the x0 of the two steps before to the next
     prediction: that step's corrector and the next step's predictor folded into one linear update.
     The first corrector is first order (one x0 before it), as the paper's warm-up; the last step is
-    predicted alone (no model call follows to correct it) and first order, as DPM-Solver++'s."""
+    predicted alone (no model call follows to correct it) and first order, as in the reference
+    UniPC (its lower_order_final)."""
 
     name = "unipc"
     # Measured on the proxy model (BENCHMARKS.md): its error at 10-15 steps comes from the high-noise
