@@ -265,7 +265,7 @@ def unic_correction(alpha: np.ndarray, log_snr: np.ndarray, k: int) -> np.ndarra
     if k == 1:  # rho = 1/2 on x0_k - x0_{k-1}; the predictor had no D1
         return scale * np.array([0.5, -0.5, 0.0])
     r = (log_snr[k - 2] - log_snr[k - 1]) / h
-    phi_2 = np.expm1(hh) / hh - 1.0
+    phi_2 = b_h / hh - 1.0
     phi_3 = phi_2 / hh - 0.5
     rho = np.linalg.solve(np.array([[1.0, 1.0], [r, 1.0]]), np.array([phi_2, 2.0 * phi_3]) / b_h)
     # corrected - predicted = scale * ((rho_0 - 1/2) D1 + rho_1 (x0_k - x0_{k-1})): the predictor took D1 / 2
