@@ -195,6 +195,36 @@ def test_each_prompt_is_encoded_on_its_own_and_rows_do_not_depend_on_their_batch
     assert torch.allclose(together[:, 0], expected, rtol=1e-6, atol=1e-6)
 
 
+def test_each_block_sees_a_prompt_in_one_memory_layout_alone_and_in_a_batch(encoder):
+    # GPU kernels choose by memory layout as well as by shape: T5's first block returns its position
+    # bias as a permuted view, and a prompt encoded alone must not hand the next blocks that view
+    # where a batch hands them its contiguous join (on the GPU they then round differently).
+    blocks = encoder.model.encoder.block
+
+    def layouts(prompts):
+        seen = []
+
+        def record(module, args, kwargs):
+            tensors = [*enumerate(args), *kwargs.items()]
+            seen.append([(key, tuple(value.shape), value.stride()) for key, value in tensors
+                         if isinstance(value, torch.Tensor)])
+
+        hooks = [block.layer[0].register_forward_pre_hook(record, with_kwargs=True) for block in blocks]
+        try:
+            encoder.encode(prompts)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return seen
+
+    alone = layouts(PROMPTS[:1])
+    together = layouts(PROMPTS)
+    assert len(alone) == len(blocks) and len(together) == len(blocks) * len(PROMPTS)
+    assert any(key == "position_bias" for key, _, _ in alone[1])  # the bias the first block hands on
+    for call, seen in enumerate(together):
+        assert seen == alone[call // len(PROMPTS)], f"block {call // len(PROMPTS)}, prompt {call % len(PROMPTS)}"
+
+
 def test_rows_apart_where_the_library_batch_rounds_differently():
     # At these widths the library's batched forward rounds a row differently from the row alone (on
     # this CPU by ~3e-6); computed apart, the rows are the same bits.

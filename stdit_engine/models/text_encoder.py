@@ -156,7 +156,10 @@ def compute_rows_apart(module: nn.Module) -> None:
 
     The arguments split are the tensors of two or more dimensions whose first is the batch (that of
     the first argument, or of `hidden_states`); the others (flags, 1-D positions) go to every sample's call. The outputs
-    are joined back along the first dimension, position by position in a tuple.
+    are joined back along the first dimension, position by position in a tuple, and contiguous for
+    every batch, a batch of one included: kernels choose by memory layout as well as by shape, and
+    a block can return a strided view (T5's first block returns its position bias permuted), which a
+    batch of one would otherwise hand on as it is and a join would not.
     """
     if getattr(module, "computes_rows_apart", False):
         return
@@ -164,8 +167,6 @@ def compute_rows_apart(module: nn.Module) -> None:
 
     def forward_rows(*args, **kwargs):
         batch = (args[0] if args else kwargs["hidden_states"]).shape[0]
-        if batch == 1:
-            return forward(*args, **kwargs)
 
         def row(value, index: int):
             splits = isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == batch
@@ -182,7 +183,7 @@ def compute_rows_apart(module: nn.Module) -> None:
 def _join_rows(outputs: list):
     first = outputs[0]
     if isinstance(first, torch.Tensor):
-        return torch.cat(outputs)
+        return (first if len(outputs) == 1 else torch.cat(outputs)).contiguous()
     if isinstance(first, tuple):
         return tuple(_join_rows([output[i] for output in outputs]) for i in range(len(first)))
     return first  # None, or a value that does not depend on the sample
