@@ -129,6 +129,26 @@ def test_prefetch_copies_the_next_block_on_the_side_stream_and_keeps_two_blocks_
     assert fakes.log.count(("read by compute",)) == 2 * len(encoder.block)
 
 
+@pytest.mark.parametrize("mode, emptied_around", [
+    ("lean", ["encode"]), ("sequential", ["encode", "denoise", "decode"]), ("offload", ["encode", "denoise", "decode"]),
+    ("resident", [])])
+def test_cached_blocks_go_back_around_the_stages_whose_peaks_would_stack(monkeypatch, mode, emptied_around):
+    # Lean keeps the decode's cached blocks from one call to the next (a call on cached prompts then
+    # allocates nothing), and returns them around the encode, where T5's blocks would stack on them.
+    placement, _ = make(mode)
+    placement.device = torch.device("cuda")  # the models stay on the meta device
+    log = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: log.append("empty"))
+    for call in range(2):
+        for stage in ("encode", "denoise", "decode"):
+            with placement.stage(stage):
+                log.append(stage)
+    expected = []
+    for stage in ("encode", "denoise", "decode"):
+        expected += ["empty", stage, "empty"] if stage in emptied_around else [stage]
+    assert log == expected * 2
+
+
 def test_resident_keeps_everything_on_the_device():
     placement, models = make("resident")
     assert all(devices(m) == {"meta"} for m in models.values())
