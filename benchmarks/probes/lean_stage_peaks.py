@@ -5,13 +5,14 @@ captured step's pool is reserved, not allocated), and the decode's peak at a few
 slope per frame and its intercept). Random weights, 2-step calls (the peaks do not depend on the
 number of steps). Writes $OUT/stage_peaks.json.
 
-    python benchmarks/probes/lean_stage_peaks.py
+    python benchmarks/probes/lean_stage_peaks.py [PRESET-PLACEMENT ...]   (default: every run of RUNS)
 """
 from __future__ import annotations
 
 import gc
 import json
 import os
+import sys
 from collections import defaultdict
 
 import torch
@@ -22,6 +23,9 @@ from stdit_engine.engine.memory import GIB, estimate_memory
 RUNS = [  # preset, placement, prompts, decode chunks to try
     ("16x256x256", "lean", 2, (1, 8)), ("16x512x512", "lean", 2, (1, 2)), ("64x512x512", "lean", 1, (1,)),
     ("16x512x512", "sequential", 2, ()), ("16x256x256", "resident", 2, (1, 8)),
+    ("16x256x256", "sequential", 2, ()), ("64x512x512", "sequential", 1, ()),
+    ("16x256x256", "offload", 2, ()), ("16x512x512", "offload", 2, ()), ("64x512x512", "offload", 1, ()),
+    ("16x512x512", "resident", 2, ()), ("64x512x512", "resident", 1, ()),
 ]
 _calls = iter(range(10**6))
 
@@ -49,7 +53,7 @@ def pools() -> dict:
 def probe(preset: str, placement: str, n: int, chunks) -> dict:
     gc.collect()
     torch.cuda.empty_cache()
-    engine = Engine.from_random_weights(preset, device="cuda", placement=placement)
+    engine = Engine.from_random_weights(preset, device="cuda", placement=placement, warmup=False)  # "first" captures
     record = {"after_load_allocated": torch.cuda.memory_allocated() / GIB}
     engine.generate(new_prompts(n), seed=0, num_steps=2, progress=False)
     record["first"] = stage_peaks(engine)
@@ -74,7 +78,10 @@ def main() -> None:
     out = os.environ.get("OUT", "/tmp/out")
     os.makedirs(out, exist_ok=True)
     results = {}
+    chosen = sys.argv[1:]
     for preset, placement, n, chunks in RUNS:
+        if chosen and f"{preset}-{placement}" not in chosen:
+            continue
         results[f"{preset}-{placement}"] = record = probe(preset, placement, n, chunks)
         print(preset, placement, json.dumps(record), flush=True)
         with open(f"{out}/stage_peaks.json", "w") as f:  # after each run: a call cut short keeps what finished
