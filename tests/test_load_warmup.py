@@ -21,15 +21,18 @@ from stdit_engine.serving import command as serve_command
 TINY = PRESETS["tiny"]
 
 
-def test_by_default_loading_does_not_warm_up_and_warms_up_as_asked():
-    assert warmup_batch_sizes(None, TINY) == ()
-    assert warmup_batch_sizes(True, TINY) == (TINY.prompts_per_batch,)
-    assert warmup_batch_sizes(False, TINY) == ()
-    assert warmup_batch_sizes(range(1, 4), TINY) == (1, 2, 3)
-    assert warmup_batch_sizes([2, 1, 2], TINY) == (2, 1)  # each size once
+def test_by_default_loading_warms_up_on_a_gpu_only_and_warms_up_as_asked():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert warmup_batch_sizes(None, TINY, gpu) == (TINY.prompts_per_batch,)
+    assert warmup_batch_sizes(None, TINY, cpu) == ()
+    for device in (cpu, gpu):
+        assert warmup_batch_sizes(True, TINY, device) == (TINY.prompts_per_batch,)
+        assert warmup_batch_sizes(False, TINY, device) == ()
+    assert warmup_batch_sizes(range(1, 4), TINY, cpu) == (1, 2, 3)
+    assert warmup_batch_sizes([2, 1, 2], TINY, cpu) == (2, 1)  # each size once
     for bad in ([0], [1.5], [None], [True], "2", 2):
         with pytest.raises(ConfigError, match="warmup"):
-            warmup_batch_sizes(bad, TINY)
+            warmup_batch_sizes(bad, TINY, cpu)
 
 
 def test_loading_on_the_cpu_reports_its_stages_and_does_not_warm_up():

@@ -133,8 +133,9 @@ class Engine:
         placement leaves room for its buffers (the attention cache's are large: estimate_memory says
         how large); generate() checks any call's cache against the memory the process can use.
         `warmup`: the batch sizes whose first call loading pays instead (`warmup()`: on a GPU, compiling
-        the kernels and capturing the step): True: the preset's prompts per batch; a list: those; by
-        default (None, False) none (plan.warmup_batch_sizes says why). `load_stats` reports the loading.
+        the kernels and capturing the step): True: the preset's prompts per batch; a list: those; False:
+        none; by default (None) the preset's prompts per batch on a GPU, none on the CPU
+        (plan.warmup_batch_sizes). `load_stats` reports the loading.
         """
         calibration = None if cache_calibration is None else CacheCalibration.load(cache_calibration)
         plan = resolve_plan(preset, device=device, dtype=dtype, t5_dtype=t5_dtype, backend=backend,

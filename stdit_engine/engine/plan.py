@@ -77,18 +77,16 @@ def resolve_plan(preset: str | Preset, *, device: str | torch.device | None = No
     return RuntimePlan(preset=preset, device=device, dtype=dtype, t5_dtype=t5_dtype, backend=backend, fp8=fp8,
                        placement=choice.mode, placement_reason=choice.reason, cuda_graphs=cuda_graphs,
                        parallel=parallel_plan, step_cache=step_cache,
-                       warmup=warmup_batch_sizes(warmup, preset))
+                       warmup=warmup_batch_sizes(warmup, preset, device))
 
 
-def warmup_batch_sizes(warmup: bool | Sequence[int] | None, preset: Preset) -> tuple[int, ...]:
+def warmup_batch_sizes(warmup: bool | Sequence[int] | None, preset: Preset, device: torch.device) -> tuple[int, ...]:
     """The batch sizes to warm up while loading: `warmup` as given (True: the preset's prompts per
-    batch; False or None, the default: none). Not on by default: on the GPU, a lean engine warmed up
-    while loading gave a second call of the same prompts a latent other than the first's
-    (tests/test_gpu_lean.py). Its likely cause, the warm-up's prompt left in the prompt cache as
-    encoded alone (issue 20's T5 batch dependence), no longer happens (Engine.warmup); the default
-    stays off until that GPU test passes."""
+    batch; False: none); by default (None) the preset's prompts per batch on a CUDA device, where a
+    process's first call would otherwise compile the kernels and capture the step, and none
+    elsewhere, where a first call costs what the next one does."""
     if warmup is None:
-        warmup = False
+        warmup = device.type == "cuda"
     if isinstance(warmup, bool):
         return (preset.prompts_per_batch,) if warmup else ()
     if isinstance(warmup, (str, bytes)) or not isinstance(warmup, Iterable):
