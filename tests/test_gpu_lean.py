@@ -34,13 +34,6 @@ def test_lean_gives_the_resident_latent_and_keeps_the_stdit_and_its_graphs():
     assert torch.equal(streamed_y, expected_y)
 
 
-@pytest.mark.xfail(strict=True, reason="seen on the H200 (2026-12-02 ~18:55 UTC): the lean engine's second call of the "
-                   "same prompts, T5 streamed again, gave another latent than its first (and the resident one's); the "
-                   "warm-up's prompt is PROMPTS[0], and its embedding, encoded alone, stayed in the prompt cache, so the "
-                   "first calls encoded each prompt alone and the second both in one batch, which T5 on a GPU did not "
-                   "give the same bits (issue 20). Since then the warm-up stores no embedding and T5's blocks see one "
-                   "memory layout alone and in a batch, so this should XPASS (strict: reported as a failure): then drop "
-                   "the marker. Should it still fail, turn warm-up while loading off by default (plan.warmup_batch_sizes)")
 def test_lean_and_resident_warmed_up_while_loading_give_every_call_the_same_latent():
     kwargs = dict(seed=4, num_steps=5, output="latent", progress=False)
     resident = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, placement="resident", warmup=True)
@@ -98,12 +91,6 @@ def t5_xxl():
     return TextEncoder.from_random_weights(PRESETS["16x256x256"].text, device="cuda")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 20: on an H200 every block saw one prompt at a time and runs were deterministic, yet a prompt "
-    "encoded in a batch of three differed from it encoded alone by up to 8.3e-6 (BENCHMARKS.md, 2026-12-02). "
-    "Likely cause, fixed since: alone, the first block's permuted position bias went on to the later blocks "
-    "as it was, in a batch as a contiguous join (test_text_encoder.py checks the layouts); strict, so the "
-    "GPU run that confirms it says so"))
 def test_t5_xxl_rows_do_not_depend_on_their_batch(t5_xxl):
     third = "two dogs playing on the beach at sunset, aerial view"
     prompts = [*PROMPTS, third]
