@@ -229,11 +229,10 @@ class Engine:
         batch size, whose stages `load_stats` gains as "warm-up STAGE xSIZE". The constructors call
         it (their `warmup` argument). The warm-up stores no embedding in the prompt cache: what
         later calls return does not depend on whether the engine was warmed up."""
-        # Why: on a GPU, T5 does not give a prompt encoded alone the bits of the same prompt encoded
-        # in a batch with others (issue 20, tests/test_gpu_lean.py). Cached, the warm-up's embedding
-        # (its prompt encoded alone) would stand in for what a later call encoding that prompt beside
-        # new ones computes, so a warmed-up engine's call would give another latent than an unwarmed
-        # one's. Per thread, so calls running meanwhile store theirs as usual.
+        # Why: the cache is the callers'; an entry stored here would evict one of theirs, and would
+        # make what a later call computes (and the bits of an embedding, should T5 ever again depend
+        # on its batch, as it did on the GPU before its rows kept one layout) depend on whether the
+        # engine was warmed up. Per thread, so calls running meanwhile store theirs as usual.
         self._warming_up.active = True
         try:
             for size in batch_sizes or (self.preset.prompts_per_batch,):

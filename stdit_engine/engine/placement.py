@@ -31,7 +31,7 @@ KEPT_STAGES = {"resident": {"encode", "denoise", "decode"}, "lean": {"denoise"},
 # The stages around which the allocator's cached blocks go back to the device, per mode, so that
 # no stage's peak stacks on blocks another stage left. Lean keeps the decode's (and the denoise's
 # few) cached between calls: a call whose prompts are cached then allocates nothing new, where
-# allocating afresh costs the decode a tenth of a second; around the encode, which streams T5 only
+# allocating afresh every call slowed its decode (BENCHMARKS.md); around the encode, which streams T5 only
 # for new prompts, they go back, so T5's blocks stack on nothing and leave nothing to the decode.
 EMPTIED_AROUND = {"resident": set(), "lean": {"encode"}, "offload": {"encode", "denoise", "decode"},
                   "sequential": {"encode", "denoise", "decode"}}

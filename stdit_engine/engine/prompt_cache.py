@@ -4,10 +4,9 @@ T5-XXL in fp32 is 18 GiB: unless it stays on the GPU, encoding a new prompt stre
 the GPU, which costs more than a short sampling run. The embeddings of a prompt are a few MiB, so
 the engine keeps the most recently used ones (by cleaned prompt) on the host and copies them back
 exactly: a cached embedding is bitwise the one that was computed, and, as T5 encodes each prompt on
-its own (models/text_encoder.py), the one any batch would compute; on the CPU, not yet on a GPU,
-where a prompt encoded alone and in a batch still differ in the last bits (issue 20): so what the
-cache holds decides those bits, and nothing the engine does for itself (its warm-up) stores an
-entry. (The null caption of guidance is the STDiT's learned `y_embedding`, not a T5
+its own and in one memory layout (models/text_encoder.py), the one any batch would compute
+(tests/test_text_encoder.py on the CPU, tests/test_gpu_lean.py on a GPU). Nothing the engine does
+for itself (its warm-up) stores an entry, nor evicts a caller's. (The null caption of guidance is the STDiT's learned `y_embedding`, not a T5
 output: it never needs encoding.)
 
 Encoding and lookups may come from several threads: the table is guarded by a lock, and the
