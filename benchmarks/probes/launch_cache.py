@@ -13,17 +13,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from no_graphs import BATCH, PRESET, VARIANTS, host_ms  # noqa: E402  (this script's folder)
+from no_graphs import BATCH, PRESET, VARIANTS, host_ms, triton_launch  # noqa: E402  (this script's folder)
 from workloads import build_stdit, cuda_time_ms, median, stdit_inputs  # noqa: E402
 
 from stdit_engine.kernels import cross_attention, fp8_quantize, gated_residual, ln_modulate  # noqa: E402
 from stdit_engine.kernels import temporal_attention, triton_support  # noqa: E402
 
 LAUNCHING_MODULES = (cross_attention, fp8_quantize, gated_residual, ln_modulate, temporal_attention)
-
-
-def triton_launch(kernel, grid):
-    return kernel[grid]
 
 
 def use_launcher(launch) -> None:
