@@ -18,19 +18,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workloads import build_stdit, cuda_time_ms, graphed_time_ms, median, stdit_inputs  # noqa: E402
 
 from stdit_engine.configs import get_preset, token_grid  # noqa: E402
-from stdit_engine.kernels import fp8_quantize, gated_residual, triton_support  # noqa: E402
+from stdit_engine.kernels import fp8_quantize, gated_residual  # noqa: E402
 from stdit_engine.kernels.linear_gelu import linear_gelu_ref  # noqa: E402
 from stdit_engine.kernels.triton_support import cdiv, next_power_of_2  # noqa: E402
-
 
 PRESET, BATCH = "16x256x256", 4
 VARIANTS = [("bf16", torch.bfloat16, False), ("bf16+fp8", torch.bfloat16, True), ("fp16+fp8", torch.float16, True)]
 TOP_OPS = 15
-
-
-def triton_launch(kernel, grid):
-    """Triton's own launch, in place of the engine's (`triton_support.launch`)."""
-    return kernel[grid]
 
 
 def host_ms(forward, calls: int = 10) -> float:
@@ -94,8 +88,7 @@ def library_calls(tokens: int, hidden: int, mlp: int, caption_rows: int, caption
 def triton_calls(batch: int, tokens: int, hidden: int) -> dict:
     """Host us per call of two of our ops at the forward's shapes, in bf16 and fp16, launched directly
     (as the eager forward does) and through the custom op; and the quantize kernel launched bare
-    (outputs allocated once), as its launcher launches it, by Triton's own launch and by the engine's
-    launch cache: each one's share."""
+    (outputs allocated once), as its launcher launches it: Triton's own share."""
     result = {}
     block_m, warps = fp8_quantize.QUANTIZE_LAUNCH_NARROW
     for dtype in (torch.bfloat16, torch.float16):
@@ -111,13 +104,11 @@ def triton_calls(batch: int, tokens: int, hidden: int) -> dict:
             result[f"{op_name} {name} direct"] = round(host_us(lambda: direct(*args)), 1)
             result[f"{op_name} {name} custom op"] = round(host_us(lambda: op(*args)), 1)
         out, scale = fp8_quantize.e4m3_rows(rows.shape, rows.device)
-        grid = (cdiv(rows.shape[0], block_m),)
-        kernel_args = (rows, out, scale, rows.shape[0], hidden, rows.stride(0), fp8_quantize.MIN_SCALE,
-                       fp8_quantize.E4M3_MAX)
-        kernel_kwargs = dict(GELU=False, BLOCK_M=block_m, BLOCK_K=next_power_of_2(hidden), num_warps=warps)
-        for how, launcher in (("kernel[grid]", triton_launch), ("launch cache", triton_support.launch)):
-            result[f"quantize_rows_fp8 {name} {how} alone"] = round(host_us(
-                lambda: launcher(fp8_quantize._quantize_rows_kernel, grid)(*kernel_args, **kernel_kwargs)), 1)
+        result[f"quantize_rows_fp8 {name} kernel[grid] alone"] = round(host_us(
+            lambda: fp8_quantize._quantize_rows_kernel[(cdiv(rows.shape[0], block_m),)](
+                rows, out, scale, rows.shape[0], hidden, rows.stride(0), fp8_quantize.MIN_SCALE,
+                fp8_quantize.E4M3_MAX, GELU=False, BLOCK_M=block_m, BLOCK_K=next_power_of_2(hidden),
+                num_warps=warps)), 1)
     return result
 
 
