@@ -12,7 +12,10 @@ import secrets
 
 import torch
 
-MAX_SEED = 2**63 - 1  # seeds a service hands out and accepts: 0..MAX_SEED
+# Seeds a service hands out and accepts: 0..MAX_SEED. JSON clients (every browser, many libraries)
+# read numbers as doubles, which hold integers exactly only up to 2**53: a larger seed shown on a
+# web page or sent back from one would name another video.
+MAX_SEED = 2**53 - 1
 
 
 def new_seed() -> int:

@@ -19,7 +19,7 @@ def add_parser(commands, add_model_arguments) -> None:
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
-                        help=f"require 'Authorization: Bearer KEY' on /v1 (default: ${API_KEY_VARIABLE}, "
+                        help=f"require 'Authorization: Bearer KEY' on the API (default: ${API_KEY_VARIABLE}, "
                              "which keeps the key out of the process list)")
     parser.add_argument("--output-dir", type=Path, default=Path("videos"), help="where the MP4s are kept")
     parser.add_argument("--db", type=Path, help="the SQLite job store (default: OUTPUT_DIR/jobs.sqlite3)")
@@ -44,6 +44,7 @@ def cmd_serve(args: argparse.Namespace, build_engine) -> None:
     except ImportError as err:
         raise ConfigError(f"serving needs the serve extra ({err.name} is missing): "
                           "pip install 'stdit-engine[serve]'") from err
+    check_serve_flags(args)
     if args.host not in LOOPBACK and not args.api_key:
         print(f"warning: listening on {args.host} without an API key: anyone who can reach it can submit jobs "
               f"(set ${API_KEY_VARIABLE} or pass --api-key)")
@@ -63,6 +64,21 @@ def cmd_serve(args: argparse.Namespace, build_engine) -> None:
                 timeout_graceful_shutdown=10)
 
 
+def check_serve_flags(args: argparse.Namespace) -> None:
+    """ConfigError for flags the service would refuse, before minutes of loading the model."""
+    from .service import check_service_limits
+
+    if args.replicas != 1 and not args.ray:
+        raise ConfigError(f"--replicas {args.replicas} needs --ray: without it one engine serves every job")
+    if args.replicas < 1:
+        raise ConfigError(f"--replicas must be >= 1, got {args.replicas}")
+    check_service_limits(args.max_queue, args.max_batch, args.max_videos, max_age_s(args), workers=args.replicas)
+
+
+def max_age_s(args: argparse.Namespace) -> float | None:
+    return None if args.max_age_hours is None else args.max_age_hours * 3600
+
+
 def serving_engine(args: argparse.Namespace, build_engine):
     """The engine of the model flags, warmed up while it loads on a GPU for every batch size a job
     batch can have: the first call of each compiles and captures, and that is not a client's wait."""
@@ -78,4 +94,4 @@ def build_service(args: argparse.Namespace, engine, workers: int = 1):
 
     return VideoService(engine, max_queue=args.max_queue, max_batch=args.max_batch, output_dir=args.output_dir,
                         db_path=args.db, max_videos=args.max_videos, workers=workers,
-                        max_age_s=None if args.max_age_hours is None else args.max_age_hours * 3600)
+                        max_age_s=max_age_s(args))

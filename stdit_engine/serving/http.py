@@ -3,13 +3,14 @@
 Routes (stable; the web page and the Ray Serve app build on them):
 
     POST   /v1/videos                {prompt, seed?, num_steps?, cfg_scale?, guidance_channels?}
-                                     -> 202, the job (below); 413 body over MAX_BODY_BYTES;
-                                        422 a bad field (error.param names it); 429 queue full,
+                                     -> 202, the job (below); 400 not JSON; 413 body over
+                                        MAX_BODY_BYTES; 422 a bad field (error.param names it); 429 queue full,
                                         with Retry-After; 503 shutting down
-    GET    /v1/videos?limit=&after=  -> {"object": "list", "data": [job, ...], "has_more"} newest first
+    GET    /v1/videos?limit=&after=  -> {"object": "list", "data": [job, ...], "has_more"} newest first;
+                                        404 `after` names no job
     GET    /v1/videos/{id}           -> the job; 404 unknown
     GET    /v1/videos/{id}/content   -> video/mp4, with Range requests (206) so a player can seek;
-                                        409 not completed, 410 removed under the retention limit
+                                        409 not completed, 410 removed (the retention limit)
     DELETE /v1/videos/{id}           -> the job, cancelled if it was queued or running
     GET    /healthz                  -> {"status": "ok", "queue_depth": n}
     GET    /metrics                  -> Prometheus text: queue depth, jobs by state, step and request
@@ -23,8 +24,9 @@ none), "num_steps", "cfg_scale", "guidance_channels", "error": null | {"code", "
 "stages": the engine's stage report, "batch_size", "has_content", "expired"}.
 Errors: {"error": {"type", "code", "message", "param"}} (schema.py).
 
-With `api_key`, every /v1 route needs `Authorization: Bearer <key>` (401 otherwise); /healthz and
-/metrics stay open for probes and scrapers, and say nothing about jobs' content.
+With `api_key`, every route but the page, /healthz and /metrics needs `Authorization: Bearer <key>`
+(401 otherwise), wherever the app is mounted; /healthz and /metrics stay open for probes and
+scrapers, and say nothing about jobs' content.
 """
 from __future__ import annotations
 
@@ -77,6 +79,25 @@ class BodyLimit:
         return await self.app(scope, _replay(chunks, receive), send)
 
 
+# Served without the API key: the page (its files too), the API's description, probes and scrapers.
+OPEN_PATHS = {"/", "/healthz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+
+
+def _route_path(scope) -> str:
+    """The path the app routes on: the request's path without the prefix the app is mounted or
+    served under (`root_path`), as Starlette's router takes it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
+
+
+def _is_open(route_path: str) -> bool:
+    """Whether a path is served without the API key: none of these holds a job's data. Every other
+    path needs the key, routes added later included."""
+    return route_path in OPEN_PATHS or route_path.startswith("/static/")
+
+
 def _replay(messages: list, then=None):
     async def receive():
         return messages.pop(0) if messages else await then()
@@ -99,7 +120,7 @@ def create_app(service: VideoService, *, api_key: str | None = None, close_servi
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
-        if expected is not None and request.url.path.startswith("/v1"):
+        if expected is not None and not _is_open(_route_path(request.scope)):
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 return _error(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
@@ -108,7 +129,10 @@ def create_app(service: VideoService, *, api_key: str | None = None, close_servi
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request, exc: RequestValidationError):
-        return JSONResponse(validation_error_body(list(exc.errors())), status_code=422)
+        errors = list(exc.errors())
+        if any(error.get("type") == "json_invalid" for error in errors):  # not a request at all
+            return _error(400, "invalid_json", "the request body is not valid JSON: send a JSON object")
+        return JSONResponse(validation_error_body(errors), status_code=422)
 
     @app.exception_handler(UnknownJob)
     async def unknown_job(_request, exc: UnknownJob):
@@ -153,6 +177,8 @@ def create_app(service: VideoService, *, api_key: str | None = None, close_servi
         except JobNotReady as err:
             gone = job.status == COMPLETED  # completed, and its file removed under the retention limit
             return _error(410 if gone else 409, "expired" if gone else "not_ready", str(err))
+        if not path.is_file():  # removed by hand, or by the retention limit since result()
+            return _error(410, "expired", f"job {job.id}'s video is no longer on the server; submit it again")
         # FileResponse answers Range requests (206 with Content-Range) itself.
         return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
 

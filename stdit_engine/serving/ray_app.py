@@ -40,8 +40,7 @@ from pathlib import Path
 
 from ray import serve
 
-from ..errors import ConfigError
-from .command import build_service, serving_engine
+from .command import build_service, check_serve_flags, serving_engine
 from .http import create_app
 from .ray_engine import EngineReplica, RemoteEngine
 
@@ -64,8 +63,7 @@ def application(args: argparse.Namespace, make_engine=None):
     replica's engine (default: the engine the model flags describe)."""
     from ..cli import build_engine
 
-    if args.replicas < 1:
-        raise ConfigError(f"--replicas must be at least 1, got {args.replicas}")
+    check_serve_flags(args)
     args = argparse.Namespace(**vars(args))
     args.output_dir = Path(args.output_dir).resolve()  # replicas do not share the caller's working dir
     args.db = None if args.db is None else Path(args.db).resolve()

@@ -13,14 +13,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from ..engine.arguments import USUAL_CFG_SCALE
 from ..engine.seeds import MAX_SEED
 from ..errors import ConfigError
+from ..models.caption import clean_prompt
 from ..schedulers import make_sampler
 
 # A request is a prompt and a few numbers: anything bigger is not a request.
 MAX_BODY_BYTES = 16 * 1024
 MAX_PROMPT_CHARS = 2000  # T5 reads 120 tokens; this only keeps abuse out of the job store
 MAX_STEPS = 1000  # the IDDPM schedule's length
+# Past it the guidance term overflows a half-precision latent: a job sure to fail is refused, not run.
+MAX_CFG_SCALE = USUAL_CFG_SCALE
 
 
 class VideoRequest(BaseModel):
@@ -33,7 +37,7 @@ class VideoRequest(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     sampler: str = Field(default="iddpm", max_length=64)  # before num_steps, whose check reads it
     num_steps: int = Field(default=100, ge=1, le=MAX_STEPS)
-    cfg_scale: float = Field(default=7.0, allow_inf_nan=False)
+    cfg_scale: float = Field(default=7.0, ge=0, le=MAX_CFG_SCALE, allow_inf_nan=False)
     guidance_channels: Literal[3, 4] | None = None  # None: the sampler's convention
 
     @field_validator("prompt")
@@ -41,6 +45,9 @@ class VideoRequest(BaseModel):
     def _not_blank(cls, prompt: str) -> str:
         if not prompt.strip():
             raise ValueError("the prompt is blank: describe the video to generate")
+        if not clean_prompt(prompt):  # what T5 would read: the video would have no text to follow
+            raise ValueError("the prompt has no words left once cleaned as T5's captions were (URLs, "
+                             "HTML tags, @handles and CJK characters are removed): describe the video in words")
         return prompt
 
     @field_validator("sampler")
@@ -91,4 +98,4 @@ def parse_request(data: dict | VideoRequest) -> VideoRequest:
 
 
 __all__ = ["VideoRequest", "ValidationError", "parse_request", "error_body", "validation_error_body",
-           "MAX_BODY_BYTES", "MAX_SEED", "MAX_STEPS"]
+           "MAX_BODY_BYTES", "MAX_CFG_SCALE", "MAX_SEED", "MAX_STEPS"]

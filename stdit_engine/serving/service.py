@@ -20,15 +20,18 @@ and within the fast path's batch-size tolerance (fp32 1e-5, fp16 1e-3, bf16 1e-2
 batched.
 
 Records. Every job is written to a SQLite file (`db_path`, default `<output_dir>/jobs.sqlite3`)
-when it is submitted, starts and finishes. Opening a service on a file that a previous process
+when it is submitted, starts and finishes; a record the file refuses once a job is taken (disk full,
+database locked) is kept in memory, served from there and written again with the next record. Opening a service on a file that a previous process
 left with queued or running jobs marks those failed (code "interrupted", saying why), so a restart
 loses no finished job and leaves none hanging. Videos go to `output_dir` under server-made names,
 written atomically (files.py); beyond `max_videos` (newest kept) or older than `max_age_s`, a
-video is deleted and its job reports `expired`.
+video is deleted and its job reports `expired`: checked when the service opens, when a job
+completes, every tenth of `max_age_s` (60 s at most) while idle, and when a video is asked for.
 
 Faults. An exception from the engine (CUDA out of memory, NaN latent, a decode or encode error)
 fails the jobs of that batch with its message; the worker frees the allocator's cache and runs
-the next batch. `submit` refuses with `QueueFull` (carrying a retry delay) when `max_queue` jobs
+the next batch. Any other exception while running a batch fails its unfinished jobs
+("internal_error", logged) and the worker goes on: a worker never dies with jobs waiting. `submit` refuses with `QueueFull` (carrying a retry delay) when `max_queue` jobs
 already wait, and with `ServiceStopped` after `close()`.
 
 Cancellation. `cancel(id)` cancels a queued job at once; a running job is reported cancelled at
@@ -65,15 +68,16 @@ log = logging.getLogger(__name__)
 
 # Until a batch has been timed, the delay a refused client is told to wait.
 _FIRST_RETRY_AFTER_S = 10
+# An idle worker looks for videos past `max_age_s` this often, as a fraction of it, and at least
+# this often in seconds.
+_RETENTION_SWEEP_FRACTION, _RETENTION_SWEEP_MAX_S = 0.1, 60.0
 
 
 class VideoService:
     def __init__(self, engine, max_queue: int = DEFAULT_MAX_QUEUE, max_batch: int = DEFAULT_MAX_BATCH, *,
                  output_dir: str | os.PathLike = "videos", db_path: str | os.PathLike | None = None,
                  max_videos: int = DEFAULT_MAX_VIDEOS, max_age_s: float | None = None, workers: int = 1):
-        if min(max_queue, max_batch, max_videos, workers) < 1:
-            raise ConfigError(f"max_queue, max_batch, max_videos and workers must be >= 1, got {max_queue}, "
-                              f"{max_batch}, {max_videos}, {workers}")
+        check_service_limits(max_queue, max_batch, max_videos, max_age_s, workers)
         self.engine = engine
         self.max_queue, self.max_batch = max_queue, max_batch
         self.max_videos, self.max_age_s = max_videos, max_age_s
@@ -84,9 +88,12 @@ class VideoService:
         self._changed = threading.Condition()  # guards everything below; notified on every job change
         self._queue: deque[Job] = deque()
         self._live: dict[str, Job] = {}  # queued and running jobs, by id
+        self._unrecorded: dict[str, Job] = {}  # jobs whose latest state the store refused, by id
         self._running: list[tuple[list[Job], CancelToken]] = []  # the batches being generated
         self._accepting = True
         self._batch_seconds: float | None = None  # a moving average, for Retry-After
+        with self._changed:
+            self._apply_retention()  # a smaller max_videos or max_age_s than the last process had
         self._workers = [threading.Thread(target=self._work, name=f"stdit-video-worker-{i}", daemon=True)
                          for i in range(workers)]
         for worker in self._workers:
@@ -114,19 +121,22 @@ class VideoService:
 
     def get(self, job_id: str) -> Job:
         with self._changed:
-            live = self._live.get(job_id)
-            if live is not None:
-                return replace(live)
+            held = self._live.get(job_id) or self._unrecorded.get(job_id)
+            if held is not None:
+                return replace(held)
         job = self.store.get(job_id)
         if job is None:
             raise UnknownJob(f"no job {job_id!r}")
         return job
 
     def list(self, limit: int = 20, after: str | None = None) -> list[Job]:
-        """Up to `limit` jobs, newest first; `after`: a job id, to page on to older ones."""
+        """Up to `limit` jobs, newest first; `after`: a job id, to page on to older ones (UnknownJob
+        if there is no such job: an empty page would read as the end of the list)."""
+        if after is not None and self.store.get(after) is None:
+            raise UnknownJob(f"no job {after!r} to list the jobs after")
         jobs = self.store.newest(limit, after)
         with self._changed:
-            return [replace(self._live.get(job.id, job)) for job in jobs]
+            return [replace(self._live.get(job.id) or self._unrecorded.get(job.id) or job) for job in jobs]
 
     def cancel(self, job_id: str) -> Job:
         """Cancels a queued or running job; a finished job is returned as it is."""
@@ -147,6 +157,10 @@ class VideoService:
         for the job to finish; raises JobNotReady when it has no video (then), UnknownJob for an
         unknown id."""
         job = self.wait(job_id, timeout)
+        if job.file is not None and self._past_max_age(job):  # not left to the next sweep
+            with self._changed:
+                self._apply_retention()
+            job = self.get(job_id)
         if job.status != COMPLETED:
             why = f": {job.error['message']}" if job.error else ""
             raise JobNotReady(f"job {job_id} has no video: it is {job.status}{why}")
@@ -206,7 +220,8 @@ class VideoService:
         while True:
             with self._changed:
                 while self._accepting and not self._queue:
-                    self._changed.wait()
+                    if not self._changed.wait(self._sweep_interval()):
+                        self._apply_retention()
                 if not self._accepting:
                     return
                 batch = self._take_batch()
@@ -215,11 +230,13 @@ class VideoService:
                 now = time.time()
                 for job in batch:
                     job.status, job.started_at, job.batch_size = IN_PROGRESS, now, len(batch)
-                    self.store.put(job)
+                    self._record(job)
                 self._changed.notify_all()
             started = time.monotonic()
             try:
                 self._run(*running)
+            except Exception as err:  # noqa: BLE001 - outside the engine call (the disk, the store): fail, go on
+                self._fail(batch, err, code="internal_error")
             finally:
                 with self._changed:
                     self._running.remove(running)
@@ -286,7 +303,7 @@ class VideoService:
             code = ("sampling_error" if isinstance(err, SamplingError)
                     else "engine_error" if isinstance(err, EngineError) else "internal_error")
         if code == "internal_error":
-            log.exception("a batch of %d job(s) failed", len(jobs), exc_info=err)
+            log.error("a batch of %d job(s) failed", len(jobs), exc_info=err)
         with self._changed:
             for job in jobs:
                 if job.status == IN_PROGRESS:
@@ -297,9 +314,23 @@ class VideoService:
         job.status, job.finished_at = status, time.time()
         if error is not None:
             job.error = {"code": error[0], "message": error[1]}
-        self.store.put(job)
         self._live.pop(job.id, None)
+        self._record(job)
         self._changed.notify_all()
+
+    def _record(self, job: Job) -> None:
+        """Writes the job's record, and those the store refused before. Called holding the lock.
+        A refused record stays in `_unrecorded`, which readers see first, so no one reads a state
+        the job has left, and no worker stops for the store."""
+        self._unrecorded[job.id] = job
+        for pending in list(self._unrecorded.values()):
+            try:
+                self.store.put(pending)
+            except Exception:  # noqa: BLE001 - sqlite3.OperationalError and the like
+                log.exception("could not write job %s's record; kept in memory, written with the next one",
+                              pending.id)
+                return
+            del self._unrecorded[pending.id]
 
     def _time_batch(self, seconds: float) -> None:
         with self._changed:
@@ -312,13 +343,32 @@ class VideoService:
             return _FIRST_RETRY_AFTER_S
         return max(1, math.ceil(self._batch_seconds))
 
+    def _sweep_interval(self) -> float | None:
+        if self.max_age_s is None:
+            return None  # only completions add videos: retention runs then
+        return min(self.max_age_s * _RETENTION_SWEEP_FRACTION, _RETENTION_SWEEP_MAX_S)
+
+    def _past_max_age(self, job: Job) -> bool:
+        return self.max_age_s is not None and time.time() - job.finished_at > self.max_age_s
+
     def _apply_retention(self) -> None:
         """Deletes the videos beyond `max_videos` (newest kept) and those older than `max_age_s`.
-        Called holding the lock."""
-        now = time.time()
-        for rank, job in enumerate(self.store.with_files()):
-            too_old = self.max_age_s is not None and now - job.finished_at > self.max_age_s
-            if rank >= self.max_videos or too_old:
-                self.folder.remove(job.file)
-                job.file, job.expired = None, True
-                self.store.put(job)
+        Called holding the lock. A failure is logged and left to the next time it runs."""
+        try:
+            for rank, job in enumerate(self.store.with_files()):
+                if rank >= self.max_videos or self._past_max_age(job):
+                    self.folder.remove(job.file)
+                    job.file, job.expired = None, True
+                    self._record(job)
+        except Exception:  # noqa: BLE001 - the disk or the store: the videos stay until the next pass
+            log.exception("could not apply the retention limits; they are applied again later")
+
+
+def check_service_limits(max_queue: int, max_batch: int, max_videos: int, max_age_s: float | None,
+                         workers: int) -> None:
+    """ConfigError unless every limit is usable: the server command checks them before it loads."""
+    if min(max_queue, max_batch, max_videos, workers) < 1:
+        raise ConfigError(f"max_queue, max_batch, max_videos and workers must be >= 1, got {max_queue}, "
+                          f"{max_batch}, {max_videos}, {workers}")
+    if max_age_s is not None and not (math.isfinite(max_age_s) and max_age_s > 0):
+        raise ConfigError(f"max_age_s must be a positive number of seconds (or None: no age limit), got {max_age_s!r}")

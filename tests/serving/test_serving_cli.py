@@ -6,6 +6,9 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
+from stdit_engine import cli
 from stdit_engine.serving.command import API_KEY_VARIABLE
 from stdit_engine.serving.store import JobStore
 
@@ -55,3 +58,17 @@ def test_serve_process_with_api_key_and_sigterm(tmp_path, http, wait_until):
     record = JobStore(videos / "jobs.sqlite3").get(job["id"])
     assert record.status == "cancelled" and record.error["code"] == "shutdown"
     assert sorted(p.name for p in videos.iterdir() if not p.name.startswith("jobs.sqlite3")) == []
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-batch", "0"], "max_batch"),
+    (["--max-age-hours", "-1"], "max_age_s"),
+    (["--replicas", "2"], "needs --ray"),
+])
+def test_bad_serve_flags_are_refused_before_the_model_loads(monkeypatch, capsys, flags, message):
+    def load_nothing(*args, **kwargs):
+        raise AssertionError("the engine was built before the flags were checked")
+
+    monkeypatch.setattr(cli, "build_engine", load_nothing)
+    assert cli.main(["serve", "--preset", "tiny", "--random-weights", "--device", "cpu", *flags]) == 2
+    assert message in capsys.readouterr().err

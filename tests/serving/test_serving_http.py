@@ -9,7 +9,10 @@ import av
 import numpy as np
 import pytest
 import torch
+from fastapi import FastAPI
 
+from stdit_engine.serving import VideoService, create_app
+from stdit_engine.serving.background import BackgroundServer
 from stdit_engine.serving.schema import MAX_BODY_BYTES, MAX_SEED
 
 STEPS = 2  # the server fixture's default; few: these tests are about the service
@@ -64,11 +67,15 @@ def test_job_life_cycle(serve):
     assert 'stdit_jobs{state="completed"} 1' in text and "stdit_queue_depth 0" in text
     assert f"stdit_step_seconds_count {STEPS}" in text and "stdit_request_seconds_count 1" in text
 
+    (server.service.folder.path / f"{job['id']}.mp4").unlink()  # gone from the disk, whatever removed it
+    status, _, reply = server.request("GET", f"/v1/videos/{job['id']}/content")
+    assert status == 410 and reply["error"]["code"] == "expired"
+
 
 def test_a_job_without_a_seed_is_given_one_and_reports_it(serve):
     server = serve()
     job = server.wait(server.submit(prompt="a red car in the snow")["id"])
-    assert 0 <= job["seed"] <= MAX_SEED
+    assert 0 <= job["seed"] <= MAX_SEED == 2**53 - 1  # what a JSON client's double holds exactly
     assert torch.equal(server.engine.produced(job).frames, server.engine.direct(job).frames)
 
 
@@ -111,6 +118,28 @@ def test_auth(serve, api_key):
     assert server.request("GET", f"/v1/videos/{job['id']}/content", headers=good)[0] == 200
     assert server.request("GET", "/healthz")[0] == 200  # probes need no key
     assert server.request("GET", "/metrics")[0] == 200
+    assert server.request("GET", "/openapi.json")[0] == 200  # the API's description holds no job
+    if api_key is not None:  # any other path needs the key, whether a route serves it or not
+        assert server.request("GET", "/v2/videos")[0] == 401
+
+
+def test_the_key_is_asked_for_where_the_app_is_mounted_under_a_prefix(engine, tmp_path, http):
+    service = VideoService(engine, output_dir=tmp_path)
+    outer = FastAPI()
+    outer.mount("/video", create_app(service, api_key="k", close_service_on_shutdown=False))
+    try:
+        with BackgroundServer(outer) as server:
+            for method, path, body in (("GET", "/video/v1/videos", None),
+                                       ("POST", "/video/v1/videos", {"prompt": "free?", "num_steps": 2}),
+                                       ("GET", f"/video/v1/videos/video_{'0' * 32}", None)):
+                assert http(server.port, method, path, body)[0] == 401, path
+            key = {"Authorization": "Bearer k"}
+            assert http(server.port, "GET", "/video/v1/videos", headers=key)[0] == 200
+            assert http(server.port, "GET", "/video/healthz")[0] == 200
+            assert http(server.port, "GET", "/video/")[0] == 200
+    finally:
+        service.close()
+    assert service.store.counts() == {}  # nothing was submitted without the key
 
 
 @pytest.mark.parametrize("body, field", [
@@ -127,6 +156,10 @@ def test_auth(serve, api_key):
     ({"prompt": "a cat", "seed": "7"}, "seed"),
     ({"prompt": "a cat", "cfg_scale": float("nan")}, "cfg_scale"),
     ({"prompt": "a cat", "cfg_scale": float("inf")}, "cfg_scale"),
+    ({"prompt": "a cat", "cfg_scale": 1e300}, "cfg_scale"),  # sure to overflow: refused, not run
+    ({"prompt": "a cat", "cfg_scale": -1.0}, "cfg_scale"),
+    ({"prompt": "<b></b>"}, "prompt"),  # nothing left for T5 once cleaned
+    ({"prompt": "@someone http://example.com"}, "prompt"),
     ({"prompt": "a cat", "guidance_channels": 5}, "guidance_channels"),
     ({"prompt": "a cat", "sampler": "euler"}, "sampler"),
     ({"prompt": "a cat", "steps": 10}, "steps"),  # unknown fields are refused, not ignored
@@ -142,7 +175,8 @@ def test_bad_requests_get_422_naming_the_field(serve, body, field):
 def test_other_refusals(serve):
     server = serve()
     json_header = {"Content-Type": "application/json"}
-    assert server.request("POST", "/v1/videos", raw=b"{not json", headers=json_header)[0] == 422
+    status, _, reply = server.request("POST", "/v1/videos", raw=b'{"prompt": ', headers=json_header)
+    assert status == 400 and reply["error"]["code"] == "invalid_json" and reply["error"]["param"] is None
     big = {"prompt": "a" * (MAX_BODY_BYTES + 1)}
     status, _, reply = server.request("POST", "/v1/videos", big)
     assert status == 413 and reply["error"]["code"] == "body_too_large"
@@ -155,6 +189,7 @@ def test_other_refusals(serve):
         assert server.request("GET", path)[0] == 404
     assert server.request("DELETE", "/v1/videos/video_" + "f" * 32)[0] == 404
     assert server.request("GET", "/v1/videos?limit=0")[0] == 422
+    assert server.request("GET", f"/v1/videos?after=video_{'0' * 32}")[0] == 404
     assert server.service.store.counts() == {}
 
 

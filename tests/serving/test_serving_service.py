@@ -109,6 +109,62 @@ def test_retention_by_age_and_listing_pages(engine, tmp_path):
         assert [job.id for job in service.list(1)] == [new.id]
         assert [job.id for job in service.list(1, after=new.id)] == [old.id]
         assert service.list(1, after=old.id) == []
+        with pytest.raises(UnknownJob):  # not an empty page, which would read as the end of the list
+            service.list(1, after=new_job_id())
+
+
+def test_an_idle_service_expires_old_videos_and_a_reopened_one_applies_its_new_limit(engine, tmp_path):
+    with VideoService(engine, output_dir=tmp_path, max_age_s=0.5) as service:
+        job = service.wait(service.submit({"prompt": "ages", "num_steps": STEPS}).id, DEADLINE_S)
+        assert job.file is not None
+        wait_for(lambda: service.get(job.id).expired)  # no later job completes to trigger it
+        assert not (tmp_path / f"{job.id}.mp4").exists()
+        with pytest.raises(JobNotReady, match="retention"):
+            service.result(job.id)
+    with VideoService(engine, output_dir=tmp_path, db_path=tmp_path / "kept.sqlite3") as service:
+        jobs = [service.wait(service.submit({"prompt": f"p{i}", "num_steps": STEPS}).id, DEADLINE_S)
+                for i in range(2)]
+    with VideoService(engine, output_dir=tmp_path, db_path=tmp_path / "kept.sqlite3", max_videos=1) as service:
+        assert service.get(jobs[0].id).expired and not service.get(jobs[1].id).expired
+        assert sorted(p.name for p in tmp_path.glob("*.mp4")) == [f"{jobs[1].id}.mp4"]
+
+
+class FailingOnce:
+    """Wraps `method` of an object: its first call whose arguments `when` accepts raises `error`."""
+
+    def __init__(self, target, method: str, error: Exception, when=lambda *args: True):
+        self.real, self.error, self.when, self.failed = getattr(target, method), error, when, False
+        setattr(target, method, self)
+
+    def __call__(self, *args):
+        if not self.failed and self.when(*args):
+            self.failed = True
+            raise self.error
+        return self.real(*args)
+
+
+def test_a_store_that_refuses_a_record_loses_no_job_and_stops_no_worker(engine, tmp_path):
+    import sqlite3
+    with VideoService(engine, output_dir=tmp_path, max_batch=1) as service:
+        refusal = FailingOnce(service.store, "put", sqlite3.OperationalError("disk I/O error (injected)"),
+                              when=lambda job: job.status == "completed")
+        first = service.submit({"prompt": "its record is refused", "num_steps": STEPS})
+        second = service.submit({"prompt": "next", "num_steps": STEPS})
+        assert service.wait(first.id, DEADLINE_S).status == "completed"  # from memory, not a stale record
+        assert service.result(first.id).is_file()
+        assert service.wait(second.id, DEADLINE_S).status == "completed"
+        assert refusal.failed and all(worker.is_alive() for worker in service._workers)
+        # The refused record was written with the next one.
+        assert service.store.get(first.id).status == "completed" and not service._unrecorded
+
+
+def test_a_fault_outside_the_engine_call_fails_only_unfinished_jobs_and_the_worker_goes_on(engine, tmp_path):
+    with VideoService(engine, output_dir=tmp_path, max_batch=1) as service:
+        FailingOnce(service.metrics, "observe_request", RuntimeError("metrics broke (injected)"))
+        first = service.wait(service.submit({"prompt": "first", "num_steps": STEPS}).id, DEADLINE_S)
+        assert first.status == "completed"  # finished before the fault: it stays so
+        second = service.wait(service.submit({"prompt": "second", "num_steps": STEPS}).id, DEADLINE_S)
+        assert second.status == "completed" and all(worker.is_alive() for worker in service._workers)
 
 
 def test_python_api_refusals(engine, tmp_path):
@@ -116,6 +172,9 @@ def test_python_api_refusals(engine, tmp_path):
     service = VideoService(paused, max_queue=1, output_dir=tmp_path)
     with pytest.raises(ConfigError, match="max_batch"):
         VideoService(engine, max_batch=0, output_dir=tmp_path)
+    for age in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="max_age_s"):
+            VideoService(engine, max_age_s=age, output_dir=tmp_path)
     with pytest.raises(ValidationError, match="num_steps"):
         service.submit({"prompt": "a cat", "num_steps": 0})
     running = service.submit({"prompt": "held", "num_steps": STEPS})

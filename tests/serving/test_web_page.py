@@ -101,3 +101,22 @@ def test_the_page_makes_and_plays_a_video(serve, browser, tmp_path, capsys):
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f"#jobs tr[data-job-id='{long_id}'][data-status='cancelled']"),
              "the job list to show the job cancelled")
     assert video_state(browser)["hidden"]
+
+    # A poll lost to the network is tried again: the job is still followed to the end.
+    browser.execute_script(
+        "const realFetch = window.fetch; let failed = false;"
+        "window.fetch = (url, options) => {"
+        "  if (!failed && /v1\\/videos\\/video_[0-9a-f]+$/.test(String(url))) {"
+        "    failed = true; return Promise.reject(new TypeError('network down (injected)')); }"
+        "  return realFetch(url, options); };")
+    type_into(browser, "steps", "3")
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, lambda d: "network down" in d.find_element(By.ID, "message").text, "the failed poll's report")
+    wait_for(browser, lambda d: current.get_attribute("data-status") == "completed", "the job to complete after it")
+
+    # A seed no JavaScript number holds exactly is refused, not rounded to another video's.
+    counts = server.service.store.counts()
+    type_into(browser, "seed", str(2**53 + 1))
+    browser.find_element(By.ID, "submit").click()
+    wait_for(browser, lambda d: "whole number" in d.find_element(By.ID, "message").text, "the seed to be refused")
+    assert server.service.store.counts() == counts

@@ -4,6 +4,7 @@
 
 const KEY_STORAGE = "stdit-engine.api-key";  // sessionStorage: the key lives as long as the tab
 const POLL_MS = 500;        // the selected job, while it is queued or running
+const RETRY_MS = 3000;      // after a failed poll that may pass (network, 5xx, 429)
 const LIST_MS = 2000;       // the recent-jobs table
 const LIST_LIMIT = 20;
 const FINISHED = new Set(["completed", "failed", "cancelled"]);
@@ -91,7 +92,13 @@ function readRequest() {
     cfg_scale: Number($("cfg").value),
   };
   const seed = $("seed").value.trim();
-  if (seed !== "") request.seed = Number(seed);
+  if (seed !== "") {
+    // Past 2**53 a JavaScript number is not the integer typed: it would name another video.
+    if (!/^[0-9]+$/.test(seed) || !Number.isSafeInteger(Number(seed))) {
+      throw new Error(`The seed must be a whole number from 0 to ${Number.MAX_SAFE_INTEGER}.`);
+    }
+    request.seed = Number(seed);
+  }
   return request;
 }
 
@@ -130,6 +137,7 @@ async function poll() {
     job = await (await api(`v1/videos/${id}`)).json();
   } catch (error) {
     report(error);
+    if (id === state.selected && mayPass(error)) state.pollTimer = setTimeout(poll, RETRY_MS);
     return;
   }
   if (id !== state.selected) return;  // another job was selected meanwhile
@@ -139,6 +147,11 @@ async function poll() {
   } else if (job.status === "completed" && state.shownVideo !== job.id) {
     await showVideo(job.id);
   }
+}
+
+// Whether a failed request may succeed if sent again: not a client error (unknown job, no key).
+function mayPass(error) {
+  return !(error instanceof ApiError) || error.status >= 500 || error.status === 429;
 }
 
 function describe(job) {
