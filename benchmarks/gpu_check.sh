@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: install the carried wheels, run the GPU tests, run the benchmarks,
 # print the table. Usage (device tool, carry .whl): [SKIP_GPU_TESTS=1] bash benchmarks/gpu_check.sh [pytest -k filter]
-# [SKIP_LEAN=1] leaves out issue 20's part (benchmarks/lean_check.sh, ~6-7 min: runs last, within DEADLINE_S=580 s).
+# [SKIP_LEAN=1] leaves out issue 20's part (benchmarks/lean_check.sh, most of a device call: runs last, within DEADLINE_S=580 s).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -24,8 +24,6 @@ if [ -z "${SKIP_GPU_TESTS:-}" ]; then
     | tee "$OUT/gpu_tests.log" | tail -n 25 || status=1
   python3 -m pytest -q -m gpu tests/test_gpu_export.py -p no:cacheprovider 2>&1 | tee "$OUT/gpu_export_tests.log" \
     | tail -n 5 || status=1
-  # Issue 20: whether the lean warm-up failure was T5's batch dependence or a graph fault (seconds).
-  python3 benchmarks/probes/lean_warmup_embeddings.py 2>&1 | tee "$OUT/lean_warmup_probe.json" || status=1
 fi
 # Issue 20's lean table and cold start run apart, last (lean_check.sh), unless SKIP_LEAN is set.
 python3 -m pytest -q benchmarks/ -p no:cacheprovider ${1:+-k "$1"} --benchmark-json="$OUT/bench.json" \

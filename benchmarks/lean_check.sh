@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 20's measurements (about 6-7 minutes on an H200): the default placement against resident per
+# Issue 20's measurements (most of one device call): the default placement against resident per
 # preset (test_lean.py) and the cold start (test_cold_start.py). One pytest run per part, cheapest
 # first, each with its own JSON under $OUT, so that a call cut short keeps what finished; each part
 # starts only with more than a minute left before DEADLINE_S (seconds since this script started).

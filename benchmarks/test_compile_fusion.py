@@ -3,8 +3,8 @@ attention projections' epilogue): torch.compile around our ops. The triton backe
 runs it, against the same model under torch.compile with max-autotune, the spatial and temporal
 gated residuals left as plain PyTorch so that Inductor may fuse them into a Triton matmul's
 epilogue; our other ops (the MLP residual among them, fused into the next norm) stay opaque custom
-ops. Both timed from CUDA graphs in the same process, with the compile time beside (H200,
-2026-11-29: 45.1 ms ours, 47.0 ms compiled after 119 s: BENCHMARKS.md)."""
+ops. Both timed from CUDA graphs in the same process, with the compile time beside (results:
+BENCHMARKS.md)."""
 import dataclasses
 import time
 

@@ -149,9 +149,9 @@ def test_end_to_end_with_cache(benchmark, sampler, steps, cache, dtype, fp8):
 
 
 # ------------------------------------------------------------------ 64x512x512, 1 prompt, bf16 + FP8
-# Within about 2.5 minutes of GPU in all: the engine's build and kernel compilation, five step
-# kinds (captured, then a few replays of ~0.3 s each) and three end-to-end runs of 20 steps, each
-# after a warm-up that captures its graphs.
+# Sized to fit one device call with the rest: the engine's build and kernel compilation, five step
+# kinds (captured, then a few replays each) and three end-to-end runs of 20 steps, each after a
+# warm-up that captures its graphs.
 LARGE, LARGE_PROMPTS = "64x512x512", 1
 LARGE_STEP_KINDS = [kind for kind in STEP_KINDS if kind[0] in (
     "full", "full, storing the residual", "blocks skipped (residual reused)", "full, storing all attention outputs",
@@ -169,8 +169,8 @@ def large_engine():
     _large_steps.clear()
 
 
-# The attention cache's buffers are every block's three attention outputs (about 25 GiB here):
-# the residual kinds run first, on their own graphs.
+# The attention cache's buffers are every block's three attention outputs (tens of GiB at this
+# preset): the residual kinds run first, on their own graphs.
 @pytest.mark.parametrize("name, mode, variant", LARGE_STEP_KINDS, ids=[f"{LARGE}-{k[0]}" for k in LARGE_STEP_KINDS])
 def test_step_time_64x512x512(benchmark, large_engine, name, mode, variant):
     if mode not in _large_steps:

@@ -1,7 +1,7 @@
 """The VAE decode stage alone: the preset's frames (2 prompts) through the decoder at once, in
 PyTorch's default layout (NCHW, what the engine uses) and channels-last (weights NHWC, which the
 activations then follow), each with cuDNN's heuristic and with its benchmark mode picking the
-convolutions. On an H200 (2026-11-29) channels-last was the slower: 116.5 vs 106.3 ms."""
+convolutions: whether channels-last would pay on this card (BENCHMARKS.md has the measured ones)."""
 import pytest
 import torch
 from workloads import cuda_time_ms, median

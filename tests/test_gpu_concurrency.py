@@ -59,7 +59,7 @@ def test_progress_counts_device_completed_steps_and_the_host_stays_close():
     monitor = StepMonitor(steps, torch.device("cuda"), report=lambda done, total: reports.append((done, total)))
     with monitor.loop():
         for queued in range(1, steps + 1):
-            torch.cuda._sleep(40_000_000)  # a step of some 20 ms on the device; the host queues in microseconds
+            torch.cuda._sleep(40_000_000)  # a step of tens of ms on the device; the host queues in microseconds
             monitor.step_queued()
             assert queued - monitor.done <= LOOKAHEAD_STEPS  # never further ahead
             assert monitor.done == max(0, queued - LOOKAHEAD_STEPS)  # the device is behind: not counted yet

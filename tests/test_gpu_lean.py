@@ -73,8 +73,7 @@ def test_loading_warms_up_so_the_first_call_only_replays_and_each_report_says_wh
 
 def test_a_placement_that_captures_every_call_allocates_no_more_call_after_call():
     # Sequential drops its graphs after each denoise and captures again on the next call: nothing
-    # of those captures may stay allocated (a cuBLAS workspace per new warm-up stream did: 32 MiB
-    # a call on an H200, 2026-12-02).
+    # of those captures may stay allocated (a cuBLAS workspace per new warm-up stream would).
     engine = Engine.from_random_weights("tiny", device="cuda", dtype=torch.float16, placement="sequential")
     engine.generate(PROMPTS, seed=1, num_steps=2, progress=False)
     engine.generate(PROMPTS, seed=1, num_steps=2, progress=False)
@@ -112,8 +111,8 @@ def test_t5_xxl_rows_do_not_depend_on_their_batch(t5_xxl):
 
 
 def test_t5_xxl_in_bf16_stays_near_fp32(t5_xxl):
-    # The opt-in t5_dtype=torch.bfloat16: random weights measured 1.9e-2 (BENCHMARKS.md); trained ones,
-    # with their outlier channels, may differ.
+    # The opt-in t5_dtype=torch.bfloat16, on random weights (BENCHMARKS.md); trained ones, with
+    # their outlier channels, may differ.
     fp32, _ = t5_xxl.encode(PROMPTS)
     bf16 = TextEncoder(t5_xxl.model.to(torch.bfloat16), t5_xxl.tokenizer, max_length=t5_xxl.max_length)
     y, _ = bf16.encode(PROMPTS)

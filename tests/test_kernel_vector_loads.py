@@ -1,5 +1,5 @@
-"""The attention kernels read and write 16 bytes per thread and instruction on a GPU, which made
-cross-attention 1.6x and temporal attention 1.3x faster (BENCHMARKS.md). Nothing numerical shows
+"""The attention kernels read and write 16 bytes per thread and instruction on a GPU, which their
+speed depends on (BENCHMARKS.md). Nothing numerical shows
 it, so this compiles them for sm_90 here, without a GPU (Triton ships ptxas), specialized as their
 launchers specialize them for STDiT's bf16 views, and reads the PTX. The compiling runs in a child
 process: the tests' own process may run the kernels under Triton's interpreter, which cannot."""

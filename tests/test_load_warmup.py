@@ -57,12 +57,10 @@ def test_warmup_while_loading_runs_each_batch_size_and_records_its_stages():
 
 
 def test_a_warmed_up_engine_encodes_a_call_in_the_batches_an_unwarmed_one_does(monkeypatch):
-    # On a GPU, T5 gives a prompt encoded alone other last bits than the same prompt encoded in a
-    # batch (issue 20): had the warm-up left its prompt's embedding (encoded alone) in the prompt
-    # cache, a later call with that prompt beside a new one would encode only the new one and give
-    # another latent than an unwarmed engine, or the same engine once the cache is cleared (the
-    # GPU failure of tests/test_gpu_lean.py). The CPU's T5 is batch independent, so what is checked
-    # here is what T5 is asked to encode, call by call.
+    # Had the warm-up left its prompt's embedding in the prompt cache, a later call with that
+    # prompt beside a new one would encode only the new one: a call would then depend on whether
+    # the engine warmed up, wherever T5's rows depend on their batch (a kernel or library that
+    # batches differently). What is checked is what T5 is asked to encode, call by call.
     batches = []
     real = Engine._encode_cleaned
 

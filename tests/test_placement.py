@@ -273,8 +273,8 @@ def test_lean_fits_8_gib_reserved_at_every_preset_by_construction(preset, prompt
 def test_lean_encode_and_decode_count_what_the_kept_graph_allocates_not_its_pool():
     # Between calls the lean placement keeps the STDiT and its step's graph. The graph's memory pool
     # (the step's activations) is reserved, not allocated: a replay allocates nothing, so a later
-    # call's encode and decode see only the graph's static caption K/V and the workspaces (an H200
-    # measured 3.60 GiB allocated at the encode of every preset, 2026-12-02: BENCHMARKS.md).
+    # call's encode and decode see only the graph's static caption K/V and the workspaces (the
+    # measured peaks: BENCHMARKS.md).
     preset = PRESETS["16x256x256"]
     lean = estimate_memory(preset, 2, "lean", vae_chunk_frames=1)
     sequential = estimate_memory(preset, 2, "sequential", vae_chunk_frames=1)

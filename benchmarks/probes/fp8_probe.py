@@ -4,8 +4,8 @@
    alone (with fp32 accumulation, and with the fast one FP8Linear uses), and the engine's
    FP8Linear (the matmul plus our per-token quantization kernel), all replayed from CUDA graphs;
 2. the whole forward, bf16 against FP8, each replayed from a graph of back-to-back forwards long
-   enough (~1.5 s) to reach the card's power cap as sampling does, alternated so both see the
-   same clocks;
+   enough (FORWARD_SPAN_MS) to reach the card's power cap as sampling does, alternated so both see
+   the same clocks;
 3. fidelity: the distance of the bf16 and the FP8 forward (bf16 and fp16 activations) from the
    fp32 forward. Random weights: trained ones have outlier channels, which per-token scales
    handle worse, so this is a lower bound on the damage.
@@ -26,6 +26,9 @@ from benchmarks.workloads import build_stdit, graphed_time_ms, median, relative_
 from stdit_engine.configs import get_preset, token_grid
 from stdit_engine.kernels.fp8_quantize import E4M3, quantize_rows_fp8_triton, quantize_rows_ref
 from stdit_engine.models.fp8 import FP8Linear
+
+# A graph of back-to-back forwards this long brings the card to its power cap, as sampling does.
+FORWARD_SPAN_MS = 1500
 
 
 def linear_speed(preset: str, batch: int) -> None:
@@ -64,11 +67,10 @@ def forward_speed(preset: str, batch: int) -> None:
     variants = {"bf16": build_stdit(preset, torch.bfloat16, "triton"),
                 "bf16 + FP8": build_stdit(preset, torch.bfloat16, "triton", fp8=True)}
     inputs = stdit_inputs(variants["bf16"], batch)
-    frames, positions = token_grid(get_preset(preset))
-    forward_ms = 45.0 * batch * frames * positions / 16384  # ~45 ms at 16x256x256 batch 4 (BENCHMARKS.md)
-    calls = max(2, round(1500 / forward_ms))
     times: dict[str, list[float]] = {label: [] for label in variants}
     with torch.inference_mode():
+        forward_ms = median(graphed_time_ms(lambda: variants["bf16"](*inputs), calls=1, reps=3))
+        calls = max(2, round(FORWARD_SPAN_MS / forward_ms))
         for _ in range(2):
             for label, net in variants.items():
                 times[label] += graphed_time_ms(lambda net=net: net(*inputs), calls=calls, reps=3)

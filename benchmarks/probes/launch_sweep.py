@@ -1,7 +1,7 @@
 """Times our Triton kernels over their launch constants at the STDiT forward's shapes, on this GPU,
 and prints each configuration's time and its error against the backend's reference op; the module
-constants (the kernels' defaults) are the winners of the last sweep on an H200. Run it on a new card
-before trusting those defaults there:
+constants (the kernels' defaults) are the winners of a sweep on the card BENCHMARKS.md names. Run it
+on a new card before trusting those defaults there:
 
     python -m benchmarks.probes.launch_sweep [--only temporal|cross|ln|residual_ln|residual|residual_fp8|quantize|quantize_gelu]
 """

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from .schema import VideoRequest
 
 QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = "queued", "in_progress", "completed", "failed", "cancelled"
-STATUSES = (QUEUED, IN_PROGRESS, COMPLETED, FAILED, CANCELLED)
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 
 JOB_ID_PREFIX = "video_"
