@@ -273,8 +273,11 @@ class VideoService:
                                           sampler=request.sampler, guidance_channels=request.guidance_channels,
                                           batch_size=len(batch),
                                           progress=on_progress, cancel=token, stats=stats)
-        except Cancelled:
-            return  # every job of the batch was cancelled already (that is what cancels the call)
+        except Cancelled as err:
+            # The service cancels a call once every job of its batch is cancelled; a call stopped by
+            # anything else (a replica's own cancellation) fails the jobs still running.
+            self._fail(batch, err, code="interrupted")
+            return
         except Exception as err:  # noqa: BLE001 - any engine failure fails its jobs, never the server
             self._fail(batch, err)
             return

@@ -10,6 +10,7 @@ import pytest
 from stdit_engine import Engine
 from stdit_engine.serving import VideoService, create_app
 from stdit_engine.serving.background import BackgroundServer
+from stdit_engine.serving.jobs import FINISHED
 
 STEPS = 2  # few steps: the tests are about the service, not the pictures
 DEADLINE_S = 120  # every wait in these tests gives up after this (CI's CPU is shared)
@@ -31,7 +32,7 @@ class LiveServer(BackgroundServer):
         assert status == 202, job
         return job
 
-    def wait(self, job_id: str, until=("completed", "failed", "cancelled"), headers=None) -> dict:
+    def wait(self, job_id: str, until=FINISHED, headers=None) -> dict:
         job = {}
 
         def reached():

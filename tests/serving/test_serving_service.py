@@ -2,11 +2,12 @@
 restart, retention, and the Python API's refusals."""
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from stdit_engine.errors import ConfigError, JobNotReady, QueueFull, ServiceStopped, UnknownJob
+from stdit_engine.errors import Cancelled, ConfigError, JobNotReady, QueueFull, ServiceStopped, UnknownJob
 from stdit_engine.serving import VideoService
 from stdit_engine.serving.jobs import Job, new_job_id
 from stdit_engine.serving.schema import ValidationError, VideoRequest
@@ -136,11 +137,11 @@ class FailingOnce:
         self.real, self.error, self.when, self.failed = getattr(target, method), error, when, False
         setattr(target, method, self)
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         if not self.failed and self.when(*args):
             self.failed = True
             raise self.error
-        return self.real(*args)
+        return self.real(*args, **kwargs)
 
 
 def test_a_store_that_refuses_a_record_loses_no_job_and_stops_no_worker(engine, tmp_path):
@@ -156,6 +157,15 @@ def test_a_store_that_refuses_a_record_loses_no_job_and_stops_no_worker(engine, 
         assert refusal.failed and all(worker.is_alive() for worker in service._workers)
         # The refused record was written with the next one.
         assert service.store.get(first.id).status == "completed" and not service._unrecorded
+
+
+def test_an_engine_call_stopped_by_something_else_than_the_service_fails_its_jobs(engine, tmp_path):
+    engine = SimpleNamespace(generate=engine.generate, device=engine.device)  # the shared engine stays as it is
+    FailingOnce(engine, "generate", Cancelled("the replica was cancelled (injected)"))
+    with VideoService(engine, output_dir=tmp_path) as service:
+        stopped = service.wait(service.submit({"prompt": "stopped", "num_steps": STEPS}).id, DEADLINE_S)
+        assert stopped.status == "failed" and stopped.error["code"] == "interrupted"
+        assert service.wait(service.submit({"prompt": "next", "num_steps": STEPS}).id, DEADLINE_S).status == "completed"
 
 
 def test_a_fault_outside_the_engine_call_fails_only_unfinished_jobs_and_the_worker_goes_on(engine, tmp_path):
