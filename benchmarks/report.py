@@ -151,9 +151,9 @@ def mode_of(info: dict) -> str:
 
 def headline(data: dict, source: str) -> str:
     """The markdown headline: one row per end-to-end run of `data`, presets in order."""
-    placement_order = {"resident": 0, "offload": 1, "sequential": 2}
+    placement_order = {"resident": 0, "lean": 1, "offload": 2, "sequential": 3}
     runs = sorted((b["extra_info"] for b in data["benchmarks"] if "sampling_s" in b["extra_info"]),
-                  key=lambda r: (r["workload"], placement_order.get(mode_of(r).split(",")[0], 3), mode_of(r)))
+                  key=lambda r: (r["workload"], placement_order.get(mode_of(r).split(",")[0], 4), mode_of(r)))
     lines = [
         "| preset, prompts | mode | latency: sampling / total | peak reserved VRAM | speed-up vs reference | "
         "memory vs reference | card | date | torch / triton |",

@@ -11,6 +11,9 @@ from stdit_engine.bench import run_end_to_end
 
 FP16, BF16 = torch.float16, torch.bfloat16
 RUNS = [  # (preset, placement, CUDA graphs, STDiT/VAE dtype, FP8 block linears): fp16 is the reference script's
+    ("16x256x256", "lean", True, FP16, False),  # the default placement, at every preset
+    ("16x512x512", "lean", True, FP16, False),
+    ("64x512x512", "lean", True, FP16, False),
     ("16x256x256", "resident", True, FP16, False),
     ("16x256x256", "resident", True, BF16, False),
     ("16x256x256", "resident", True, FP16, True),
