@@ -3,14 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
 
 .PHONY: demo test venv clean
 
 $(BIN)/stdit-engine: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# The CPU build of torch first, so the project's torch range installs nothing bigger.
-	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	# torch first, so the project's torch range installs nothing bigger. PyPI's Linux wheel is the
+	# CUDA build: TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU one from there.
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install -q -e '.[dev,export,serve,quality,ray]'
 	touch $@
 

@@ -33,6 +33,15 @@ class ServingError(EngineError):
     """A request the video service cannot take or answer as asked (serving/)."""
 
 
+class InvalidRequest(ServingError, ConfigError):
+    """A video request the service refuses: `param` names the first field at fault, the message
+    every problem (HTTP 422)."""
+
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.param = param
+
+
 class QueueFull(ServingError):
     """The service's queue holds its maximum of waiting jobs: retry after `retry_after` seconds."""
 

@@ -36,6 +36,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import JobNotReady, QueueFull, ServiceStopped, UnknownJob
 from .jobs import COMPLETED, is_job_id
@@ -133,6 +134,11 @@ def create_app(service: VideoService, *, api_key: str | None = None, close_servi
         if any(error.get("type") == "json_invalid" for error in errors):  # not a request at all
             return _error(400, "invalid_json", "the request body is not valid JSON: send a JSON object")
         return JSONResponse(validation_error_body(errors), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc: StarletteHTTPException):  # 404 no route, 405 wrong method: one error shape
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(UnknownJob)
     async def unknown_job(_request, exc: UnknownJob):

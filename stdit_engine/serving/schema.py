@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from ..engine.arguments import USUAL_CFG_SCALE
 from ..engine.seeds import MAX_SEED
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidRequest
 from ..models.caption import clean_prompt
 from ..schedulers import make_sampler
 
@@ -81,21 +81,34 @@ def error_body(code: str, message: str, *, param: str | None = None,
     return {"error": {"type": type, "code": code, "message": message, "param": param}}
 
 
-def validation_error_body(errors: list[dict]) -> dict:
-    """The body of a 422 from pydantic's errors: the first bad field named in `param`, every problem
-    listed in the message."""
+def describe_errors(errors: list[dict]) -> tuple[str, str]:
+    """(every problem in one message, the first bad field) from pydantic's errors."""
     def field(error: dict) -> str:
         location = [str(part) for part in error.get("loc", ()) if part != "body"]
         return ".".join(location) or "body"
 
     message = "; ".join(f"{field(e)}: {e.get('msg', 'invalid')}" for e in errors) or "invalid request"
-    return error_body("invalid_field", message, param=field(errors[0]) if errors else "body")
+    if errors and field(errors[0]) == "body":  # not an object of fields at all
+        message += " (send a JSON object, with Content-Type: application/json)"
+    return message, field(errors[0]) if errors else "body"
+
+
+def validation_error_body(errors: list[dict]) -> dict:
+    """The body of a 422 from pydantic's errors: the first bad field named in `param`, every problem
+    listed in the message."""
+    message, param = describe_errors(errors)
+    return error_body("invalid_field", message, param=param)
 
 
 def parse_request(data: dict | VideoRequest) -> VideoRequest:
-    """A VideoRequest from a dict (raises pydantic's ValidationError naming the fields)."""
-    return data if isinstance(data, VideoRequest) else VideoRequest.model_validate(data)
+    """A VideoRequest from a dict; InvalidRequest (a ConfigError) naming the fields at fault."""
+    if isinstance(data, VideoRequest):
+        return data
+    try:
+        return VideoRequest.model_validate(data)
+    except ValidationError as err:
+        raise InvalidRequest(*describe_errors(err.errors())) from None
 
 
-__all__ = ["VideoRequest", "ValidationError", "parse_request", "error_body", "validation_error_body",
+__all__ = ["VideoRequest", "parse_request", "error_body", "validation_error_body",
            "MAX_BODY_BYTES", "MAX_CFG_SCALE", "MAX_SEED", "MAX_STEPS"]

@@ -102,7 +102,7 @@ class VideoService:
     # ------------------------------------------------------------------ the API
 
     def submit(self, request: VideoRequest | dict) -> Job:
-        """Queues one video; raises pydantic's ValidationError (naming the field) for a bad request,
+        """Queues one video; raises InvalidRequest (naming the field) for a bad request,
         QueueFull when `max_queue` jobs wait, ServiceStopped after close()."""
         request = parse_request(request)
         seed = request.seed if request.seed is not None else new_seed()

@@ -190,6 +190,10 @@ def test_other_refusals(serve):
     assert server.request("DELETE", "/v1/videos/video_" + "f" * 32)[0] == 404
     assert server.request("GET", "/v1/videos?limit=0")[0] == 422
     assert server.request("GET", f"/v1/videos?after=video_{'0' * 32}")[0] == 404
+    status, headers, reply = server.request("PUT", "/v1/videos", {"prompt": "a cat"})
+    assert status == 405 and reply["error"]["code"] == "method_not_allowed" and "POST" in headers["allow"]
+    status, _, reply = server.request("POST", "/v1/videos", raw=b'{"prompt": "a cat"}')  # no Content-Type
+    assert status == 422 and "Content-Type: application/json" in reply["error"]["message"]
     assert server.service.store.counts() == {}
 
 

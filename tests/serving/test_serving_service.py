@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from stdit_engine.errors import Cancelled, ConfigError, JobNotReady, QueueFull, ServiceStopped, UnknownJob
+from stdit_engine.errors import Cancelled, ConfigError, InvalidRequest, JobNotReady, QueueFull, ServiceStopped, UnknownJob
 from stdit_engine.serving import VideoService
 from stdit_engine.serving.jobs import Job, new_job_id
-from stdit_engine.serving.schema import ValidationError, VideoRequest
+from stdit_engine.serving.schema import VideoRequest
 from stdit_engine.serving.store import JobStore
 
 
@@ -185,8 +185,9 @@ def test_python_api_refusals(engine, tmp_path):
     for age in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="max_age_s"):
             VideoService(engine, max_age_s=age, output_dir=tmp_path)
-    with pytest.raises(ValidationError, match="num_steps"):
+    with pytest.raises(InvalidRequest, match="num_steps") as refused:
         service.submit({"prompt": "a cat", "num_steps": 0})
+    assert refused.value.param == "num_steps" and isinstance(refused.value, ConfigError)
     running = service.submit({"prompt": "held", "num_steps": STEPS})
     wait_for(lambda: service.get(running.id).status == "in_progress")
     queued = service.submit({"prompt": "waits", "num_steps": STEPS})
