@@ -165,6 +165,13 @@ def _generate_arguments(args: argparse.Namespace, prompts: list[str]) -> dict:
     """generate()'s arguments from the command line, checked before anything loads."""
     checked = check_generate_arguments(prompts, seed=args.seed, cfg_scale=args.cfg_scale, batch_size=args.batch_size,
                                        vae_chunk_frames=args.vae_chunk_frames)
+    from .schedulers import make_sampler
+
+    make_sampler(args.sampler, num_steps=args.steps, cfg_scale=checked.cfg_scale,
+                 guidance_channels=args.guidance_channels)  # its ConfigError, before minutes of loading
+    if args.cache == "residual" and args.cache_calibration is None:
+        raise ConfigError("--cache residual needs the change curve of this checkpoint: run `stdit-engine "
+                          "calibrate-cache --out FILE` once and pass --cache-calibration FILE")
     return dict(seed=checked.seed, num_steps=args.steps, cfg_scale=checked.cfg_scale,
                 guidance_channels=args.guidance_channels, sampler=args.sampler, batch_size=checked.batch_size,
                 vae_chunk_frames=checked.vae_chunk_frames, **_cache_arguments(args))

@@ -4,6 +4,7 @@ import json
 import av
 import pytest
 
+from stdit_engine import cli
 from stdit_engine.cli import main
 
 DEMO_PROMPT = "a sea turtle swimming over a coral reef"
@@ -138,3 +139,18 @@ def test_a_calibration_without_sensitivity_steps_is_refused_before_work(tmp_path
                  "--sensitivity-steps", "0", "--out", str(tmp_path / "cache.json")]) == 2
     assert "sensitivity at >= 1 step per run, got 0" in capsys.readouterr().err
     assert not (tmp_path / "cache.json").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "-3"], "from 2 to 1000"),
+    (["--sampler", "euler"], "unknown sampler 'euler'"),
+    (["--cache", "residual"], "pass --cache-calibration FILE"),
+])
+def test_sampler_and_cache_flags_are_checked_before_the_model_loads(monkeypatch, capsys, tmp_path, flags, message):
+    def load_nothing(*args, **kwargs):
+        raise AssertionError("the engine was built before the flags were checked")
+
+    monkeypatch.setattr(cli, "build_engine", load_nothing)
+    assert main(["generate", "--preset", "tiny", "--random-weights", "--device", "cpu", "--prompt", "x",
+                 "--out", str(tmp_path / "x.mp4"), *flags]) == 2
+    assert message in capsys.readouterr().err
