@@ -37,8 +37,11 @@ def test_more_steps_are_never_further_away_on_the_analytic_model():
 def test_identical_config_is_infinitely_close_and_three_steps_clearly_worse():
     engine = Engine.from_random_weights("tiny", device="cpu")
     runner = EngineRunner(engine, ["a red car in the snow"])
+    told = []
     rows = evaluate(runner, configs("ddim@20", "dpm-solver++@10", "dpm-solver++@3"), seeds=[0],
-                    reference=SamplerConfig("ddim", 20))
+                    reference=SamplerConfig("ddim", 20), progress=told.append)
+    assert [line.split(":")[0] for line in told] == [
+        "[1/4] seed 0, ddim@20", "[2/4] seed 0, ddim@20", "[3/4] seed 0, dpm-solver++@10", "[4/4] seed 0, dpm-solver++@3"]
     reference, same, good, poor = rows
     assert same.latent_rel_l2 == 0 and math.isinf(same.psnr_db) and same.ssim == pytest.approx(1.0)
     assert reference.config == "ddim@20" and math.isinf(reference.psnr_db)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
 from ..configs import PRESETS
@@ -50,7 +51,7 @@ def cmd_quality(args: argparse.Namespace) -> None:
 
     args.doing = "running the sampler configs"
     rows = evaluate(EngineRunner(engine, prompts, decode=not args.no_decode), configs, seeds, reference=reference,
-                    cfg_scale=args.cfg_scale, read_captions=read_captions)
+                    cfg_scale=args.cfg_scale, read_captions=read_captions, progress=partial(print, flush=True))
     write_csv(rows, csv_path)
     write_plot(rows, plot_path, f"{engine.preset.name} ({args.model}), {len(prompts)} prompts x {len(seeds)} seeds")
     for row in rows:

@@ -91,14 +91,15 @@ class QualityRow:
 
 def evaluate(runner: Runner, configs: Sequence[SamplerConfig], seeds: Sequence[int],
              reference: SamplerConfig = SamplerConfig("ddim", 250), cfg_scale: float = 7.0,
-             guidance_channels: int | None = None, read_captions=None) -> list[QualityRow]:
+             guidance_channels: int | None = None, read_captions=None, progress=None) -> list[QualityRow]:
     """One row per config (the reference itself first). `read_captions(latents) -> dict` scores
-    caption following, when the model has a task to score it by (the proxy)."""
+    caption following, when the model has a task to score it by (the proxy). `progress(line)` is
+    told of each run as it ends: a harness run can take many minutes."""
     if not configs or not seeds:
         raise ConfigError("the quality harness needs at least one sampler config and one seed")
     samplers = [c.build(cfg_scale, guidance_channels) for c in (reference, *configs)]  # fail early on bad configs
     results: dict[int, list] = {i: [] for i in range(len(samplers))}
-    for seed in seeds:
+    for seed_index, seed in enumerate(seeds):
         z = runner.initial_noise(seed)
         reference_latent = reference_frames = None
         for i, sampler in enumerate(samplers):
@@ -114,6 +115,10 @@ def evaluate(runner: Runner, configs: Sequence[SamplerConfig], seeds: Sequence[i
             if frames is not None:
                 distances[1:] = psnr(frames, reference_frames), ssim(frames, reference_frames)
             results[i].append((seconds, latent.float().cpu(), *distances))
+            if progress is not None:
+                done = seed_index * len(samplers) + i + 1
+                progress(f"[{done}/{len(seeds) * len(samplers)}] seed {seed}, {(reference, *configs)[i].label}: "
+                         f"{seconds:.1f} s")
     reference_samples = torch.cat([r[1] for r in results[0]])
     rows = []
     for i, sampler in enumerate(samplers):
