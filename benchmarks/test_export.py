@@ -9,7 +9,7 @@ import torch
 from workloads import build_stdit, cuda_time_ms, graphed_time_ms, median, peak_tflops, stdit_forward_flops, stdit_inputs
 
 from stdit_engine.export.aoti import export_aoti, load_aoti
-from stdit_engine.export.exportable import relative_error
+from stdit_engine.quality.metrics import relative_l2
 from stdit_engine.export.spec import spec_path
 from stdit_engine.models.stdit import caption_lengths
 from stdit_engine.reference import REFERENCE_FORWARD_MS
@@ -55,7 +55,7 @@ def test_aoti_package_forward(benchmark, dtype, tmp_path):
     x, t, y, mask = stdit_inputs(model, BATCH)
     lengths = caption_lengths(y, mask)
     with torch.inference_mode():
-        error = relative_error(run(x, t, y, lengths).float(), model(x, t, y, mask).float())
+        error = relative_l2(run(x, t, y, lengths).float(), model(x, t, y, mask).float())
         print(f"AOTInductor {dtype}: package {path.stat().st_size / 2**30:.2f} GiB in {compile_s:.0f} s, "
               f"relative error vs eager {error:.2e}")
         assert error < 1e-2

@@ -5,12 +5,9 @@ from workloads import build_stdit
 
 from stdit_engine.configs import PRESETS
 from stdit_engine.models.text_encoder import TextEncoder
+from stdit_engine.quality.metrics import relative_l2
 
 PROMPTS = ["a sea turtle swimming over a coral reef", "a red vintage car driving through snow at dusk"]
-
-
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def test_t5_bf16_vs_fp32(benchmark):
@@ -30,5 +27,5 @@ def test_t5_bf16_vs_fp32(benchmark):
         out16 = model(x, t, torch.cat([y16.float(), null.float()]), mask)
     benchmark.extra_info.update(
         workload="T5-XXL bf16 vs fp32 (random weights)", backend="transformers", dtype="torch.bfloat16",
-        t5_embedding_rel_error=rel(y16, y32), stdit_output_rel_error=rel(out16, out32),
+        t5_embedding_rel_error=relative_l2(y16, y32), stdit_output_rel_error=relative_l2(out16, out32),
     )

@@ -9,6 +9,7 @@ import torch
 
 from stdit_engine.configs import get_preset, token_grid
 from stdit_engine.models.stdit import STDiT
+from stdit_engine.quality.metrics import relative_l2
 
 # Dense fp16/bf16 tensor-core peak of the card's datasheet, for model FLOP utilisation.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4}
@@ -117,6 +118,5 @@ def median(values: list[float]) -> float:
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in fp32, out read in ref's shape."""
-    out, ref = out.float().reshape(ref.shape), ref.float()
-    return ((out - ref).norm() / ref.norm()).item()
+    """||out - ref|| / ||ref||, out read in ref's shape."""
+    return relative_l2(out.reshape(ref.shape), ref)

@@ -13,7 +13,8 @@ import torch
 from ..errors import ConfigError
 from ..files import atomic_path
 from ..models.stdit import STDiT
-from .exportable import block_spec, example_inputs, export_program, exportable, relative_error, stdit_spec
+from ..quality.metrics import relative_l2
+from .exportable import block_spec, example_inputs, export_program, exportable, stdit_spec
 from .spec import ExportSpec, spec_path
 
 
@@ -59,4 +60,4 @@ def validate_aoti(model: STDiT, path: str | Path, batch: int | None = None, seed
     inputs = example_inputs(spec, batch, seed=seed)
     with torch.no_grad():
         expected = exportable(model, spec)(*inputs)
-        return relative_error(run(*inputs).float(), expected.float())
+        return relative_l2(run(*inputs).float(), expected.float())

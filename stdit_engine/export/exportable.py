@@ -130,9 +130,3 @@ def export_program(module: nn.Module, spec: ExportSpec) -> torch.export.Exported
     dynamic = tuple({axis: batch for axis in spec.dynamic_axes[t.name]} for t in spec.inputs)
     with torch.no_grad():
         return torch.export.export(module.eval(), example_inputs(spec), dynamic_shapes=dynamic)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """||a - b|| / ||b||, in float64."""
-    actual, expected = actual.double(), expected.double()
-    return ((actual - expected).norm() / expected.norm()).item()

@@ -16,7 +16,8 @@ import torch
 from ..errors import ConfigError
 from ..files import atomic_folder_outputs
 from ..models.stdit import STDiT
-from .exportable import block_spec, example_inputs, export_program, exportable, relative_error, stdit_spec
+from ..quality.metrics import relative_l2
+from .exportable import block_spec, example_inputs, export_program, exportable, stdit_spec
 from .spec import BATCH_AXIS, ExportSpec, spec_path
 
 OPSET = 18  # >= 17 for LayerNormalization; 18 is the exporter's native opset (no version conversion)
@@ -81,4 +82,4 @@ def validate_onnx(model: STDiT, path: str | Path, batch: int | None = None, seed
     with torch.no_grad():
         expected = exportable(model, spec)(*(t.to(model.pos_embed.device) for t in inputs)).float().cpu()
     actual = run_onnx(path, inputs)[0].float()
-    return relative_error(actual, expected)
+    return relative_l2(actual, expected)
