@@ -76,9 +76,13 @@ def test_offload_placement_without_gpu_is_refused(tmp_path, capsys):
     assert "use 'resident'" in capsys.readouterr().err
 
 
-def test_bench_writes_records(tmp_path, capsys):
+def test_bench_writes_records(tmp_path, capsys, monkeypatch):
+    from stdit_engine import Engine
+    encoded, encode = [], Engine._encode_cleaned
+    monkeypatch.setattr(Engine, "_encode_cleaned", lambda self, prompts: encoded.append(prompts) or encode(self, prompts))
     out = tmp_path / "bench.json"
     assert main(["bench", "--preset", "tiny", "--device", "cpu", "--steps", "3", "--json", str(out)]) == 0
+    assert len(encoded) == 2  # the warm-up call's and the timed call's: the timed one encodes, as the reference's
     [record] = json.loads(out.read_text())
     assert record["workload"] == "end to end tiny, 2 prompt(s), 3 steps"
     assert set(record["stage_seconds"]) == {"encode", "denoise", "decode"}
