@@ -68,9 +68,9 @@ log = logging.getLogger(__name__)
 
 # Until a batch has been timed, the delay a refused client is told to wait.
 _FIRST_RETRY_AFTER_S = 10
-# An idle worker looks for videos past `max_age_s` this often, as a fraction of it, and at least
-# this often in seconds.
-_RETENTION_SWEEP_FRACTION, _RETENTION_SWEEP_MAX_S = 0.1, 60.0
+# An idle worker looks for videos past `max_age_s` this often, as a fraction of it, within these
+# bounds in seconds (the lower one keeps a tiny max_age_s from spinning the worker).
+_RETENTION_SWEEP_FRACTION, _RETENTION_SWEEP_BOUNDS_S = 0.1, (0.05, 60.0)
 
 
 class VideoService:
@@ -349,7 +349,8 @@ class VideoService:
     def _sweep_interval(self) -> float | None:
         if self.max_age_s is None:
             return None  # only completions add videos: retention runs then
-        return min(self.max_age_s * _RETENTION_SWEEP_FRACTION, _RETENTION_SWEEP_MAX_S)
+        low, high = _RETENTION_SWEEP_BOUNDS_S
+        return min(max(self.max_age_s * _RETENTION_SWEEP_FRACTION, low), high)
 
     def _past_max_age(self, job: Job) -> bool:
         return self.max_age_s is not None and time.time() - job.finished_at > self.max_age_s
