@@ -165,6 +165,8 @@ def headline(data: dict, source: str) -> str:
         ref_s, ref_gib = r.get("reference_sampling_s"), r.get("reference_peak_reserved_gib")
         speedup = f"{ref_s / r['sampling_s']:.2f}x ({ref_s} s)" if ref_s else "-"
         memory = f"{r['peak_reserved_gib'] / ref_gib:.2f}x ({ref_gib} GiB)" if ref_gib else "-"
+        if r.get("prompts_encoded") is False:  # its peak leaves out T5's encode, the reference's does not
+            memory = f"- ({ref_gib} GiB)" if ref_gib else "-"
         date = r.get("date") or data.get("datetime", "")[:10]
         lines.append(f"| {preset} | {mode_of(r)} | {r['sampling_s']:.2f} / {r['total_s']:.2f} s | "
                      f"{r['peak_reserved_gib']:.2f} GiB | {speedup} | {memory} | {r['gpu']} | {date} | "

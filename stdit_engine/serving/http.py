@@ -24,9 +24,9 @@ none), "num_steps", "cfg_scale", "guidance_channels", "error": null | {"code", "
 "stages": the engine's stage report, "batch_size", "has_content", "expired"}.
 Errors: {"error": {"type", "code", "message", "param"}} (schema.py).
 
-With `api_key`, every route but the page, /healthz and /metrics needs `Authorization: Bearer <key>`
-(401 otherwise), wherever the app is mounted; /healthz and /metrics stay open for probes and
-scrapers, and say nothing about jobs' content.
+With `api_key`, every route but the page, /healthz, /metrics and the API's description (/docs,
+/redoc, /openapi.json) needs `Authorization: Bearer <key>` (401 otherwise), wherever the app is
+mounted; /healthz and /metrics stay open for probes and scrapers, and say nothing about jobs' content.
 """
 from __future__ import annotations
 

@@ -69,7 +69,11 @@ class Job:
 
     @classmethod
     def from_json(cls, data: dict, file: str | None) -> "Job":
-        request = VideoRequest(**{name: data[name] for name in VideoRequest.model_fields})
+        """A stored job, as it was recorded: its request is not checked again, so the records of
+        earlier limits (a larger seed, another prompt check) still load, and reading one costs no
+        prompt cleaning; a field added since takes its default."""
+        request = VideoRequest.model_construct(**{name: data[name] for name in VideoRequest.model_fields
+                                                  if name in data})
         return cls(id=data["id"], request=request, seed=data["seed"], created_at=data["created_at"],
                    status=data["status"], progress=data["progress"], started_at=data["started_at"],
                    finished_at=data["completed_at"], error=data["error"], stages=data["stages"],

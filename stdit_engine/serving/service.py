@@ -207,6 +207,8 @@ class VideoService:
         deadline = None if timeout is None else time.monotonic() + timeout
         for worker in self._workers:  # the job records stay readable (get, list, result)
             worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with self._changed:
+            self._record()  # what the store refused before, a last time
 
     def __enter__(self) -> "VideoService":
         return self
@@ -221,6 +223,7 @@ class VideoService:
             with self._changed:
                 while self._accepting and not self._queue:
                     if not self._changed.wait(self._sweep_interval()):
+                        self._record()
                         self._apply_retention()
                 if not self._accepting:
                     return
@@ -235,8 +238,10 @@ class VideoService:
             started = time.monotonic()
             try:
                 self._run(*running)
-            except Exception as err:  # noqa: BLE001 - outside the engine call (the disk, the store): fail, go on
-                self._fail(batch, err, code="internal_error")
+            except BaseException as err:  # outside the engine call (the disk, the store; a replica's
+                self._fail(batch, err, code="internal_error")  # asyncio.CancelledError): fail, go on
+                if isinstance(err, (SystemExit, KeyboardInterrupt)):
+                    raise
             finally:
                 with self._changed:
                     self._running.remove(running)
@@ -321,18 +326,19 @@ class VideoService:
         self._record(job)
         self._changed.notify_all()
 
-    def _record(self, job: Job) -> None:
-        """Writes the job's record, and those the store refused before. Called holding the lock.
-        A refused record stays in `_unrecorded`, which readers see first, so no one reads a state
-        the job has left, and no worker stops for the store."""
-        self._unrecorded[job.id] = job
+    def _record(self, job: Job | None = None) -> None:
+        """Writes the job's record, and those the store refused before (job None: only those).
+        Called holding the lock. A refused record stays in `_unrecorded`, which readers see first,
+        so no one reads a state the job has left, and no worker stops for the store; it is written
+        again with the next record, on the idle worker's sweep and at close()."""
+        if job is not None:
+            self._unrecorded[job.id] = job
         for pending in list(self._unrecorded.values()):
             try:
                 self.store.put(pending)
             except Exception:  # noqa: BLE001 - sqlite3.OperationalError and the like
-                log.exception("could not write job %s's record; kept in memory, written with the next one",
-                              pending.id)
-                return
+                log.exception("could not write job %s's record; kept in memory and written again", pending.id)
+                continue
             del self._unrecorded[pending.id]
 
     def _time_batch(self, seconds: float) -> None:
@@ -347,9 +353,11 @@ class VideoService:
         return max(1, math.ceil(self._batch_seconds))
 
     def _sweep_interval(self) -> float | None:
-        if self.max_age_s is None:
-            return None  # only completions add videos: retention runs then
+        """How long an idle worker waits before it writes refused records again and looks for
+        videos past `max_age_s`; None: until woken (completions run retention themselves)."""
         low, high = _RETENTION_SWEEP_BOUNDS_S
+        if self.max_age_s is None:
+            return high if self._unrecorded else None
         return min(max(self.max_age_s * _RETENTION_SWEEP_FRACTION, low), high)
 
     def _past_max_age(self, job: Job) -> bool:

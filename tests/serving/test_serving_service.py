@@ -146,17 +146,34 @@ class FailingOnce:
 
 def test_a_store_that_refuses_a_record_loses_no_job_and_stops_no_worker(engine, tmp_path):
     import sqlite3
+    refused = sqlite3.OperationalError("disk I/O error (injected)")
     with VideoService(engine, output_dir=tmp_path, max_batch=1) as service:
-        refusal = FailingOnce(service.store, "put", sqlite3.OperationalError("disk I/O error (injected)"),
-                              when=lambda job: job.status == "completed")
+        refusal = FailingOnce(service.store, "put", refused, when=lambda job: job.status == "completed")
         first = service.submit({"prompt": "its record is refused", "num_steps": STEPS})
+        assert service.wait(first.id, DEADLINE_S).status == "completed"  # nothing has written it since
+        assert refusal.failed and service.store.get(first.id).status == "in_progress"  # the stale record
+        assert [job.status for job in service.list(1)] == ["completed"] and service.result(first.id).is_file()
         second = service.submit({"prompt": "next", "num_steps": STEPS})
-        assert service.wait(first.id, DEADLINE_S).status == "completed"  # from memory, not a stale record
-        assert service.result(first.id).is_file()
         assert service.wait(second.id, DEADLINE_S).status == "completed"
-        assert refusal.failed and all(worker.is_alive() for worker in service._workers)
-        # The refused record was written with the next one.
-        assert service.store.get(first.id).status == "completed" and not service._unrecorded
+        assert all(worker.is_alive() for worker in service._workers)
+        assert service.store.get(first.id).status == "completed" and not service._unrecorded  # written with the next
+    # A refused record is written at close() too: a restart finds the job completed, not interrupted.
+    service = VideoService(engine, output_dir=tmp_path, db_path=tmp_path / "closing.sqlite3")
+    FailingOnce(service.store, "put", refused, when=lambda job: job.status == "completed")
+    last = service.submit({"prompt": "refused, then closed", "num_steps": STEPS})
+    assert service.wait(last.id, DEADLINE_S).status == "completed"
+    service.close(DEADLINE_S)
+    with VideoService(engine, output_dir=tmp_path, db_path=tmp_path / "closing.sqlite3") as reopened:
+        assert reopened.interrupted_on_open == 0 and reopened.result(last.id).is_file()
+
+
+def test_records_of_earlier_limits_still_load(engine, tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    old = VideoRequest.model_construct(prompt="<b></b>", seed=2**60, num_steps=STEPS, cfg_scale=-3.0)
+    store.put(Job(id=new_job_id(), request=old, seed=2**60, created_at=time.time()))  # queued when it stopped
+    with VideoService(engine, output_dir=tmp_path) as service:
+        [job] = service.list(10)
+        assert service.interrupted_on_open == 1 and job.status == "failed" and job.seed == 2**60
 
 
 def test_an_engine_call_stopped_by_something_else_than_the_service_fails_its_jobs(engine, tmp_path):
@@ -169,12 +186,16 @@ def test_an_engine_call_stopped_by_something_else_than_the_service_fails_its_job
 
 
 def test_a_fault_outside_the_engine_call_fails_only_unfinished_jobs_and_the_worker_goes_on(engine, tmp_path):
-    with VideoService(engine, output_dir=tmp_path, max_batch=1) as service:
+    with VideoService(engine, output_dir=tmp_path, max_batch=2) as service:
         FailingOnce(service.metrics, "observe_request", RuntimeError("metrics broke (injected)"))
-        first = service.wait(service.submit({"prompt": "first", "num_steps": STEPS}).id, DEADLINE_S)
-        assert first.status == "completed"  # finished before the fault: it stays so
-        second = service.wait(service.submit({"prompt": "second", "num_steps": STEPS}).id, DEADLINE_S)
-        assert second.status == "completed" and all(worker.is_alive() for worker in service._workers)
+        with service._changed:  # both queued before the worker looks: one batch
+            first, second = (service.submit({"prompt": p, "num_steps": STEPS}) for p in ("first", "second"))
+        first, second = (service.wait(job.id, DEADLINE_S) for job in (first, second))
+        assert first.status == "completed" and first.batch_size == 2  # finished before the fault: it stays so
+        assert second.status == "failed" and second.error["code"] == "internal_error"
+        assert "metrics broke" in second.error["message"]
+        third = service.wait(service.submit({"prompt": "third", "num_steps": STEPS}).id, DEADLINE_S)
+        assert third.status == "completed" and all(worker.is_alive() for worker in service._workers)
 
 
 def test_python_api_refusals(engine, tmp_path):
