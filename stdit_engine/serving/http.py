@@ -181,10 +181,8 @@ def create_app(service: VideoService, *, api_key: str | None = None, close_servi
         try:
             path = service.result(job.id)
         except JobNotReady as err:
-            gone = job.status == COMPLETED  # completed, and its file removed under the retention limit
+            gone = job.status == COMPLETED  # completed, and its file removed since
             return _error(410 if gone else 409, "expired" if gone else "not_ready", str(err))
-        if not path.is_file():  # removed by hand, or by the retention limit since result()
-            return _error(410, "expired", f"job {job.id}'s video is no longer on the server; submit it again")
         # FileResponse answers Range requests (206 with Content-Range) itself.
         return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
 

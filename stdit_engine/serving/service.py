@@ -31,8 +31,9 @@ completes, every tenth of `max_age_s` (60 s at most) while idle, and when a vide
 Faults. An exception from the engine (CUDA out of memory, NaN latent, a decode or encode error)
 fails the jobs of that batch with its message; the worker frees the allocator's cache and runs
 the next batch. Any other exception while running a batch fails its unfinished jobs
-("internal_error", logged) and the worker goes on: a worker never dies with jobs waiting. `submit` refuses with `QueueFull` (carrying a retry delay) when `max_queue` jobs
-already wait, and with `ServiceStopped` after `close()`.
+("internal_error", logged) and the worker goes on: a worker never dies with jobs waiting.
+`submit` refuses with `QueueFull` (carrying a retry delay) when `max_queue` jobs already wait,
+and with `ServiceStopped` after `close()`.
 
 Cancellation. `cancel(id)` cancels a queued job at once; a running job is reported cancelled at
 once and its batch's engine call is stopped through its CancelToken when every job of the batch
@@ -166,7 +167,10 @@ class VideoService:
             raise JobNotReady(f"job {job_id} has no video: it is {job.status}{why}")
         if job.file is None:
             raise JobNotReady(f"job {job_id}'s video was removed under the retention limit; submit it again")
-        return self.folder.file(job.file)
+        path = self.folder.file(job.file)
+        if not path.is_file():  # removed from the folder by something else than the service
+            raise JobNotReady(f"job {job_id}'s video is no longer on the server; submit it again")
+        return path
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once finished, or as it is after `timeout` seconds."""

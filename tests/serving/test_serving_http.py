@@ -11,6 +11,7 @@ import pytest
 import torch
 from fastapi import FastAPI
 
+from stdit_engine.errors import JobNotReady
 from stdit_engine.serving import VideoService, create_app
 from stdit_engine.serving.background import BackgroundServer
 from stdit_engine.serving.schema import MAX_BODY_BYTES, MAX_SEED
@@ -70,6 +71,8 @@ def test_job_life_cycle(serve):
     (server.service.folder.path / f"{job['id']}.mp4").unlink()  # gone from the disk, whatever removed it
     status, _, reply = server.request("GET", f"/v1/videos/{job['id']}/content")
     assert status == 410 and reply["error"]["code"] == "expired"
+    with pytest.raises(JobNotReady, match="no longer on the server"):  # the Python API says so too
+        server.service.result(job["id"])
 
 
 def test_a_job_without_a_seed_is_given_one_and_reports_it(serve):
