@@ -58,20 +58,37 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def wait_for(stream, text: str, deadline_s: float) -> None:
+    """Reads the raw pipe until `text` appears: progress bars end their lines with \\r, not \\n."""
+    seen, deadline = "", time.monotonic() + deadline_s
+    while text not in seen:
+        assert time.monotonic() < deadline, f"no {text!r} within {deadline_s} s: {seen[-500:]}"
+        chunk = os.read(stream.fileno(), 4096)
+        assert chunk, f"the process closed its output before {text!r}: {seen[-500:]}"
+        seen += chunk.decode(errors="replace")
+
+
+def as_in_a_terminal() -> None:
+    """A foreground process in a terminal gets Ctrl-C; one started in the background by a
+    non-interactive shell (as CI may run the tests) inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_to_a_running_generate(tmp_path):
     """A real Ctrl-C (SIGINT) during the denoising steps: exit 130, one line, no traceback."""
     out = tmp_path / "x.mp4"
     process = subprocess.Popen(
         [sys.executable, "-m", "stdit_engine", "generate", "--preset", "tiny", "--random-weights", "--device", "cpu",
          "--steps", "1000", "--prompt", "a cat", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_in_a_terminal, env=os.environ.copy())
     try:
-        assert process.stdout.readline().startswith("note: random weights")  # the models load next
-        time.sleep(3)
+        wait_for(process.stderr, "denoise:", deadline_s=120)  # the interrupt lands in the step loop
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
+        _, stderr_bytes = process.communicate(timeout=120)
     finally:
         process.kill()
+    stderr = stderr_bytes.decode(errors="replace")
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
