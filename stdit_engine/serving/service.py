@@ -22,8 +22,9 @@ batched.
 Records. Every job is written to a SQLite file (`db_path`, default `<output_dir>/jobs.sqlite3`)
 when it is submitted, starts and finishes; a record the file refuses once a job is taken (disk full,
 database locked) is kept in memory, served from there and written again with the next record. Opening a service on a file that a previous process
-left with queued or running jobs marks those failed (code "interrupted", saying why), so a restart
-loses no finished job and leaves none hanging. Videos go to `output_dir` under server-made names,
+left with queued or running jobs marks those failed (code "interrupted", saying why) and removes
+any video saved for them whose record was never written, so a restart loses no finished job and
+leaves neither a job hanging nor a file no job owns. Videos go to `output_dir` under server-made names,
 written atomically (files.py); beyond `max_videos` (newest kept) or older than `max_age_s`, a
 video is deleted and its job reports `expired`: checked when the service opens, when a job
 completes, every tenth of `max_age_s` (60 s at most) while idle, and when a video is asked for.
@@ -84,7 +85,10 @@ class VideoService:
         self.max_videos, self.max_age_s = max_videos, max_age_s
         self.folder = VideoFolder(output_dir)
         self.store = JobStore(db_path if db_path is not None else self.folder.path / "jobs.sqlite3")
-        self.interrupted_on_open = self.store.fail_unfinished()
+        interrupted = self.store.fail_unfinished()
+        for job in interrupted:  # a video saved just before the process died, its record not yet written
+            self.folder.remove(self.folder.name_for(job.id))
+        self.interrupted_on_open = len(interrupted)
         self.metrics = ServiceMetrics()
         self._changed = threading.Condition()  # guards everything below; notified on every job change
         self._queue: deque[Job] = deque()

@@ -75,6 +75,9 @@ def test_a_restart_keeps_finished_jobs_and_fails_unfinished_ones_with_the_reason
     for job in stranded.values():
         store.put(job)
     store.close()
+    # ... and perhaps the video of the running one, saved just before the process died.
+    orphan = tmp_path / "videos" / f"{stranded['in_progress'].id}.mp4"
+    orphan.write_bytes(path.read_bytes())
 
     with VideoService(engine, output_dir=tmp_path / "videos", db_path=db) as service:
         assert service.interrupted_on_open == 2
@@ -86,6 +89,7 @@ def test_a_restart_keeps_finished_jobs_and_fails_unfinished_ones_with_the_reason
             assert failed.status == "failed" and failed.error["code"] == "interrupted"
             assert "submit it again" in failed.error["message"]
         assert {job.id for job in service.list(10)} == {finished.id, *(j.id for j in stranded.values())}
+        assert not orphan.exists()
 
 
 def test_retention_keeps_the_newest_videos(engine, tmp_path):
