@@ -3,8 +3,14 @@ helper modules, golden.py and the like, import by name: pyproject.toml puts test
 pythonpath.)"""
 import os
 
-import torch
+# The tests read tqdm's default output (TQDM_DISABLE=1 would silence it; tqdm reads it on import,
+# which importing torch does), and their clients talk to servers on 127.0.0.1 only, which a proxy
+# named in the environment would stand between.
+for name in [name for name in os.environ if name.startswith("TQDM_") or name.lower().endswith("_proxy")]:
+    del os.environ[name]
+
+import torch  # noqa: E402 - after the environment is cleaned
 
 # Read when @triton.jit decorates a kernel, so it must be set before any kernel module is imported.
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ["TRITON_INTERPRET"] = "1"

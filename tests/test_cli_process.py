@@ -1,6 +1,7 @@
 """The command line as a process: `--help` and argument errors never import torch, and Ctrl-C ends
 with one line and exit code 130, no traceback."""
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -59,10 +60,11 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
 
 
 def wait_for(stream, text: str, deadline_s: float) -> None:
-    """Reads the raw pipe until `text` appears: progress bars end their lines with \\r, not \\n."""
+    """Reads the raw pipe until `text` appears (progress bars end their lines with \\r, not \\n)."""
     seen, deadline = "", time.monotonic() + deadline_s
     while text not in seen:
-        assert time.monotonic() < deadline, f"no {text!r} within {deadline_s} s: {seen[-500:]}"
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {text!r} within {deadline_s} s: {seen[-500:]}"
         chunk = os.read(stream.fileno(), 4096)
         assert chunk, f"the process closed its output before {text!r}: {seen[-500:]}"
         seen += chunk.decode(errors="replace")
@@ -83,7 +85,7 @@ def test_sigint_to_a_running_generate(tmp_path):
          "--steps", "1000", "--prompt", "a cat", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_in_a_terminal, env=os.environ.copy())
     try:
-        wait_for(process.stderr, "denoise:", deadline_s=120)  # the interrupt lands in the step loop
+        wait_for(process.stderr, "denoise:", deadline_s=120)  # loaded: the interrupt lands in generate()
         process.send_signal(signal.SIGINT)
         _, stderr_bytes = process.communicate(timeout=120)
     finally:

@@ -32,6 +32,7 @@ def run_scenario(out: Path) -> dict:
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS=str(torch.get_num_threads()),
                PYTHONPATH=os.pathsep.join([str(SCENARIO.parent), str(SCENARIO.parents[2]),
                                            os.environ.get("PYTHONPATH", "")]))
+    env.pop("RAY_ADDRESS", None)  # the scenario starts its own cluster, inside the namespace
     in_namespace = 'ip link set lo up && exec "$@"'
     command = ["unshare", "--net", "--", "sh", "-c", in_namespace, "sh",
                sys.executable, str(SCENARIO), str(out), str(PORT)]

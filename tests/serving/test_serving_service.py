@@ -105,9 +105,10 @@ def test_retention_keeps_the_newest_videos(engine, tmp_path):
 
 
 def test_retention_by_age_and_listing_pages(engine, tmp_path):
-    with VideoService(engine, output_dir=tmp_path, max_age_s=1.0) as service:
+    # Ages wide enough that a stalled test thread still finds the new video kept.
+    with VideoService(engine, output_dir=tmp_path, max_age_s=2.0) as service:
         old = service.wait(service.submit({"prompt": "old", "num_steps": STEPS}).id, DEADLINE_S)
-        time.sleep(1.1)
+        time.sleep(2.1)
         new = service.wait(service.submit({"prompt": "new", "num_steps": STEPS}).id, DEADLINE_S)
         assert service.get(old.id).expired and not (tmp_path / f"{old.id}.mp4").exists()
         assert service.result(new.id).is_file()
@@ -119,7 +120,7 @@ def test_retention_by_age_and_listing_pages(engine, tmp_path):
 
 
 def test_an_idle_service_expires_old_videos_and_a_reopened_one_applies_its_new_limit(engine, tmp_path):
-    with VideoService(engine, output_dir=tmp_path, max_age_s=0.5) as service:
+    with VideoService(engine, output_dir=tmp_path, max_age_s=1.5) as service:
         job = service.wait(service.submit({"prompt": "ages", "num_steps": STEPS}).id, DEADLINE_S)
         assert job.file is not None
         wait_for(lambda: service.get(job.id).expired)  # no later job completes to trigger it
