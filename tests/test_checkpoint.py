@@ -37,6 +37,7 @@ def test_full_size_released_pth_with_ema_and_pos_embed(tmp_path):
     torch.save({"ema": {**state, **stale}}, path)
 
     loaded = load_stdit_checkpoint(model, path)
+    path.unlink()  # 3 GB: not left in the temporary folders pytest keeps
     loaded_state = loaded.state_dict()
     for key in ("x_embedder.proj.weight", "blocks.27.mlp.fc2.bias", "y_embedder.y_embedding"):
         assert torch.equal(loaded_state[key], state[key]), key
