@@ -3,8 +3,8 @@ import importlib
 
 from .configs import PRESETS, Preset, get_preset
 from .engine.cancel import CancelToken  # no torch import: stays eager
-from .errors import (Cancelled, CheckpointError, ConfigError, DeviceError, EngineError, PromptTruncatedWarning,
-                     SamplingError)
+from .errors import (Cancelled, CheckpointError, ConfigError, DeviceError, EngineError, PromptErasedWarning,
+                     PromptTruncatedWarning, SamplingError)
 
 __version__ = "0.1.0"
 
@@ -14,7 +14,7 @@ _LAZY = {"Engine": ".engine.api", "Video": ".engine.video"}
 __all__ = [
     "Engine", "Video", "PRESETS", "Preset", "get_preset", "CancelToken",
     "EngineError", "ConfigError", "CheckpointError", "DeviceError", "SamplingError", "PromptTruncatedWarning",
-    "Cancelled",
+    "PromptErasedWarning", "Cancelled",
 ]
 
 

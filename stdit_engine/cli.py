@@ -146,8 +146,14 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
         if not args.prompts_file.is_file():
-            raise ConfigError(f"prompts file {args.prompts_file} does not exist")
-        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+            what = "is a folder" if args.prompts_file.is_dir() else "does not exist"
+            raise ConfigError(f"prompts file {args.prompts_file} {what}: pass a text file, one prompt a line")
+        try:
+            text = args.prompts_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"prompts file {args.prompts_file} is not UTF-8 text (byte {err.start}): "
+                              "save it as UTF-8") from None
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise ConfigError("no prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     return prompts
@@ -155,7 +161,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
 
 def output_paths(out: Path, count: int) -> list[Path]:
     """The files to write, each checked to be writable (before minutes of work)."""
-    if out.suffix not in (".mp4", ".gif"):
+    if out.suffix.lower() not in (".mp4", ".gif"):
         raise ConfigError(f"--out must end in .mp4 or .gif, got {out}")
     paths = [out] if count == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
     return [check_output_target(path) for path in paths]

@@ -19,7 +19,7 @@ from typing import Iterator
 from .errors import ConfigError
 
 
-def check_output_target(path: str | os.PathLike, what: str = "output") -> Path:
+def check_output_target(path: str | os.PathLike, what: str = "output", example_name: str = "out.mp4") -> Path:
     """`path` as a Path if a file can be written there, else a ConfigError saying why.
 
     The folder is probed by creating (and removing) a file in it: permission bits do not tell
@@ -27,8 +27,10 @@ def check_output_target(path: str | os.PathLike, what: str = "output") -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"the {what} {path} is an existing folder: pass a file name (e.g. {path / 'out.mp4'})")
+        raise ConfigError(f"the {what} {path} is an existing folder: pass a file name (e.g. {path / example_name})")
     folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"the {what} {path} cannot be written: {folder} is a file, not a folder")
     if not folder.is_dir():
         raise ConfigError(f"the {what} folder {folder} does not exist: create it first (mkdir -p {folder})")
     try:

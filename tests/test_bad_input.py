@@ -3,6 +3,7 @@ command line finds the argument errors before it loads any model."""
 import pathlib
 import pickle
 
+import numpy
 import pytest
 import torch
 from helpers_hf import make_tiny_t5_dir
@@ -43,6 +44,13 @@ def engine():
     (dict(vae_chunk_frames=0), "vae_chunk_frames must be an integer >= 1 or None for the default, got 0"),
     (dict(num_steps=1), "num_steps for sampler 'iddpm' must be an integer from 2"),
     (dict(num_steps=2.0), "num_steps for sampler 'iddpm' must be an integer"),
+    (dict(num_steps=True, sampler="ddim"), "num_steps for sampler 'ddim' must be an integer .* got True"),
+    (dict(guidance_channels=3.0), "guidance_channels must be 3 .* got 3.0"),
+    (dict(prompts=["a \ud800 cat"]), "prompt #0 is not valid Unicode text"),
+    (dict(stats="oops"), "stats must be a list"),
+    (dict(cache="residual", cache_threshold="x"), "cache_threshold must be a number >= 0"),
+    (dict(cache="residual", cache_threshold=True), "cache_threshold must be a number >= 0"),
+    (dict(cache="attention", cache_broadcast="x"), "cache_broadcast must be an AttentionBroadcast"),
 ])
 def test_generate_rejects_bad_arguments_with_config_error(engine, kwargs, message):
     kwargs = {"prompts": ["a cat"], "num_steps": 2, "progress": False, **kwargs}
@@ -55,6 +63,9 @@ def test_generate_rejects_bad_arguments_with_config_error(engine, kwargs, messag
     (dict(device="meta"), DeviceError, "not supported"),
     (dict(device=0.5), ConfigError, "device must be a string"),
     (dict(seed="0"), ConfigError, "seed must be an integer"),
+    (dict(dtype="fp16"), ConfigError, "dtype must be torch.float32, torch.float16 or torch.bfloat16, got 'fp16'"),
+    (dict(dtype=torch.int8), ConfigError, "dtype must be .* got torch.int8"),
+    (dict(t5_dtype=None), ConfigError, "t5_dtype must be .* got None"),
 ])
 def test_engine_constructors_reject_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -86,6 +97,12 @@ def test_cli_rejects_bad_arguments_before_loading(no_model_loads, tmp_path, caps
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_numpy_integers_are_integers(engine):
+    as_numpy = engine.generate(["a cat"], seed=numpy.uint64(3), num_steps=numpy.int64(2), batch_size=numpy.int32(1),
+                               progress=False, output="latent")
+    assert torch.equal(as_numpy, engine.generate(["a cat"], seed=3, num_steps=2, progress=False, output="latent"))
 
 
 def test_cli_unknown_device_or_steps_exits_2(tmp_path, capsys):

@@ -5,7 +5,7 @@ import av
 import pytest
 
 from stdit_engine import cli
-from stdit_engine.cli import main
+from stdit_engine.cli import main, output_paths
 
 DEMO_PROMPT = "a sea turtle swimming over a coral reef"
 
@@ -45,6 +45,24 @@ def test_several_prompts_from_a_file(tmp_path):
 def test_bad_output_path_fails_before_work(extra, message, capsys):
     assert main(["generate", "--preset", "tiny", "--random-weights", "--prompt", "x", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bad_output_folders_and_prompt_files_are_named(tmp_path, capsys):
+    a_file, latin1 = tmp_path / "a-file", tmp_path / "prompts-latin1.txt"
+    a_file.write_text("")
+    latin1.write_bytes("a caf\xe9\n".encode("latin-1"))
+    tiny = ["generate", "--preset", "tiny", "--random-weights", "--device", "cpu"]
+    cases = [(["--prompt", "x", "--out", str(a_file / "x.mp4")], f"{a_file} is a file, not a folder"),
+             (["--prompts-file", str(tmp_path), "--out", str(tmp_path / "x.mp4")], "is a folder"),
+             (["--prompts-file", str(latin1), "--out", str(tmp_path / "x.mp4")], "is not UTF-8 text (byte 5)")]
+    for argv, message in cases:
+        assert main([*tiny, *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+
+
+def test_output_suffix_in_any_case(tmp_path):
+    assert output_paths(tmp_path / "x.MP4", 2) == [tmp_path / "x-0.MP4", tmp_path / "x-1.MP4"]
 
 
 def test_no_prompt(tmp_path, capsys):

@@ -1,11 +1,12 @@
-"""Per-call facts of generate(): each call's stage stats (never mixed across threads) and one warning
-for prompts that the text encoder truncates."""
+"""Per-call facts of generate(): each call's stage stats (never mixed across threads), one warning
+for prompts that the text encoder truncates and one for prompts that cleaning leaves empty."""
 import threading
 import warnings
 
 import pytest
+import torch
 
-from stdit_engine import Engine, PromptTruncatedWarning
+from stdit_engine import Engine, PromptErasedWarning, PromptTruncatedWarning
 
 STAGES = ["encode", "denoise", "decode"]
 
@@ -63,3 +64,24 @@ def test_long_prompts_get_one_warning_per_call(engine):
     with warnings.catch_warnings():
         warnings.simplefilter("error", PromptTruncatedWarning)
         engine.generate(["a dog"], seed=0, num_steps=2, progress=False, output="latent")  # short: no warning
+
+
+def test_prompts_with_no_words_left_once_cleaned_get_one_warning_naming_them(engine):
+    with pytest.warns(PromptErasedWarning) as caught:
+        engine.generate(["海龟", "a dog", "https://example.com"], seed=0, num_steps=2, progress=False,
+                        output="latent")
+    assert len(caught) == 1 and caught[0].filename == __file__  # pointed at this call, not at torch's wrapper
+    message = str(caught[0].message)
+    assert "2 of 3 prompt(s)" in message and "#0 '海龟'" in message and "#2 " in message and "#1" not in message
+    # As the reference: the erased prompt is generated all the same, as the empty prompt would be.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptErasedWarning)
+        erased, empty = (engine.generate([prompt], seed=0, num_steps=2, progress=False, output="latent")
+                         for prompt in ("海龟", ""))
+    assert torch.equal(erased, empty)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptErasedWarning)
+        engine.generate(["a dog"], seed=0, num_steps=2, progress=False, output="latent")
+    with pytest.warns(PromptErasedWarning) as caught:
+        engine.encode_prompts(["@turtle"])
+    assert caught[0].filename == __file__

@@ -11,7 +11,7 @@ import torch
 
 from ..configs import Preset, get_preset
 from ..errors import ConfigError, SamplingError
-from ..models.caption import clean_prompt
+from ..models.caption import clean_prompt, warn_if_erased
 from ..models.checkpoint import build_stdit
 from ..models.hub import resolve_model_file
 from ..models.stdit import STDiT
@@ -262,9 +262,15 @@ class Engine:
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(y [n,1,L,C_text], mask [n,L]) of the cleaned prompts, on the engine's device; prompts seen
         recently come from `self.prompt_cache`, bitwise as they were computed."""
-        cleaned = [clean_prompt(p) for p in check_prompts(prompts)]
-        self.text_encoder.warn_if_truncated(cleaned)
-        return self._encode_cached(cleaned)
+        return self._encode_cached(self._clean(check_prompts(prompts), stacklevel=2))
+
+    def _clean(self, prompts: list[str], stacklevel: int) -> list[str]:
+        """The prompts as T5 reads them; one warning for those it cuts, one for those left empty,
+        each pointing at the frame `stacklevel` above this method's caller (as warnings.warn counts)."""
+        cleaned = [clean_prompt(p) for p in prompts]
+        warn_if_erased(prompts, cleaned, stacklevel + 1)
+        self.text_encoder.warn_if_truncated(cleaned, stacklevel + 1)
+        return cleaned
 
     def _encode_cached(self, cleaned: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.prompt_cache.encode(cleaned, self._encode_cleaned, self.device,
@@ -324,11 +330,11 @@ class Engine:
         Thread-safe: see the class docstring.
         """
         args = check_generate_arguments(prompts, seed=seed, cfg_scale=cfg_scale, output=output, batch_size=batch_size,
-                                        vae_chunk_frames=vae_chunk_frames)
+                                        vae_chunk_frames=vae_chunk_frames, stats=stats)
         seed, vae_chunk_frames = args.seed, args.vae_chunk_frames
         batch_size = args.batch_size or self.preset.prompts_per_batch
-        prompts = [clean_prompt(p) for p in args.prompts]  # cleaned once, for the warning and the batches
-        self.text_encoder.warn_if_truncated(prompts)
+        # Cleaned once, for the warnings and the batches; they point past inference_mode's wrapper.
+        prompts = self._clean(args.prompts, stacklevel=3)
         if self.parallel is not None and not self.parallel.is_first:
             progress = False  # one progress bar and one report, from rank 0
         cache_plan = self._cache_plan(cache, sampler, num_steps, cache_threshold, cache_broadcast)

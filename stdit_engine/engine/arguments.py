@@ -6,20 +6,16 @@ Torch-free, so that the command line can run the same checks before it loads any
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import ConfigError
+from ..values import is_integer, is_number
 
 SEED_LIMIT = 2**64  # torch generators take seeds 0 .. 2**64-1 (negative ones wrap around silently)
 OUTPUTS = ("video", "latent")
 # Guidance scales the engine can still describe when the latent overflows (see explain_nonfinite).
 USUAL_CFG_SCALE = 100.0
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_prompts(prompts) -> list[str]:
@@ -34,12 +30,18 @@ def check_prompts(prompts) -> list[str]:
     bad = [p for p in prompts if not isinstance(p, str)]
     if bad:
         raise ConfigError(f"prompts must be strings, got {type(bad[0]).__name__}: {bad[0]!r}")
+    for i, prompt in enumerate(prompts):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate, e.g. from bytes decoded with surrogateescape
+            raise ConfigError(f"prompt #{i} is not valid Unicode text ({err.reason} at character {err.start}): "
+                              f"{prompt[:80]!r}") from None
     return prompts
 
 
 def check_seed(seed, name: str = "seed") -> int:
     """An integer in 0 .. 2**64-1 (not a bool, a float or a string)."""
-    if not _is_int(seed):
+    if not is_integer(seed):
         raise ConfigError(f"{name} must be an integer from 0 to 2**64-1, got {type(seed).__name__} {seed!r}")
     if not 0 <= seed < SEED_LIMIT:
         raise ConfigError(f"{name} must be from 0 to 2**64-1 (what a torch generator takes), got {seed}")
@@ -61,13 +63,13 @@ def check_count(value, name: str) -> int | None:
     """None (the default) or an integer >= 1."""
     if value is None:
         return None
-    if not _is_int(value) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ConfigError(f"{name} must be an integer >= 1 or None for the default, got {value!r}")
     return int(value)
 
 
 def check_cfg_scale(cfg_scale) -> float:
-    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real):
+    if not is_number(cfg_scale):
         raise ConfigError(f"cfg_scale must be a number, got {type(cfg_scale).__name__} {cfg_scale!r} "
                           "(the reference uses 7.0)")
     if not math.isfinite(cfg_scale):
@@ -86,12 +88,15 @@ class GenerateArguments:
 
 
 def check_generate_arguments(prompts, *, seed=None, cfg_scale=7.0, output="video", batch_size=None,
-                             vae_chunk_frames=None) -> GenerateArguments:
+                             vae_chunk_frames=None, stats=None) -> GenerateArguments:
     """The arguments of `Engine.generate()`, checked and normalised (prompts as a list). `num_steps`
     and `guidance_channels` are the sampler's to check (each sampler has its own range)."""
     prompts = check_prompts(prompts)
     if output not in OUTPUTS:
         raise ConfigError(f"output must be 'video' or 'latent', got {output!r}")
+    if stats is not None and not isinstance(stats, list):  # found only once the call's work is done
+        raise ConfigError(f"stats must be a list (the call's stage reports are appended to it) or None, "
+                          f"got {type(stats).__name__} {stats!r}")
     return GenerateArguments(
         prompts=prompts, seed=check_seeds(seed, len(prompts)), cfg_scale=check_cfg_scale(cfg_scale), output=output,
         batch_size=check_count(batch_size, "batch_size"),

@@ -9,7 +9,6 @@ guidance, ...) stay arguments of `generate()`.
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -18,6 +17,7 @@ import torch
 from ..configs import Preset, get_preset
 from ..devices import default_dtype, resolve_device
 from ..errors import ConfigError
+from ..values import is_integer
 from ..kernels.registry import resolve_backend
 from ..models.fp8 import check_fp8_supported
 from ..parallel import ParallelPlan, setup_parallel
@@ -57,6 +57,15 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_dtype(dtype, name: str) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype) or dtype not in FLOAT_DTYPES:
+        raise ConfigError(f"{name} must be torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+    return dtype
+
+
 def resolve_plan(preset: str | Preset, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
                  t5_dtype: torch.dtype = torch.float32, backend: str = "auto", cuda_graphs: bool = True,
                  placement: str = "auto", parallel: str = "auto", fp8: bool = False,
@@ -67,7 +76,8 @@ def resolve_plan(preset: str | Preset, *, device: str | torch.device | None = No
     preset = get_preset(preset)
     parallel_plan, device = setup_parallel(parallel, preset, None if device is None else resolve_device(device))
     device = resolve_device(device)
-    dtype = dtype or default_dtype(device)
+    dtype = default_dtype(device) if dtype is None else check_dtype(dtype, "dtype")
+    check_dtype(t5_dtype, "t5_dtype")
     backend = resolve_backend(backend, device).name
     if fp8:
         check_fp8_supported(device, dtype)
@@ -92,6 +102,6 @@ def warmup_batch_sizes(warmup: bool | Sequence[int] | None, preset: Preset, devi
     if isinstance(warmup, (str, bytes)) or not isinstance(warmup, Iterable):
         raise ConfigError(f"warmup must be True, False, None or a list of batch sizes, got {warmup!r}")
     sizes = list(warmup)
-    if not all(isinstance(size, numbers.Integral) and not isinstance(size, bool) and size >= 1 for size in sizes):
+    if not all(is_integer(size) and size >= 1 for size in sizes):
         raise ConfigError(f"warmup's batch sizes must be integers >= 1, got {sizes!r}")
     return tuple(dict.fromkeys(int(size) for size in sizes))

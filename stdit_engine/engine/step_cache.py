@@ -40,6 +40,7 @@ import torch
 from ..errors import ConfigError
 from ..models.stdit import STDiT
 from ..options import CACHE_MODES
+from ..values import is_number
 from .cache_defaults import cache_defaults
 
 if TYPE_CHECKING:
@@ -211,13 +212,16 @@ def make_plan(cache: str | None, *, sampler: str, evaluations: int, threshold: f
         if threshold is not None:
             raise ConfigError("cache_threshold belongs to cache='residual'; the attention cache is set with "
                               "cache_broadcast=AttentionBroadcast(...)")
+        if broadcast is not None and not isinstance(broadcast, AttentionBroadcast):
+            raise ConfigError(f"cache_broadcast must be an AttentionBroadcast(...), got {type(broadcast).__name__} "
+                              f"{broadcast!r}")
         return attention_plan(broadcast or default_broadcast(sampler, evaluations), evaluations)
     if cache != RESIDUAL:
         raise ConfigError(f"unknown cache {cache!r}; choose one of: {', '.join(CACHE_MODES)} (or None)")
     if broadcast is not None:
         raise ConfigError("cache_broadcast belongs to cache='attention'; the residual cache is set with cache_threshold")
     threshold = cache_defaults(sampler, evaluations).residual_threshold if threshold is None else threshold
-    if not threshold >= 0:
+    if not is_number(threshold) or not threshold >= 0:
         raise ConfigError(f"cache_threshold must be a number >= 0 (0: never skip), got {threshold!r}")
     if calibration is None:
         raise ConfigError("cache='residual' needs the change curve of this checkpoint: run `stdit-engine "

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import html
 import re
+import warnings
 from urllib.parse import unquote_plus
 
 import ftfy
 from bs4 import BeautifulSoup
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PromptErasedWarning
+
+# What the cleaner removes that a prompt may consist of alone, in the words of the messages that say so.
+REMOVED_TEXT = "URLs, HTML tags, @handles and CJK characters are removed"
 
 # URLs: "http(s):..." (or "www:...") or any "name.com/.co/.ru/.net/.org/.edu/.gov/.it" with its path.
 _TLD = r"[a-zA-Z0-9.\-]+[.](?:com|co|ru|net|org|edu|gov|it)[\w/-]*\b\/?(?!@)"
@@ -118,3 +122,17 @@ def clean_caption(text: str) -> str:
 def clean_prompt(text: str) -> str:
     """The text the reference feeds to the T5 tokenizer: `clean_caption` applied twice."""
     return clean_caption(clean_caption(text))
+
+
+def warn_if_erased(prompts: list[str], cleaned: list[str], stacklevel: int = 1) -> None:
+    """One PromptErasedWarning for the prompts with no words left once cleaned (`cleaned`, in the
+    order of `prompts`); none when every prompt kept some. `stacklevel` as warnings.warn's, counted
+    from this function's caller."""
+    erased = [i for i, text in enumerate(cleaned) if not text]
+    if not erased:
+        return
+    shown = ", ".join(f"#{i} {prompts[i][:40]!r}" for i in erased[:5]) + (" ..." if len(erased) > 5 else "")
+    warnings.warn(
+        f"{len(erased)} of {len(prompts)} prompt(s) have no words left once cleaned as T5's captions were "
+        f"({REMOVED_TEXT}), so their videos follow no text, as the reference's would: {shown}",
+        PromptErasedWarning, stacklevel=stacklevel + 1)

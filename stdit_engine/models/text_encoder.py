@@ -134,9 +134,10 @@ class TextEncoder(WrappedModel):
         with self._tokenizer_lock:
             return self.tokenizer(prompts, **settings)
 
-    def warn_if_truncated(self, prompts: list[str]) -> None:
+    def warn_if_truncated(self, prompts: list[str], stacklevel: int = 1) -> None:
         """One PromptTruncatedWarning for all the prompts that `encode` will cut to `max_length`
-        tokens (the end token included), as the reference does; none when every prompt fits."""
+        tokens (the end token included), as the reference does; none when every prompt fits.
+        `stacklevel` as warnings.warn's, counted from this method's caller."""
         lengths = [len(ids) for ids in self._tokenize(list(prompts), add_special_tokens=True, verbose=False)["input_ids"]]
         long = [(i, n) for i, n in enumerate(lengths) if n > self.max_length]
         if not long:
@@ -145,7 +146,7 @@ class TextEncoder(WrappedModel):
         warnings.warn(
             f"{len(long)} of {len(prompts)} prompt(s) are longer than the text encoder's {self.max_length} tokens "
             f"and are truncated to their first {self.max_length}, as the reference does: {shown}. "
-            "Shorten them to keep every word", PromptTruncatedWarning, stacklevel=3)
+            "Shorten them to keep every word", PromptTruncatedWarning, stacklevel=stacklevel + 1)
 
 
 def compute_rows_apart(module: nn.Module) -> None:

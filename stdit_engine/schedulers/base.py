@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, SamplingError
+from ..values import is_integer
 
 NUM_TRAIN_STEPS = 1000
 NAN_CHECK_EVERY = 10  # steps between (asynchronous) looks at whether the latent went non-finite
@@ -80,19 +81,19 @@ class Sampler:
     default_guidance_channels: ClassVar[int] = 3  # the released v1.0 sampler guides eps channels 0..2
 
     def __init__(self, num_steps: int = 100, cfg_scale: float = 7.0, guidance_channels: int | None = None):
-        if not isinstance(num_steps, int) or not self.min_steps <= num_steps <= self.max_steps:
+        if not is_integer(num_steps) or not self.min_steps <= num_steps <= self.max_steps:
             raise ConfigError(f"num_steps for sampler {self.name!r} must be an integer from {self.min_steps} to "
                               f"{self.max_steps}, got {num_steps!r}")
         if not math.isfinite(cfg_scale):
             raise ConfigError(f"cfg_scale must be a finite number, got {cfg_scale!r} (the reference uses 7.0)")
         guidance_channels = self.default_guidance_channels if guidance_channels is None else guidance_channels
-        if guidance_channels not in (3, 4):
+        if not is_integer(guidance_channels) or guidance_channels not in (3, 4):
             raise ConfigError(
                 f"guidance_channels must be 3 (the released v1.0 sampler) or 4 (all latent channels), got {guidance_channels!r}"
             )
-        self.num_steps = num_steps
+        self.num_steps = int(num_steps)
         self.cfg_scale = float(cfg_scale)
-        self.guidance_channels = guidance_channels
+        self.guidance_channels = int(guidance_channels)
 
     # ------------------------------------------------------------------ what a subclass defines
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..files import check_output_target
 from .defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_VIDEOS
 
 API_KEY_VARIABLE = "STDIT_ENGINE_API_KEY"
@@ -72,7 +73,25 @@ def check_serve_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--replicas {args.replicas} needs --ray: without it one engine serves every job")
     if args.replicas < 1:
         raise ConfigError(f"--replicas must be >= 1, got {args.replicas}")
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be from 1 to 65535, got {args.port}")
     check_service_limits(args.max_queue, args.max_batch, args.max_videos, max_age_s(args), workers=args.replicas)
+    check_storage(args.output_dir, args.db)
+
+
+def check_storage(output_dir: Path, db: Path | None) -> None:
+    """The video folder, created now (the service would create it once the model is loaded), and
+    the job store's file: each usable, or a ConfigError naming its flag."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"--output-dir {output_dir} is a file: pass a folder (it is created if missing)")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--output-dir {output_dir} cannot be created ({err.strerror or err})") from err
+    if db is None:
+        check_output_target(output_dir / "jobs.sqlite3", "--output-dir")
+    else:
+        check_output_target(db, "--db", example_name="jobs.sqlite3")
 
 
 def max_age_s(args: argparse.Namespace) -> float | None:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ..engine.arguments import USUAL_CFG_SCALE
 from ..engine.seeds import MAX_SEED
 from ..errors import ConfigError, InvalidRequest
-from ..models.caption import clean_prompt
+from ..models.caption import REMOVED_TEXT, clean_prompt
 from ..schedulers import make_sampler
 
 # A request is a prompt and a few numbers: anything bigger is not a request.
@@ -46,8 +46,8 @@ class VideoRequest(BaseModel):
         if not prompt.strip():
             raise ValueError("the prompt is blank: describe the video to generate")
         if not clean_prompt(prompt):  # what T5 would read: the video would have no text to follow
-            raise ValueError("the prompt has no words left once cleaned as T5's captions were (URLs, "
-                             "HTML tags, @handles and CJK characters are removed): describe the video in words")
+            raise ValueError(f"the prompt has no words left once cleaned as T5's captions were ({REMOVED_TEXT}): "
+                             "describe the video in words")
         return prompt
 
     @field_validator("sampler")

@@ -66,11 +66,19 @@ def test_serve_process_with_api_key_and_sigterm(tmp_path, http, wait_until):
     (["--max-batch", "0"], "max_batch"),
     (["--max-age-hours", "-1"], "max_age_s"),
     (["--replicas", "2"], "needs --ray"),
+    (["--port", "70000"], "--port must be from 1 to 65535, got 70000"),
+    (["--output-dir", "{tmp}/a-file"], "--output-dir {tmp}/a-file is a file"),
+    (["--output-dir", "{tmp}/a-file/videos"], "--output-dir {tmp}/a-file/videos cannot be created"),
+    (["--output-dir", "{tmp}/videos", "--db", "{tmp}"], "the --db {tmp} is an existing folder"),
+    (["--output-dir", "{tmp}/videos", "--db", "{tmp}/no/jobs.db"], "the --db folder {tmp}/no does not exist"),
 ])
-def test_bad_serve_flags_are_refused_before_the_model_loads(monkeypatch, capsys, flags, message):
+def test_bad_serve_flags_are_refused_before_the_model_loads(monkeypatch, capsys, tmp_path, flags, message):
     def load_nothing(*args, **kwargs):
         raise AssertionError("the engine was built before the flags were checked")
 
     monkeypatch.setattr(cli, "build_engine", load_nothing)
+    (tmp_path / "a-file").write_text("")
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
     assert cli.main(["serve", "--preset", "tiny", "--random-weights", "--device", "cpu", *flags]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err
