@@ -25,6 +25,11 @@ class PromptTruncatedWarning(UserWarning):
     """A prompt longer than the text encoder reads (120 tokens) was cut, as the reference cuts it."""
 
 
+class PromptErasedWarning(UserWarning):
+    """A prompt had no words left once cleaned (models/caption.py): its video follows no text, as
+    the reference's would."""
+
+
 class Cancelled(EngineError):
     """A call stopped because its CancelToken was cancelled; the engine stays usable."""
 
@@ -63,6 +68,11 @@ class JobNotReady(ServingError):
 
 class ServiceStopped(ServingError, RuntimeError):
     """The service is shutting down or stopped and takes no new jobs."""
+
+
+class StoreUnavailable(ServingError, RuntimeError):
+    """The job store refused to record a new job (disk full, database locked): nothing was queued;
+    retry later."""
 
 
 class ReplicaFailed(ServingError, RuntimeError):

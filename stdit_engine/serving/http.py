@@ -5,7 +5,8 @@ Routes (stable; the web page and the Ray Serve app build on them):
     POST   /v1/videos                {prompt, seed?, num_steps?, cfg_scale?, guidance_channels?}
                                      -> 202, the job (below); 400 not JSON; 413 body over
                                         MAX_BODY_BYTES; 422 a bad field (error.param names it); 429 queue full,
-                                        with Retry-After; 503 shutting down
+                                        with Retry-After; 503 shutting down, or the job store
+                                        refused the job (with Retry-After)
     GET    /v1/videos?limit=&after=  -> {"object": "list", "data": [job, ...], "has_more"} newest first;
                                         404 `after` names no job
     GET    /v1/videos/{id}           -> the job; 404 unknown
@@ -38,7 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import JobNotReady, QueueFull, ServiceStopped, UnknownJob
+from ..errors import JobNotReady, QueueFull, ServiceStopped, StoreUnavailable, UnknownJob
 from .jobs import COMPLETED, is_job_id
 from .page import add_page
 from .schema import MAX_BODY_BYTES, VideoRequest, error_body, validation_error_body
@@ -50,6 +51,26 @@ PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 def _error(status: int, code: str, message: str, *, type: str = "invalid_request_error",
            headers: dict | None = None) -> JSONResponse:
     return JSONResponse(error_body(code, message, type=type), status_code=status, headers=headers)
+
+
+class HeldFileResponse(FileResponse):
+    """A FileResponse (it answers Range requests, 206 with Content-Range, itself) that calls
+    `release` once sent, or once the send failed: the file is opened only as the response is sent,
+    after the route has returned."""
+
+    def __init__(self, path, *, release, **kwargs):
+        super().__init__(path, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
+def _not_json() -> JSONResponse:
+    return _error(400, "invalid_json", "the request body is not valid JSON: send a JSON object (UTF-8)")
 
 
 class BodyLimit:
@@ -117,13 +138,14 @@ def create_app(service: VideoService, *, api_key: str | None = None, close_servi
 
     app = FastAPI(title="stdit-engine", summary="Open-Sora v1.0 text-to-video jobs", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-    expected = None if api_key is None else f"Bearer {api_key}".encode()
+    expected = None if api_key is None else api_key.encode()
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
         if expected is not None and not _is_open(_route_path(request.scope)):
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            # The scheme's name is case-insensitive (RFC 9110); the key is compared in constant time.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
                 return _error(401, "unauthorized", "send the API key as 'Authorization: Bearer <key>'",
                               type="authentication_error", headers={"WWW-Authenticate": "Bearer"})
         return await call_next(request)
@@ -131,14 +153,21 @@ def create_app(service: VideoService, *, api_key: str | None = None, close_servi
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request, exc: RequestValidationError):
         errors = list(exc.errors())
-        if any(error.get("type") == "json_invalid" for error in errors):  # not a request at all
-            return _error(400, "invalid_json", "the request body is not valid JSON: send a JSON object")
+        no_body = any(error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",) for error in errors)
+        if no_body or any(error.get("type") == "json_invalid" for error in errors):  # not a request at all
+            return _not_json()
         return JSONResponse(validation_error_body(errors), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request, exc: StarletteHTTPException):  # 404 no route, 405 wrong method: one error shape
+        if exc.status_code == 400:  # the only 400 FastAPI raises here: a body it could not decode
+            return _not_json()
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(_request, exc: StoreUnavailable):
+        return _error(503, "store_unavailable", str(exc), type="server_error", headers={"Retry-After": "5"})
 
     @app.exception_handler(UnknownJob)
     async def unknown_job(_request, exc: UnknownJob):
@@ -179,12 +208,12 @@ def create_app(service: VideoService, *, api_key: str | None = None, close_servi
     def video_content(video_id: str):
         job = service.get(job_id(video_id))
         try:
-            path = service.result(job.id)
+            path = service.hold_result(job.id)  # kept until the response has sent it
         except JobNotReady as err:
             gone = job.status == COMPLETED  # completed, and its file removed since
             return _error(410 if gone else 409, "expired" if gone else "not_ready", str(err))
-        # FileResponse answers Range requests (206 with Content-Range) itself.
-        return FileResponse(path, media_type="video/mp4", filename=f"{job.id}.mp4")
+        return HeldFileResponse(path, release=lambda: service.release_result(path), media_type="video/mp4",
+                                filename=f"{job.id}.mp4")
 
     add_page(app)
 

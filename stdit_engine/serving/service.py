@@ -20,14 +20,18 @@ and within the fast path's batch-size tolerance (fp32 1e-5, fp16 1e-3, bf16 1e-2
 batched.
 
 Records. Every job is written to a SQLite file (`db_path`, default `<output_dir>/jobs.sqlite3`)
-when it is submitted, starts and finishes; a record the file refuses once a job is taken (disk full,
-database locked) is kept in memory, served from there and written again with the next record. Opening a service on a file that a previous process
-left with queued or running jobs marks those failed (code "interrupted", saying why) and removes
-any video saved for them whose record was never written, so a restart loses no finished job and
-leaves neither a job hanging nor a file no job owns. Videos go to `output_dir` under server-made names,
-written atomically (files.py); beyond `max_videos` (newest kept) or older than `max_age_s`, a
-video is deleted and its job reports `expired`: checked when the service opens, when a job
-completes, every tenth of `max_age_s` (60 s at most) while idle, and when a video is asked for.
+when it is submitted, starts and finishes. A new job the file refuses (disk full, database locked
+by another connection) is not taken: submit raises StoreUnavailable. A record the file refuses
+once a job is taken is kept in memory, served from there and written again with the next record.
+Opening a service on a file that a previous process left with queued or running jobs marks those
+failed (code "interrupted", saying why) and removes any video saved for them whose record was never
+written, so a restart loses no finished job and leaves neither a job hanging nor a file no job owns.
+
+Videos go to `output_dir` under server-made names, written atomically (files.py); beyond
+`max_videos` (newest kept) or older than `max_age_s`, a video is deleted and its job reports
+`expired`: checked when the service opens, when a job completes, every tenth of `max_age_s` (60 s
+at most) while idle, and when a video is asked for. A file being read (`hold_result`) is deleted
+only once its reader releases it.
 
 Faults. An exception from the engine (CUDA out of memory, NaN latent, a decode or encode error)
 fails the jobs of that batch with its message; the worker frees the allocator's cache and runs
@@ -49,7 +53,7 @@ import math
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -58,7 +62,7 @@ import torch
 from ..engine.cancel import CancelToken
 from ..engine.seeds import new_seed
 from ..errors import (Cancelled, ConfigError, EngineError, JobNotReady, QueueFull, SamplingError, ServiceStopped,
-                      UnknownJob)
+                      StoreUnavailable, UnknownJob)
 from .defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_VIDEOS
 from .files import VideoFolder
 from .jobs import CANCELLED, COMPLETED, FAILED, IN_PROGRESS, QUEUED, Job, new_job_id
@@ -95,6 +99,8 @@ class VideoService:
         self._live: dict[str, Job] = {}  # queued and running jobs, by id
         self._unrecorded: dict[str, Job] = {}  # jobs whose latest state the store refused, by id
         self._running: list[tuple[list[Job], CancelToken]] = []  # the batches being generated
+        self._held: Counter[str] = Counter()  # video files being read (hold_result), by name
+        self._removal_deferred: set[str] = set()  # held files whose job retention has expired
         self._accepting = True
         self._batch_seconds: float | None = None  # a moving average, for Retry-After
         with self._changed:
@@ -108,7 +114,8 @@ class VideoService:
 
     def submit(self, request: VideoRequest | dict) -> Job:
         """Queues one video; raises InvalidRequest (naming the field) for a bad request,
-        QueueFull when `max_queue` jobs wait, ServiceStopped after close()."""
+        QueueFull when `max_queue` jobs wait, StoreUnavailable when the job store refuses to record
+        it, ServiceStopped after close()."""
         request = parse_request(request)
         seed = request.seed if request.seed is not None else new_seed()
         job = Job(id=new_job_id(), request=request, seed=seed, created_at=time.time())
@@ -118,7 +125,11 @@ class VideoService:
             if len(self._queue) >= self.max_queue:
                 raise QueueFull(f"{len(self._queue)} jobs are already waiting (the limit); retry later",
                                 retry_after=self._retry_after())
-            self.store.put(job)
+            try:
+                self.store.put(job)
+            except Exception as err:  # noqa: BLE001 - sqlite3.OperationalError and the like
+                raise StoreUnavailable(f"the job store refused the new job ({err}); nothing was queued: "
+                                       "retry later") from err
             self._queue.append(job)
             self._live[job.id] = job
             self._changed.notify_all()
@@ -175,6 +186,25 @@ class VideoService:
         if not path.is_file():  # removed from the folder by something else than the service
             raise JobNotReady(f"job {job_id}'s video is no longer on the server; submit it again")
         return path
+
+    def hold_result(self, job_id: str) -> Path:
+        """result(job_id) of a finished job, its file kept on disk (retention may still expire the
+        job) until release_result(path): for a reader that opens the file later, as an HTTP
+        response does once its route has returned."""
+        with self._changed:  # no retention pass between the check and the hold
+            path = self.result(job_id)
+            self._held[path.name] += 1
+            return path
+
+    def release_result(self, path: Path) -> None:
+        """Ends one hold_result; the file goes if retention removed its job meanwhile."""
+        with self._changed:
+            self._held[path.name] -= 1
+            if not self._held[path.name]:
+                del self._held[path.name]
+                if path.name in self._removal_deferred:
+                    self._removal_deferred.discard(path.name)
+                    self.folder.remove(path.name)
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         """The job once finished, or as it is after `timeout` seconds."""
@@ -345,8 +375,9 @@ class VideoService:
             try:
                 self.store.put(pending)
             except Exception:  # noqa: BLE001 - sqlite3.OperationalError and the like
+                # The rest would most likely wait and fail as this one did, each holding the lock.
                 log.exception("could not write job %s's record; kept in memory and written again", pending.id)
-                continue
+                return
             del self._unrecorded[pending.id]
 
     def _time_batch(self, seconds: float) -> None:
@@ -377,7 +408,10 @@ class VideoService:
         try:
             for rank, job in enumerate(self.store.with_files()):
                 if rank >= self.max_videos or self._past_max_age(job):
-                    self.folder.remove(job.file)
+                    if self._held[job.file]:
+                        self._removal_deferred.add(job.file)  # removed by the last release_result
+                    else:
+                        self.folder.remove(job.file)
                     job.file, job.expired = None, True
                     self._record(job)
         except Exception:  # noqa: BLE001 - the disk or the store: the videos stay until the next pass

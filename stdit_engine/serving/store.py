@@ -25,11 +25,18 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
+# How long a write waits for another connection's lock on the file before it is refused. The
+# service writes holding its own lock, so every API call waits as long; a refused record is kept
+# in memory and written later (service.py), so a short wait loses nothing.
+BUSY_TIMEOUT_S = 0.25
+
+
 class JobStore:
     def __init__(self, path: str | Path):
         # One connection shared by the service's threads, serialised by a lock (sqlite3 objects are
         # not safe to use from two threads at once).
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                   timeout=BUSY_TIMEOUT_S)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")

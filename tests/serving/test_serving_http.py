@@ -75,6 +75,33 @@ def test_job_life_cycle(serve):
         server.service.result(job["id"])
 
 
+def test_a_download_holds_its_file_only_while_it_is_sent(serve):
+    """Retention cannot remove a file between the route's check and the response's read (a 500 or a
+    cut body), and a finished download, whole or a range, no longer keeps it."""
+    server = serve(max_videos=1)
+    first = server.wait(server.submit(prompt="first")["id"])
+    assert server.request("GET", f"/v1/videos/{first['id']}/content")[0] == 200
+    assert server.request("GET", f"/v1/videos/{first['id']}/content", headers={"Range": "bytes=0-9"})[0] == 206
+    server.wait(server.submit(prompt="second")["id"])
+    assert not (server.service.folder.path / f"{first['id']}.mp4").exists()  # both reads released it
+    status, _, reply = server.request("GET", f"/v1/videos/{first['id']}/content")
+    assert status == 410 and reply["error"]["code"] == "expired"
+
+
+def test_a_locked_job_store_gets_503_with_retry_after(serve):
+    import sqlite3
+    server = serve()
+    other = sqlite3.connect(str(server.service.folder.path / "jobs.sqlite3"), isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        status, headers, reply = server.request("POST", "/v1/videos", {"prompt": "a cat", "num_steps": STEPS})
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert status == 503 and reply["error"]["code"] == "store_unavailable" and int(headers["retry-after"]) > 0
+    assert server.request("GET", "/v1/videos")[2]["data"] == []  # nothing was queued
+
+
 def test_a_job_without_a_seed_is_given_one_and_reports_it(serve):
     server = serve()
     job = server.wait(server.submit(prompt="a red car in the snow")["id"])
@@ -117,6 +144,8 @@ def test_auth(serve, api_key):
             assert server.request("GET", "/v1/videos", headers=headers)[0] == 401
     status, _, job = server.request("POST", "/v1/videos", {"prompt": "a cat", "num_steps": STEPS}, headers=good)
     assert status == 202
+    if api_key is not None:  # the scheme's name in any case (RFC 9110)
+        assert server.request("GET", "/v1/videos", headers={"Authorization": f"bearer {api_key}"})[0] == 200
     assert server.wait(job["id"], headers=good)["status"] == "completed"
     assert server.request("GET", f"/v1/videos/{job['id']}/content", headers=good)[0] == 200
     assert server.request("GET", "/healthz")[0] == 200  # probes need no key
@@ -178,8 +207,9 @@ def test_bad_requests_get_422_naming_the_field(serve, body, field):
 def test_other_refusals(serve):
     server = serve()
     json_header = {"Content-Type": "application/json"}
-    status, _, reply = server.request("POST", "/v1/videos", raw=b'{"prompt": ', headers=json_header)
-    assert status == 400 and reply["error"]["code"] == "invalid_json" and reply["error"]["param"] is None
+    for not_json in (b'{"prompt": ', b"", '{"prompt": "caf\u00e9"}'.encode("latin-1")):
+        status, _, reply = server.request("POST", "/v1/videos", raw=not_json, headers=json_header)
+        assert status == 400 and reply["error"]["code"] == "invalid_json" and reply["error"]["param"] is None
     big = {"prompt": "a" * (MAX_BODY_BYTES + 1)}
     status, _, reply = server.request("POST", "/v1/videos", big)
     assert status == 413 and reply["error"]["code"] == "body_too_large"

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from stdit_engine.errors import Cancelled, ConfigError, InvalidRequest, JobNotReady, QueueFull, ServiceStopped, UnknownJob
+from stdit_engine.errors import (Cancelled, ConfigError, InvalidRequest, JobNotReady, QueueFull, ServiceStopped,
+                                 StoreUnavailable, UnknownJob)
 from stdit_engine.serving import VideoService
 from stdit_engine.serving.jobs import Job, new_job_id
 from stdit_engine.serving.schema import VideoRequest
@@ -170,6 +171,40 @@ def test_a_store_that_refuses_a_record_loses_no_job_and_stops_no_worker(engine, 
     service.close(DEADLINE_S)
     with VideoService(engine, output_dir=tmp_path, db_path=tmp_path / "closing.sqlite3") as reopened:
         assert reopened.interrupted_on_open == 0 and reopened.result(last.id).is_file()
+
+
+def test_a_store_locked_by_another_process_refuses_new_jobs_and_keeps_the_taken_ones(engine, tmp_path):
+    import sqlite3
+    with VideoService(engine, output_dir=tmp_path, max_batch=1) as service:
+        taken = service.submit({"prompt": "taken before the lock", "num_steps": STEPS})
+        with service._changed:  # held, so the job is still queued when the lock is taken
+            other = sqlite3.connect(str(tmp_path / "jobs.sqlite3"), isolation_level=None)
+            other.execute("BEGIN EXCLUSIVE")  # as a backup or an admin's open transaction would
+        try:
+            with pytest.raises(StoreUnavailable, match="nothing was queued"):
+                service.submit({"prompt": "refused", "num_steps": STEPS})
+            assert service.wait(taken.id, DEADLINE_S).status == "completed"  # its records are kept in memory
+            assert service.result(taken.id).is_file() and service.queue_depth() == 0
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    assert JobStore(tmp_path / "jobs.sqlite3").get(taken.id).status == "completed"  # written at close()
+
+
+def test_a_video_being_read_stays_until_its_reader_is_done(engine, tmp_path):
+    with VideoService(engine, output_dir=tmp_path, max_videos=1) as service:
+        first = service.wait(service.submit({"prompt": "being read", "num_steps": STEPS}).id, DEADLINE_S)
+        path = service.hold_result(first.id)  # as a download that has not opened the file yet
+        second = service.wait(service.submit({"prompt": "newer", "num_steps": STEPS}).id, DEADLINE_S)
+        assert service.get(first.id).expired and service.result(second.id).is_file()
+        with pytest.raises(JobNotReady, match="retention"):
+            service.result(first.id)
+        assert path.is_file()  # the reader still gets the whole file
+        service.release_result(path)
+        assert not path.exists()
+        kept = service.hold_result(second.id)
+        service.release_result(kept)  # released before any retention pass: the file stays
+        assert kept.is_file()
 
 
 def test_records_of_earlier_limits_still_load(engine, tmp_path):
