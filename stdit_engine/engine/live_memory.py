@@ -7,9 +7,13 @@ dispatch mode: it sees every tensor an aten op returns, counts its storage once 
 results share their base's storage) until the storage is freed (a weakref finalizer on it), and
 keeps the maximum of the running total. Scratch memory an op allocates and frees inside itself is
 invisible to it, as are tensors created before entry unless they are passed as `present`.
+
+The mode sees the ops of its own thread only, but a storage's finalizer runs on whichever thread
+frees it (another call dropping a shared tensor), so the counts are changed under a lock.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Iterable
 
@@ -35,6 +39,8 @@ class LiveTensorPeak(TorchDispatchMode):
         # long as the storage lives, so its id is unique until the finalizer below has run.
         self._bytes: dict[int, int] = {}
         self._finalizers: dict[int, weakref.finalize] = {}
+        # Re-entrant: a garbage collection inside a locked section may run a finalizer on this thread.
+        self._lock = threading.RLock()
         self.current = 0
         self.peak = 0
         for tensor in present:
@@ -49,9 +55,10 @@ class LiveTensorPeak(TorchDispatchMode):
 
     def __exit__(self, *exc):
         # Storages that outlive the measurement no longer report to it.
-        for finalizer in self._finalizers.values():
-            finalizer.detach()
-        self._finalizers.clear()
+        with self._lock:
+            for finalizer in list(self._finalizers.values()):
+                finalizer.detach()
+            self._finalizers.clear()
         return super().__exit__(*exc)
 
     def _track(self, tensor: torch.Tensor) -> None:
@@ -61,14 +68,16 @@ class LiveTensorPeak(TorchDispatchMode):
         if not _on_device(storage, self.device):
             return
         key = id(storage)
-        if key not in self._bytes:
-            self._bytes[key] = 0
-            self._finalizers[key] = weakref.finalize(storage, self._release, key)
-        # Also for a storage seen before: an out= or resize_ op may have grown it.
-        self.current += storage.nbytes() - self._bytes[key]
-        self._bytes[key] = storage.nbytes()
-        self.peak = max(self.peak, self.current)
+        with self._lock:
+            if key not in self._bytes:
+                self._bytes[key] = 0
+                self._finalizers[key] = weakref.finalize(storage, self._release, key)
+            # Also for a storage seen before: an out= or resize_ op may have grown it.
+            self.current += storage.nbytes() - self._bytes[key]
+            self._bytes[key] = storage.nbytes()
+            self.peak = max(self.peak, self.current)
 
     def _release(self, key: int) -> None:
-        self.current -= self._bytes.pop(key)
-        del self._finalizers[key]
+        with self._lock:
+            self.current -= self._bytes.pop(key)
+            self._finalizers.pop(key, None)  # gone already if the measurement ended meanwhile
