@@ -145,11 +145,11 @@ def build_engine(args: argparse.Namespace, parallel: str = "none", warmup=False)
 def read_prompts(args: argparse.Namespace) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts_file:
-        if not args.prompts_file.is_file():
+        if not args.prompts_file.exists() or args.prompts_file.is_dir():  # a pipe (/dev/stdin) is read
             what = "is a folder" if args.prompts_file.is_dir() else "does not exist"
             raise ConfigError(f"prompts file {args.prompts_file} {what}: pass a text file, one prompt a line")
         try:
-            text = args.prompts_file.read_text(encoding="utf-8")
+            text = args.prompts_file.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark is no prompt
         except UnicodeDecodeError as err:
             raise ConfigError(f"prompts file {args.prompts_file} is not UTF-8 text (byte {err.start}): "
                               "save it as UTF-8") from None

@@ -29,8 +29,9 @@ def check_output_target(path: str | os.PathLike, what: str = "output", example_n
     if path.is_dir():
         raise ConfigError(f"the {what} {path} is an existing folder: pass a file name (e.g. {path / example_name})")
     folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"the {what} {path} cannot be written: {folder} is a file, not a folder")
+    nearest = next((parent for parent in (folder, *folder.parents) if parent.exists()), None)
+    if nearest is not None and not nearest.is_dir():
+        raise ConfigError(f"the {what} {path} cannot be written: {nearest} is a file, not a folder")
     if not folder.is_dir():
         raise ConfigError(f"the {what} folder {folder} does not exist: create it first (mkdir -p {folder})")
     try:

@@ -1,4 +1,5 @@
 """The command line: the README's demo command writes a real H.264 MP4; bad input gets exit 2."""
+import argparse
 import json
 
 import av
@@ -53,12 +54,19 @@ def test_bad_output_folders_and_prompt_files_are_named(tmp_path, capsys):
     latin1.write_bytes("a caf\xe9\n".encode("latin-1"))
     tiny = ["generate", "--preset", "tiny", "--random-weights", "--device", "cpu"]
     cases = [(["--prompt", "x", "--out", str(a_file / "x.mp4")], f"{a_file} is a file, not a folder"),
+             (["--prompt", "x", "--out", str(a_file / "sub" / "x.mp4")], f"{a_file} is a file, not a folder"),
              (["--prompts-file", str(tmp_path), "--out", str(tmp_path / "x.mp4")], "is a folder"),
              (["--prompts-file", str(latin1), "--out", str(tmp_path / "x.mp4")], "is not UTF-8 text (byte 5)")]
     for argv, message in cases:
         assert main([*tiny, *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+def test_a_prompts_file_may_start_with_a_byte_order_mark(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\ufeffa cat\na dog\n", encoding="utf-8")
+    assert cli.read_prompts(argparse.Namespace(prompt=[], prompts_file=prompts)) == ["a cat", "a dog"]
 
 
 def test_output_suffix_in_any_case(tmp_path):

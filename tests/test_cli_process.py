@@ -70,20 +70,20 @@ def wait_for(stream, text: str, deadline_s: float) -> None:
         seen += chunk.decode(errors="replace")
 
 
-def as_in_a_terminal() -> None:
-    """A foreground process in a terminal gets Ctrl-C; one started in the background by a
-    non-interactive shell (as CI may run the tests) inherits SIGINT ignored, and Python then
-    installs no KeyboardInterrupt handler."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_sigint_to_a_running_generate(tmp_path):
     """A real Ctrl-C (SIGINT) during the denoising steps: exit 130, one line, no traceback."""
     out = tmp_path / "x.mp4"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stdit_engine", "generate", "--preset", "tiny", "--random-weights", "--device", "cpu",
-         "--steps", "1000", "--prompt", "a cat", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=as_in_a_terminal, env=os.environ.copy())
+    # As a terminal's foreground process gets Ctrl-C. A process started in the background by a
+    # non-interactive shell (as CI may run the tests) inherits SIGINT ignored, and an ignored signal
+    # stays ignored across exec; a handled one is reset to the default, so handle it while starting.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stdit_engine", "generate", "--preset", "tiny", "--random-weights", "--device",
+             "cpu", "--steps", "1000", "--prompt", "a cat", "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         wait_for(process.stderr, "denoise:", deadline_s=120)  # loaded: the interrupt lands in generate()
         process.send_signal(signal.SIGINT)

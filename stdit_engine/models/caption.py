@@ -17,8 +17,8 @@ from bs4 import BeautifulSoup
 
 from ..errors import ConfigError, PromptErasedWarning
 
-# What the cleaner removes that a prompt may consist of alone, in the words of the messages that say so.
-REMOVED_TEXT = "URLs, HTML tags, @handles and CJK characters are removed"
+# What the cleaner removes that a whole prompt may be, for the messages that say so.
+REMOVED_TEXT = "URLs, HTML tags, @handles, CJK characters, file names and bare numbers are among what is removed"
 
 # URLs: "http(s):..." (or "www:...") or any "name.com/.co/.ru/.net/.org/.edu/.gov/.it" with its path.
 _TLD = r"[a-zA-Z0-9.\-]+[.](?:com|co|ru|net|org|edu|gov|it)[\w/-]*\b\/?(?!@)"

@@ -19,7 +19,7 @@ def add_parser(commands, add_model_arguments) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE),
+    parser.add_argument("--api-key", default=os.environ.get(API_KEY_VARIABLE) or None,  # set but empty: none
                         help=f"require 'Authorization: Bearer KEY' on the API (default: ${API_KEY_VARIABLE}, "
                              "which keeps the key out of the process list)")
     parser.add_argument("--output-dir", type=Path, default=Path("videos"), help="where the MP4s are kept")
@@ -73,6 +73,8 @@ def check_serve_flags(args: argparse.Namespace) -> None:
         raise ConfigError(f"--replicas {args.replicas} needs --ray: without it one engine serves every job")
     if args.replicas < 1:
         raise ConfigError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.api_key == "":
+        raise ConfigError("--api-key is empty: pass the key clients will send, or leave the flag out")
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be from 1 to 65535, got {args.port}")
     check_service_limits(args.max_queue, args.max_batch, args.max_videos, max_age_s(args), workers=args.replicas)
@@ -88,10 +90,11 @@ def check_storage(output_dir: Path, db: Path | None) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"--output-dir {output_dir} cannot be created ({err.strerror or err})") from err
-    if db is None:
-        check_output_target(output_dir / "jobs.sqlite3", "--output-dir")
-    else:
-        check_output_target(db, "--db", example_name="jobs.sqlite3")
+    if db is None and (output_dir / "jobs.sqlite3").is_dir():
+        raise ConfigError(f"{output_dir / 'jobs.sqlite3'} is a folder where the job store's file goes: "
+                          "remove it, or pass --db FILE")
+    check_output_target(output_dir / "jobs.sqlite3" if db is None else db, "--output-dir" if db is None else "--db",
+                        example_name="jobs.sqlite3")
 
 
 def max_age_s(args: argparse.Namespace) -> float | None:

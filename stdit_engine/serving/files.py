@@ -38,3 +38,7 @@ class VideoFolder:
 
     def remove(self, name: str) -> None:
         (self.path / name).unlink(missing_ok=True)
+
+    def job_videos(self) -> list[tuple[str, str]]:
+        """(job id, file name) of each video in the folder under a server-made name."""
+        return [(path.stem, path.name) for path in self.path.glob("*.mp4") if is_job_id(path.stem)]

@@ -39,7 +39,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import JobNotReady, QueueFull, ServiceStopped, StoreUnavailable, UnknownJob
+from ..errors import ConfigError, JobNotReady, QueueFull, ServiceStopped, StoreUnavailable, UnknownJob
 from .jobs import COMPLETED, is_job_id
 from .page import add_page
 from .schema import MAX_BODY_BYTES, VideoRequest, error_body, validation_error_body
@@ -136,6 +136,8 @@ def create_app(service: VideoService, *, api_key: str | None = None, close_servi
         if close_service_on_shutdown:
             service.close()
 
+    if api_key == "":  # would let a bare "Authorization: Bearer" through
+        raise ConfigError("api_key is empty: pass the key clients will send, or None for no key")
     app = FastAPI(title="stdit-engine", summary="Open-Sora v1.0 text-to-video jobs", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     expected = None if api_key is None else api_key.encode()

@@ -51,6 +51,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
@@ -88,19 +89,27 @@ class VideoService:
         self.max_queue, self.max_batch = max_queue, max_batch
         self.max_videos, self.max_age_s = max_videos, max_age_s
         self.folder = VideoFolder(output_dir)
-        self.store = JobStore(db_path if db_path is not None else self.folder.path / "jobs.sqlite3")
-        interrupted = self.store.fail_unfinished()
-        for job in interrupted:  # a video saved just before the process died, its record not yet written
-            self.folder.remove(self.folder.name_for(job.id))
-        self.interrupted_on_open = len(interrupted)
+        db_path = Path(db_path) if db_path is not None else self.folder.path / "jobs.sqlite3"
+        try:
+            self.store = JobStore(db_path)
+            self.interrupted_on_open = len(self.store.fail_unfinished())
+        except sqlite3.Error as err:
+            raise StoreUnavailable(f"the job store {db_path} cannot be written ({err}): is another process "
+                                   "using it?") from err
+        self.store.serve_quickly()
+        self._remove_stray_videos()
         self.metrics = ServiceMetrics()
         self._changed = threading.Condition()  # guards everything below; notified on every job change
         self._queue: deque[Job] = deque()
         self._live: dict[str, Job] = {}  # queued and running jobs, by id
         self._unrecorded: dict[str, Job] = {}  # jobs whose latest state the store refused, by id
         self._running: list[tuple[list[Job], CancelToken]] = []  # the batches being generated
-        self._held: Counter[str] = Counter()  # video files being read (hold_result), by name
-        self._removal_deferred: set[str] = set()  # held files whose job retention has expired
+        # Video files being read (hold_result), by name, and those of them whose job retention has
+        # expired. Under their own lock, taken after `_changed` where both are: a release (an HTTP
+        # response ending, on the event loop) never waits for a store write.
+        self._holds_lock = threading.Lock()
+        self._held: Counter[str] = Counter()
+        self._removal_deferred: set[str] = set()
         self._accepting = True
         self._batch_seconds: float | None = None  # a moving average, for Retry-After
         with self._changed:
@@ -127,7 +136,7 @@ class VideoService:
                                 retry_after=self._retry_after())
             try:
                 self.store.put(job)
-            except Exception as err:  # noqa: BLE001 - sqlite3.OperationalError and the like
+            except (sqlite3.Error, OSError) as err:  # locked, disk full: not a fault of the request
                 raise StoreUnavailable(f"the job store refused the new job ({err}); nothing was queued: "
                                        "retry later") from err
             self._queue.append(job)
@@ -193,12 +202,16 @@ class VideoService:
         response does once its route has returned."""
         with self._changed:  # no retention pass between the check and the hold
             path = self.result(job_id)
-            self._held[path.name] += 1
+            with self._holds_lock:
+                self._held[path.name] += 1
             return path
 
     def release_result(self, path: Path) -> None:
-        """Ends one hold_result; the file goes if retention removed its job meanwhile."""
-        with self._changed:
+        """Ends one hold_result; the file goes if retention removed its job meanwhile. A file still
+        held when the process ends is removed when a service next opens the folder."""
+        with self._holds_lock:
+            if not self._held[path.name]:
+                raise ValueError(f"{path.name} is not held: release_result follows hold_result, once")
             self._held[path.name] -= 1
             if not self._held[path.name]:
                 del self._held[path.name]
@@ -402,16 +415,27 @@ class VideoService:
     def _past_max_age(self, job: Job) -> bool:
         return self.max_age_s is not None and time.time() - job.finished_at > self.max_age_s
 
+    def _remove_stray_videos(self) -> None:
+        """Removes the videos whose job's record says it has none: saved by a process that died
+        before recording the job completed (the job is failed "interrupted"), or kept for a reader
+        past the job's retention when the process ended. Files of jobs this store does not know
+        (another store's, with --db changed) are left alone."""
+        on_record = self.store.file_names()
+        for job_id, name in self.folder.job_videos():
+            if name not in on_record and self.store.get(job_id) is not None:
+                self.folder.remove(name)
+
     def _apply_retention(self) -> None:
         """Deletes the videos beyond `max_videos` (newest kept) and those older than `max_age_s`.
         Called holding the lock. A failure is logged and left to the next time it runs."""
         try:
             for rank, job in enumerate(self.store.with_files()):
                 if rank >= self.max_videos or self._past_max_age(job):
-                    if self._held[job.file]:
-                        self._removal_deferred.add(job.file)  # removed by the last release_result
-                    else:
-                        self.folder.remove(job.file)
+                    with self._holds_lock:
+                        if job.file in self._held:
+                            self._removal_deferred.add(job.file)  # removed by the last release_result
+                        else:
+                            self.folder.remove(job.file)
                     job.file, job.expired = None, True
                     self._record(job)
         except Exception:  # noqa: BLE001 - the disk or the store: the videos stay until the next pass

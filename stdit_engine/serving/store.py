@@ -25,10 +25,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
-# How long a write waits for another connection's lock on the file before it is refused. The
-# service writes holding its own lock, so every API call waits as long; a refused record is kept
-# in memory and written later (service.py), so a short wait loses nothing.
-BUSY_TIMEOUT_S = 0.25
+# How long a write waits for another connection's lock on the file before it is refused: long
+# while the service opens (nothing waits on it yet), short once it serves, where every write holds
+# the service's lock and so delays every API call. Refused then, a record is kept in memory and
+# written later, and a new job is refused with a retry delay (service.py).
+OPENING_BUSY_TIMEOUT_S, SERVING_BUSY_TIMEOUT_S = 5.0, 0.25
 
 
 class JobStore:
@@ -36,11 +37,16 @@ class JobStore:
         # One connection shared by the service's threads, serialised by a lock (sqlite3 objects are
         # not safe to use from two threads at once).
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                   timeout=BUSY_TIMEOUT_S)
+                                   timeout=OPENING_BUSY_TIMEOUT_S)
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(_SCHEMA)
+
+    def serve_quickly(self) -> None:
+        """From now on a write waits SERVING_BUSY_TIMEOUT_S for another connection's lock."""
+        with self._lock:
+            self._db.execute(f"PRAGMA busy_timeout = {round(SERVING_BUSY_TIMEOUT_S * 1000)}")
 
     def close(self) -> None:
         with self._lock:
@@ -72,6 +78,11 @@ class JobStore:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+
+    def file_names(self) -> set[str]:
+        """The names of the video files the records say are on disk."""
+        with self._lock:
+            return {name for (name,) in self._db.execute("SELECT file FROM jobs WHERE file IS NOT NULL")}
 
     def with_files(self) -> list[Job]:
         """Jobs whose video is on disk, newest first."""

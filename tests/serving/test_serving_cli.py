@@ -71,6 +71,8 @@ def test_serve_process_with_api_key_and_sigterm(tmp_path, http, wait_until):
     (["--output-dir", "{tmp}/a-file/videos"], "--output-dir {tmp}/a-file/videos cannot be created"),
     (["--output-dir", "{tmp}/videos", "--db", "{tmp}"], "the --db {tmp} is an existing folder"),
     (["--output-dir", "{tmp}/videos", "--db", "{tmp}/no/jobs.db"], "the --db folder {tmp}/no does not exist"),
+    (["--output-dir", "{tmp}/with-folder"], "{tmp}/with-folder/jobs.sqlite3 is a folder where the job store"),
+    (["--api-key", ""], "--api-key is empty"),
 ])
 def test_bad_serve_flags_are_refused_before_the_model_loads(monkeypatch, capsys, tmp_path, flags, message):
     def load_nothing(*args, **kwargs):
@@ -78,6 +80,7 @@ def test_bad_serve_flags_are_refused_before_the_model_loads(monkeypatch, capsys,
 
     monkeypatch.setattr(cli, "build_engine", load_nothing)
     (tmp_path / "a-file").write_text("")
+    (tmp_path / "with-folder" / "jobs.sqlite3").mkdir(parents=True)
     flags = [flag.format(tmp=tmp_path) for flag in flags]
     assert cli.main(["serve", "--preset", "tiny", "--random-weights", "--device", "cpu", *flags]) == 2
     err = capsys.readouterr().err

@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastapi import FastAPI
 
-from stdit_engine.errors import JobNotReady
+from stdit_engine.errors import ConfigError, JobNotReady
 from stdit_engine.serving import VideoService, create_app
 from stdit_engine.serving.background import BackgroundServer
 from stdit_engine.serving.schema import MAX_BODY_BYTES, MAX_SEED
@@ -76,8 +76,8 @@ def test_job_life_cycle(serve):
 
 
 def test_a_download_holds_its_file_only_while_it_is_sent(serve):
-    """Retention cannot remove a file between the route's check and the response's read (a 500 or a
-    cut body), and a finished download, whole or a range, no longer keeps it."""
+    """The route holds the file it sends (the service's test shows that retention then waits for
+    it), and a finished download, whole or a range, no longer keeps it."""
     server = serve(max_videos=1)
     first = server.wait(server.submit(prompt="first")["id"])
     assert server.request("GET", f"/v1/videos/{first['id']}/content")[0] == 200
@@ -153,6 +153,11 @@ def test_auth(serve, api_key):
     assert server.request("GET", "/openapi.json")[0] == 200  # the API's description holds no job
     if api_key is not None:  # any other path needs the key, whether a route serves it or not
         assert server.request("GET", "/v2/videos")[0] == 401
+
+
+def test_an_empty_api_key_is_refused(engine, tmp_path):
+    with VideoService(engine, output_dir=tmp_path) as service, pytest.raises(ConfigError, match="api_key is empty"):
+        create_app(service, api_key="")
 
 
 def test_the_key_is_asked_for_where_the_app_is_mounted_under_a_prefix(engine, tmp_path, http):

@@ -188,7 +188,9 @@ def test_a_store_locked_by_another_process_refuses_new_jobs_and_keeps_the_taken_
         finally:
             other.execute("ROLLBACK")
             other.close()
-    assert JobStore(tmp_path / "jobs.sqlite3").get(taken.id).status == "completed"  # written at close()
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    assert store.get(taken.id).status == "completed"  # written at close()
+    store.close()
 
 
 def test_a_video_being_read_stays_until_its_reader_is_done(engine, tmp_path):
@@ -205,6 +207,56 @@ def test_a_video_being_read_stays_until_its_reader_is_done(engine, tmp_path):
         kept = service.hold_result(second.id)
         service.release_result(kept)  # released before any retention pass: the file stays
         assert kept.is_file()
+        with pytest.raises(ValueError, match="not held"):  # a second release would unbalance the count
+            service.release_result(kept)
+        # A reader still holding its file when the process ends (killed mid-download)...
+        still_read = service.hold_result(second.id)
+        service.wait(service.submit({"prompt": "newest", "num_steps": STEPS}).id, DEADLINE_S)
+    assert service.get(second.id).expired and still_read.is_file()
+    stranger = tmp_path / f"{new_job_id()}.mp4"  # a job of another store (--db changed): not this one's
+    stranger.write_bytes(b"")
+    with VideoService(engine, output_dir=tmp_path, max_videos=1):
+        assert not still_read.exists() and stranger.exists()  # ...leaves it to the next open
+
+
+def test_a_store_refusing_writes_is_tried_once_per_record_not_once_per_pending_record(engine, tmp_path):
+    """Every write holds the service's lock for up to the store's busy timeout: a backlog of refused
+    records must not multiply that wait."""
+    import sqlite3
+    with VideoService(engine, output_dir=tmp_path) as service:
+        jobs = [service.wait(service.submit({"prompt": p, "num_steps": STEPS}).id, DEADLINE_S) for p in "abc"]
+        tries = []
+
+        def refuse(job):
+            tries.append(job.id)
+            raise sqlite3.OperationalError("database is locked (injected)")
+
+        with service._changed:
+            real_put, service.store.put = service.store.put, refuse
+            service._unrecorded.update({job.id: job for job in jobs})
+            service._record()
+            assert len(tries) == 1 and len(service._unrecorded) == 3
+            service.store.put = real_put
+            service._record()
+            assert not service._unrecorded
+
+
+def test_a_store_locked_while_the_service_opens_is_named(engine, tmp_path, monkeypatch):
+    import sqlite3
+
+    from stdit_engine.serving import store as store_module
+    monkeypatch.setattr(store_module, "OPENING_BUSY_TIMEOUT_S", 0.1)
+    stranded = JobStore(tmp_path / "jobs.sqlite3")
+    stranded.put(Job(id=new_job_id(), request=VideoRequest(prompt="queued"), seed=1, created_at=time.time()))
+    stranded.close()
+    other = sqlite3.connect(str(tmp_path / "jobs.sqlite3"), isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable, match="is another process using it"):
+            VideoService(engine, output_dir=tmp_path)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
 
 
 def test_records_of_earlier_limits_still_load(engine, tmp_path):
