@@ -24,8 +24,9 @@ when it is submitted, starts and finishes. A new job the file refuses (disk full
 by another connection) is not taken: submit raises StoreUnavailable. A record the file refuses
 once a job is taken is kept in memory, served from there and written again with the next record.
 Opening a service on a file that a previous process left with queued or running jobs marks those
-failed (code "interrupted", saying why) and removes any video saved for them whose record was never
-written, so a restart loses no finished job and leaves neither a job hanging nor a file no job owns.
+failed (code "interrupted", saying why), and removes the videos whose job's record says it has none
+(one saved just before the process died, one kept for a reader past its retention), so a restart
+loses no finished job and leaves neither a job hanging nor a file its job disowns.
 
 Videos go to `output_dir` under server-made names, written atomically (files.py); beyond
 `max_videos` (newest kept) or older than `max_age_s`, a video is deleted and its job reports
