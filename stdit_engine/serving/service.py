@@ -426,11 +426,22 @@ class VideoService:
             if name not in on_record and self.store.get(job_id) is not None:
                 self.folder.remove(name)
 
+    def _jobs_with_files(self) -> list[Job]:
+        """The jobs whose video is on disk, newest first: as recorded, and as the states the store
+        refused to record say (a video counts against the limits whether or not its record is written)."""
+        jobs = {job.id: job for job in self.store.with_files()}
+        for job in self._unrecorded.values():
+            if job.file is not None:
+                jobs[job.id] = job
+            else:
+                jobs.pop(job.id, None)
+        return sorted(jobs.values(), key=lambda job: job.finished_at, reverse=True)
+
     def _apply_retention(self) -> None:
         """Deletes the videos beyond `max_videos` (newest kept) and those older than `max_age_s`.
         Called holding the lock. A failure is logged and left to the next time it runs."""
         try:
-            for rank, job in enumerate(self.store.with_files()):
+            for rank, job in enumerate(self._jobs_with_files()):
                 if rank >= self.max_videos or self._past_max_age(job):
                     with self._holds_lock:
                         if job.file in self._held:

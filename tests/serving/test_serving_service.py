@@ -173,6 +173,24 @@ def test_a_store_that_refuses_a_record_loses_no_job_and_stops_no_worker(engine, 
         assert reopened.interrupted_on_open == 0 and reopened.result(last.id).is_file()
 
 
+def test_retention_counts_the_videos_whose_records_the_store_refused(engine, tmp_path):
+    import sqlite3
+    with VideoService(engine, output_dir=tmp_path, max_videos=1) as service:
+        real_put = service.store.put
+
+        def refuse_completions(job):
+            if job.status == "completed":
+                raise sqlite3.OperationalError("disk full (injected)")
+            real_put(job)
+
+        service.store.put = refuse_completions
+        first, second = (service.wait(service.submit({"prompt": p, "num_steps": STEPS}).id, DEADLINE_S)
+                         for p in ("first", "second"))
+        assert service.get(first.id).expired and not service.get(second.id).expired
+        assert sorted(p.name for p in tmp_path.glob("*.mp4")) == [f"{second.id}.mp4"]
+        service.store.put = real_put  # close() writes what was refused
+
+
 def test_a_store_locked_by_another_process_refuses_new_jobs_and_keeps_the_taken_ones(engine, tmp_path):
     import sqlite3
     with VideoService(engine, output_dir=tmp_path, max_batch=1) as service:
