@@ -21,15 +21,11 @@ class VideoFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         remove_partials(self.path, ".mp4")
 
-    def name_for(self, job_id: str) -> str:
-        """The name of the job's video in this folder."""
-        if not is_job_id(job_id):  # a guard on the invariant, not a client check
-            raise ValueError(f"not a server-made job id: {job_id!r}")
-        return f"{job_id}.mp4"
-
     def write(self, job_id: str, video: Video) -> str:
         """Saves `video` as the job's file; returns the file's name in this folder."""
-        name = self.name_for(job_id)
+        if not is_job_id(job_id):  # a guard on the invariant, not a client check
+            raise ValueError(f"not a server-made job id: {job_id!r}")
+        name = f"{job_id}.mp4"
         video.save(self.path / name)
         return name
 

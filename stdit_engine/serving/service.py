@@ -93,7 +93,7 @@ class VideoService:
         db_path = Path(db_path) if db_path is not None else self.folder.path / "jobs.sqlite3"
         try:
             self.store = JobStore(db_path)
-            self.interrupted_on_open = len(self.store.fail_unfinished())
+            self.interrupted_on_open = self.store.fail_unfinished()
         except sqlite3.Error as err:
             raise StoreUnavailable(f"the job store {db_path} cannot be written ({err}): is another process "
                                    "using it?") from err

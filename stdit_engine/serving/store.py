@@ -91,9 +91,9 @@ class JobStore:
                                     "ORDER BY finished_at DESC, seq DESC").fetchall()
         return [Job.from_json(json.loads(record), file) for record, file in rows]
 
-    def fail_unfinished(self) -> list[Job]:
-        """Marks the jobs a previous process left queued or running as failed, saying why, and
-        returns them. Called when a service opens the store, before it takes jobs."""
+    def fail_unfinished(self) -> int:
+        """Marks the jobs a previous process left queued or running as failed, saying why; their
+        count. Called when a service opens the store, before it takes jobs."""
         reasons = {QUEUED: "the server restarted before this job ran; submit it again",
                    IN_PROGRESS: "the server stopped while this job was running; submit it again"}
         with self._lock:
@@ -104,4 +104,4 @@ class JobStore:
             job.error = {"code": "interrupted", "message": reasons[job.status]}
             job.status, job.finished_at = FAILED, time.time()
             self.put(job)
-        return jobs
+        return len(jobs)
