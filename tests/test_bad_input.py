@@ -75,16 +75,6 @@ def test_engine_constructors_reject_bad_arguments(kwargs, error, message):
             Engine.from_pretrained("16x256x256", **kwargs)
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """The command line must reject these before it builds an engine."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(Engine, "from_random_weights", refuse)
-    monkeypatch.setattr(Engine, "from_pretrained", refuse)
-
-
 @pytest.mark.parametrize("extra, message", [
     (["--seed", "1180591620717411303424"], "seed must be from 0 to 2**64-1"),
     (["--seed", "-1"], "seed must be from 0 to 2**64-1"),

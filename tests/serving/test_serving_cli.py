@@ -74,11 +74,7 @@ def test_serve_process_with_api_key_and_sigterm(tmp_path, http, wait_until):
     (["--output-dir", "{tmp}/with-folder"], "{tmp}/with-folder/jobs.sqlite3 is a folder where the job store"),
     (["--api-key", ""], "--api-key is empty"),
 ])
-def test_bad_serve_flags_are_refused_before_the_model_loads(monkeypatch, capsys, tmp_path, flags, message):
-    def load_nothing(*args, **kwargs):
-        raise AssertionError("the engine was built before the flags were checked")
-
-    monkeypatch.setattr(cli, "build_engine", load_nothing)
+def test_bad_serve_flags_are_refused_before_the_model_loads(no_model_loads, capsys, tmp_path, flags, message):
     (tmp_path / "a-file").write_text("")
     (tmp_path / "with-folder" / "jobs.sqlite3").mkdir(parents=True)
     flags = [flag.format(tmp=tmp_path) for flag in flags]
